@@ -1,0 +1,694 @@
+"""The servers under test: one class per server, plus process-tree handling.
+
+Every server is started the same way so that the comparison is about the
+server, not the harness:
+
+* exactly one worker, pinned to CPU ``server_cpu`` with ``taskset`` (the load
+  generator is pinned to the other core by the caller);
+* in its own session/process group so that :meth:`RunningServer.stop` can
+  kill the whole tree (supervisor + workers) and nothing outlives the harness;
+* stdout/stderr go to a per-start log file in the workdir, whose tail is put
+  into the error message if the server dies or never becomes ready;
+* readiness = TCP connect succeeds *and* ``GET /1k.bin`` returns 200 with the
+  expected length on every listener, verified against our CA for TLS (which
+  also proves the server presents the benchmark certificate).
+
+A server that cannot be started (binary missing, crash, not ready in time)
+raises :class:`ServerError`; the runner records that as an error for the
+cell instead of a number.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from certs import CertPaths
+
+Mode = Literal["http", "https"]
+
+READY_PATH = "/1k.bin"
+READY_LENGTH = 1024
+
+
+class ServerError(RuntimeError):
+    """The server could not be started or is not usable for this workload."""
+
+
+@dataclass(frozen=True)
+class BenchEnv:
+    """Everything a server needs to generate its config; same for all servers."""
+
+    workdir: Path
+    www: Path
+    certs: CertPaths
+    bench_dir: Path
+    peers_venv: Path
+    ingress_bin: Path
+    server_cpu: str = "0"
+    ready_timeout: float = 20.0
+
+
+def free_port() -> int:
+    """Return a currently free TCP port on 127.0.0.1 (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------
+# /proc helpers
+
+
+def _ppid_map() -> dict[int, int]:
+    """pid -> ppid for every process visible in /proc."""
+    result: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # comm may contain spaces and parentheses: split after the last ')'.
+        fields = stat.rsplit(")", 1)[1].split()
+        result[int(entry)] = int(fields[1])
+    return result
+
+
+def process_tree(root: int) -> list[int]:
+    """*root* followed by all its live descendants (breadth first)."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _ppid_map().items():
+        children.setdefault(ppid, []).append(pid)
+    order = [root]
+    i = 0
+    while i < len(order):
+        order.extend(sorted(children.get(order[i], [])))
+        i += 1
+    return order
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of *pid* in KiB (0 if the process is gone or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Running server handle
+
+_RUNNING: set[RunningServer] = set()
+
+
+@dataclass(eq=False)
+class RunningServer:
+    """A started server process tree and the ports it listens on."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    ports: dict[Mode, int]
+    log_path: Path
+    ca_file: Path
+    _seen_pids: set[int] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def url(self, mode: Mode, path: str) -> str:
+        if mode not in self.ports:
+            raise ServerError(f"{self.name} has no {mode} listener")
+        return f"{mode}://127.0.0.1:{self.ports[mode]}{path}"
+
+    def pids(self) -> list[int]:
+        tree = process_tree(self.pid)
+        self._seen_pids.update(tree)
+        return tree
+
+    def rss(self) -> tuple[int, int]:
+        """(total, worker) RSS in KiB.
+
+        total = the whole process tree (supervisor/master + workers + helper
+        processes). worker = the descendants of the root process, i.e. what
+        actually serves connections; for single-process servers (uvicorn,
+        caddy) the root *is* the worker so worker == total.
+        """
+        tree = self.pids()
+        sizes = {pid: rss_kib(pid) for pid in tree}
+        total = sum(sizes.values())
+        worker = sum(sizes[p] for p in tree[1:]) if len(tree) > 1 else total
+        return total, worker
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise ServerError(
+                f"{self.name} exited with code {self.proc.returncode}; log tail:\n{self.log_tail()}"
+            )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Terminate the whole process tree; escalate to SIGKILL on timeout.
+
+        Signals go to the process group (servers run in their own session),
+        and afterwards any pid we ever saw in the tree that is still alive is
+        killed individually, in case a server re-parented or setsid()'d a
+        child out of the group.
+        """
+        with contextlib.suppress(OSError):
+            self.pids()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in self._seen_pids - {self.proc.pid}:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=timeout)
+        _RUNNING.discard(self)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def stop_all() -> None:
+    """Stop every server still running (atexit / signal handler safety net)."""
+    for server in list(_RUNNING):
+        server.stop(timeout=2.0)
+
+
+atexit.register(stop_all)
+
+
+# --------------------------------------------------------------------------
+# Readiness
+
+
+def _ssl_client_context(ca_file: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def probe(server: RunningServer, mode: Mode, path: str = READY_PATH) -> tuple[int, bytes]:
+    """One GET over *mode*; returns (status, body). Raises OSError etc."""
+    port = server.ports[mode]
+    conn: http.client.HTTPConnection
+    if mode == "https":
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", port, timeout=3, context=_ssl_client_context(server.ca_file)
+        )
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_ready(server: RunningServer, timeout: float) -> None:
+    """Poll every listener until ``GET /1k.bin`` is a 200 with 1024 bytes."""
+    deadline = time.monotonic() + timeout
+    last_error = "no attempt"
+    for mode in server.ports:
+        while True:
+            server.check_alive()
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"{server.name} not ready on {mode} port {server.ports[mode]} "
+                    f"after {timeout:.0f}s ({last_error}); log tail:\n{server.log_tail()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", server.ports[mode]), timeout=1):
+                    pass
+                status, body = probe(server, mode)
+            except (OSError, http.client.HTTPException) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+                time.sleep(0.1)
+                continue
+            if status == 200 and len(body) == READY_LENGTH:
+                break
+            last_error = f"GET {READY_PATH} -> {status}, {len(body)} bytes"
+            if status in (404, 403, 500):
+                # A definite wrong answer, not a slow start: fail fast.
+                raise ServerError(f"{server.name} {mode}: {last_error}")
+            time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------
+# Server classes
+
+
+class Server(ABC):
+    """One server implementation: how to configure, start and describe it."""
+
+    name: ClassVar[str]
+    protocols: ClassVar[frozenset[Mode]] = frozenset({"http", "https"})
+    """Which workload modes this server takes part in."""
+    serves_both: ClassVar[bool] = False
+    """True if one process serves plain and TLS listeners at once (then it is
+    always started with both, like a real deployment); False if a start
+    serves exactly one mode (the ASGI peers bind a single socket)."""
+
+    def __init__(self, env: BenchEnv) -> None:
+        self.env = env
+        self._starts = 0
+
+    def supports(self, mode: Mode) -> bool:
+        return mode in self.protocols
+
+    @abstractmethod
+    def unavailable(self) -> str | None:
+        """Why this server can't run here (missing binary...), or None."""
+
+    @abstractmethod
+    def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
+        """Write config files into *confdir*; return (argv without taskset, extra env)."""
+
+    def version(self) -> str:
+        """Human-readable version string for the results metadata."""
+        return "unknown"
+
+    def start(self, mode: Mode) -> RunningServer:
+        """Start the server listening for *mode* (and the other mode too if
+        :attr:`serves_both`) and wait until it answers."""
+        reason = self.unavailable()
+        if reason:
+            raise ServerError(reason)
+        if not self.supports(mode):
+            raise ServerError(f"{self.name} does not take part in {mode} workloads")
+        modes: list[Mode] = sorted(self.protocols) if self.serves_both else [mode]
+        ports: dict[Mode, int] = {m: free_port() for m in modes}
+        self._starts += 1
+        confdir = self.env.workdir / "conf" / f"{self.name}-{self._starts}"
+        confdir.mkdir(parents=True, exist_ok=True)
+        argv, extra_env = self.command(ports, confdir)
+        env = dict(os.environ)
+        env.update(extra_env)
+        log_path = self.env.workdir / "logs" / f"{self.name}-{self._starts}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                ["taskset", "-c", self.env.server_cpu, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=confdir,
+                env=env,
+                start_new_session=True,
+            )
+        running = RunningServer(self.name, proc, ports, log_path, self.env.certs.ca_cert)
+        _RUNNING.add(running)
+        try:
+            wait_ready(running, self.env.ready_timeout)
+        except BaseException:
+            running.stop()
+            raise
+        return running
+
+
+def _run_version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({exc})"
+    text = (out.stdout + out.stderr).strip()
+    return text.splitlines()[0] if text else f"unknown (exit {out.returncode})"
+
+
+class Edgeward(Server):
+    """The server under test, run exactly as the task brief specifies."""
+
+    name = "edgeward"
+    serves_both = True
+
+    def unavailable(self) -> str | None:
+        if not os.access(self.env.ingress_bin, os.X_OK):
+            return f"edgeward not runnable: {self.env.ingress_bin} does not exist"
+        return None
+
+    def version(self) -> str:
+        if self.unavailable():
+            return "not installed"
+        return _run_version([str(self.env.ingress_bin), "--version"])
+
+    def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
+        c = self.env.certs
+        conf = confdir / "edgeward.toml"
+        conf.write_text(
+            f"""[server]
+workers = 1
+
+[access_log]
+enabled = false
+
+[admin]
+enabled = false
+
+[[listeners]]
+name = "https"
+address = "127.0.0.1:{ports["https"]}"
+[listeners.tls]
+certs = [{{ cert = "{c.cert}", key = "{c.key}" }}]
+
+[[listeners]]
+name = "http"
+address = "127.0.0.1:{ports["http"]}"
+
+[[routes]]
+path = "/"
+[routes.static]
+root = "{self.env.www}"
+"""
+        )
+        argv = [str(self.env.ingress_bin), "serve", "--config", str(conf), "--workers", "1"]
+        return argv, {}
+
+
+# Mozilla "intermediate" TLS 1.2 cipher list (TLS 1.3 suites are not
+# configurable in nginx and are all enabled).
+MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+
+
+class Nginx(Server):
+    """Debian's nginx, tuned the way a competent operator would for static files."""
+
+    name = "nginx"
+    serves_both = True
+
+    def __init__(self, env: BenchEnv) -> None:
+        super().__init__(env)
+        self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
+
+    def unavailable(self) -> str | None:
+        if not os.access(self.binary, os.X_OK):
+            return "nginx not installed (apt-get install -y nginx)"
+        return None
+
+    def version(self) -> str:
+        return _run_version([self.binary, "-v"])
+
+    def _version_tuple(self) -> tuple[int, ...]:
+        m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", self.version())
+        return tuple(int(x) for x in m.groups()) if m else (0,)
+
+    def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
+        c = self.env.certs
+        tmp = confdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        # `http2 on;` only exists from nginx 1.25.1; older ones (Debian 12
+        # ships 1.22) take it as a listen parameter.
+        if self._version_tuple() >= (1, 25, 1):
+            tls_listen = f"listen 127.0.0.1:{ports['https']} ssl;\n        http2 on;"
+        else:
+            tls_listen = f"listen 127.0.0.1:{ports['https']} ssl http2;"
+        conf = confdir / "nginx.conf"
+        conf.write_text(
+            f"""worker_processes 1;
+daemon off;
+master_process on;
+pid {confdir}/nginx.pid;
+error_log {confdir}/error.log warn;
+worker_rlimit_nofile 16384;
+
+events {{
+    worker_connections 8192;
+}}
+
+http {{
+    types {{
+        text/html html;
+        application/octet-stream bin;
+    }}
+    default_type application/octet-stream;
+
+    sendfile on;
+    tcp_nopush on;
+    access_log off;
+    keepalive_requests 1000000;
+
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ciphers {MOZILLA_INTERMEDIATE_CIPHERS};
+    ssl_prefer_server_ciphers off;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_timeout 1d;
+    ssl_session_tickets off;
+
+    server {{
+        listen 127.0.0.1:{ports["http"]};
+        root {self.env.www};
+    }}
+
+    server {{
+        {tls_listen}
+        ssl_certificate {c.cert};
+        ssl_certificate_key {c.key};
+        root {self.env.www};
+    }}
+}}
+"""
+        )
+        # -e: keep even the pre-config startup error log out of /var/log.
+        argv = [self.binary, "-p", str(confdir), "-c", str(conf), "-e", str(confdir / "error.log")]
+        return argv, {}
+
+
+class Caddy(Server):
+    """Debian's caddy as the Go/HTTPS reference (HTTPS workloads only)."""
+
+    name = "caddy"
+    protocols = frozenset({"https"})
+
+    def __init__(self, env: BenchEnv) -> None:
+        super().__init__(env)
+        self.binary = shutil.which("caddy") or "/usr/bin/caddy"
+
+    def unavailable(self) -> str | None:
+        if not os.access(self.binary, os.X_OK):
+            return "caddy not installed (apt-get install -y caddy)"
+        return None
+
+    def version(self) -> str:
+        return _run_version([self.binary, "version"])
+
+    def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
+        c = self.env.certs
+        conf = confdir / "Caddyfile"
+        # protocols h1 h2: no HTTP/3 UDP listener, matching nginx/edgeward's
+        # TCP-only setup (quic-go would add RSS that nobody else pays).
+        conf.write_text(
+            f"""{{
+	admin off
+	auto_https off
+	storage file_system {confdir}/storage
+	default_sni localhost
+	servers {{
+		protocols h1 h2
+	}}
+}}
+
+https://:{ports["https"]} {{
+	bind 127.0.0.1
+	tls {c.cert} {c.key}
+	root * {self.env.www}
+	file_server
+}}
+"""
+        )
+        argv = [self.binary, "run", "--config", str(conf), "--adapter", "caddyfile"]
+        env = {
+            "GOMAXPROCS": "1",
+            "HOME": str(confdir),
+            "XDG_DATA_HOME": str(confdir / "data"),
+            "XDG_CONFIG_HOME": str(confdir / "config"),
+        }
+        return argv, env
+
+
+class AsgiPeer(Server):
+    """Common part of the Python ASGI servers: same app, same root, one socket."""
+
+    package: ClassVar[str]
+
+    @property
+    def bin(self) -> Path:
+        return self.env.peers_venv / "bin" / self.package
+
+    def unavailable(self) -> str | None:
+        if not os.access(self.bin, os.X_OK):
+            return (
+                f"{self.name} not installed in {self.env.peers_venv} (run without --no-setup-peers)"
+            )
+        return None
+
+    def version(self) -> str:
+        py = self.env.peers_venv / "bin" / "python"
+        return _run_version(
+            [str(py), "-c", f"import importlib.metadata as m; print(m.version({self.package!r}))"]
+        )
+
+    def app_env(self) -> dict[str, str]:
+        return {
+            "BENCH_STATIC_ROOT": str(self.env.www),
+            "PYTHONPATH": str(self.env.bench_dir / "peers"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+
+
+class Granian(AsgiPeer):
+    name = "granian"
+    package = "granian"
+
+    def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
+        ((mode, port),) = ports.items()
+        argv = [
+            str(self.bin),
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--runtime-threads",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+        if mode == "https":
+            c = self.env.certs
+            argv += ["--ssl-certificate", str(c.cert), "--ssl-keyfile", str(c.key)]
+        argv.append("asgi_static:app")
+        return argv, self.app_env()
+
+
+class Uvicorn(AsgiPeer):
+    name = "uvicorn"
+    package = "uvicorn"
+
+    def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
+        ((mode, port),) = ports.items()
+        argv = [
+            str(self.bin),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            # Default is 5 s, which would drop most of the 1000 idle
+            # connections before rss_1000_tls reads RSS; 75 s = nginx default.
+            "--timeout-keep-alive",
+            "75",
+        ]
+        if mode == "https":
+            c = self.env.certs
+            argv += ["--ssl-certfile", str(c.cert), "--ssl-keyfile", str(c.key)]
+        argv.append("asgi_static:app")
+        return argv, self.app_env()
+
+
+class Hypercorn(AsgiPeer):
+    name = "hypercorn"
+    package = "hypercorn"
+
+    def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
+        ((mode, port),) = ports.items()
+        argv = [
+            str(self.bin),
+            "--workers",
+            "1",
+            # uvloop worker: hypercorn's fastest option, as uvicorn gets it too.
+            "--worker-class",
+            "uvloop",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            # Same reason as uvicorn: the default 5 s idle timeout.
+            "--keep-alive",
+            "75",
+            "--backlog",
+            "1024",
+        ]
+        if mode == "https":
+            c = self.env.certs
+            argv += ["--certfile", str(c.cert), "--keyfile", str(c.key)]
+        argv.append("asgi_static:app")
+        return argv, self.app_env()
+
+
+SERVER_CLASSES: dict[str, type[Server]] = {
+    cls.name: cls for cls in (Edgeward, Nginx, Caddy, Granian, Uvicorn, Hypercorn)
+}
+PYTHON_PEERS = ("granian", "uvicorn", "hypercorn")
+
+
+def iter_servers(names: list[str], env: BenchEnv) -> Iterator[Server]:
+    for name in names:
+        yield SERVER_CLASSES[name](env)

@@ -1,0 +1,437 @@
+"""Workloads: one function each, run against an already started server.
+
+Each workload function gets a :class:`RunningServer` and the measurement
+duration, does its own 1 s warm-up, and returns a list of :class:`Metric`
+(most return one; the RSS workloads also report worker-only RSS). A
+workload that cannot produce a trustworthy number raises
+:class:`WorkloadError`; the runner records that as an error for the cell.
+No number is ever estimated or filled in.
+
+Load generators (``wrk``, ``openssl s_time``) are pinned with
+``taskset -c <client_cpu>``, the other core from the server's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from servers import Mode, RunningServer, probe
+
+CLIENT_CPU = "1"
+WARMUP_SECONDS = 1
+
+
+class WorkloadError(RuntimeError):
+    """The measurement failed or produced a number we must not report."""
+
+
+@dataclass
+class Metric:
+    """One measured number; ``detail`` holds the raw context (tool output...)."""
+
+    name: str
+    value: float
+    unit: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A row of the results table."""
+
+    name: str
+    unit: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    mode: Mode
+    """Which listener the workload talks to (decides who takes part)."""
+    metrics: tuple[MetricSpec, ...]
+    run: Callable[[RunningServer, float], list[Metric]]
+    tools: tuple[str, ...] = ()
+    description: str = ""
+
+
+def _require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise WorkloadError(f"{tool} not installed")
+    return path
+
+
+def _preflight(server: RunningServer, mode: Mode, path: str, length: int) -> None:
+    """Check the exact URL we are about to hammer returns 200 + right size, so
+    that a 404 storm can never be reported as throughput."""
+    status, body = probe(server, mode, path)
+    if status != 200 or len(body) != length:
+        raise WorkloadError(f"GET {path} -> {status}, {len(body)} bytes (want 200, {length})")
+
+
+# --------------------------------------------------------------------------
+# wrk
+
+
+_SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+_TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    """Pull the numbers we need out of wrk's human-readable output."""
+    out: dict[str, Any] = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if not m:
+        raise WorkloadError(f"cannot parse wrk output:\n{output.strip()[-800:]}")
+    out["requests_per_sec"] = float(m.group(1))
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+),\s+([\d.]+)(\w+) read", output)
+    if m:
+        out["requests"] = int(m.group(1))
+    m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", output)
+    if m:
+        out["transfer_bytes_per_sec"] = float(m.group(1)) * _SIZE_UNITS.get(m.group(2), 1)
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    out["socket_errors"] = (
+        dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups()), strict=True))
+        if m
+        else {}
+    )
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    out["non_2xx"] = int(m.group(1)) if m else 0
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.M)
+        if m:
+            out[f"latency_p{pct}_ms"] = float(m.group(1)) * _TIME_UNITS[m.group(2)]
+    return out
+
+
+def _wrk(url: str, duration: float, connections: int = 64) -> dict[str, Any]:
+    wrk = _require("wrk")
+    argv = [
+        "taskset",
+        "-c",
+        CLIENT_CPU,
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        url,
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
+    if proc.returncode != 0:
+        raise WorkloadError(f"wrk exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    return parse_wrk(proc.stdout)
+
+
+def _wrk_workload(
+    server: RunningServer, duration: float, mode: Mode, path: str, size: int, metric: str
+) -> list[Metric]:
+    _preflight(server, mode, path, size)
+    url = server.url(mode, path)
+    _wrk(url, WARMUP_SECONDS)
+    server.check_alive()
+    result = _wrk(url, duration)
+    server.check_alive()
+    if result["non_2xx"]:
+        raise WorkloadError(f"{result['non_2xx']} non-2xx/3xx responses")
+    errors = sum(v for k, v in result["socket_errors"].items() if k != "timeout")
+    requests = result.get("requests", 0)
+    if requests == 0:
+        raise WorkloadError("wrk completed 0 requests")
+    if errors > 0.01 * requests:
+        raise WorkloadError(f"socket errors {result['socket_errors']} for {requests} requests")
+    _preflight(server, mode, path, size)
+    return [Metric(metric, result["requests_per_sec"], "req/s", result)]
+
+
+def https_1k(server: RunningServer, duration: float) -> list[Metric]:
+    """64 keep-alive HTTP/1.1-over-TLS connections fetching a 1 KiB file.
+    wrk does not verify the certificate (so no client verify cost either)."""
+    return _wrk_workload(server, duration, "https", "/1k.bin", 1024, "https_1k")
+
+
+def http_1k(server: RunningServer, duration: float) -> list[Metric]:
+    """Plain-HTTP request rate: parser + response path, no crypto."""
+    return _wrk_workload(server, duration, "http", "/1k.bin", 1024, "http_1k")
+
+
+def http_100k(server: RunningServer, duration: float) -> list[Metric]:
+    """Plain HTTP with a 100 KiB body: exercises the body send path
+    (sendfile/zero-copy vs copying through userspace)."""
+    return _wrk_workload(server, duration, "http", "/100k.bin", 102400, "http_100k")
+
+
+# --------------------------------------------------------------------------
+# openssl s_time
+
+
+def parse_s_time(output: str) -> dict[str, Any]:
+    """Parse the ``-new`` block of ``openssl s_time``.
+
+    We report connections per *real* (wall-clock) second: the user-seconds
+    figure only counts the client's CPU time and so says little about the
+    server. s_time prints real seconds as a whole number built from
+    ``time(NULL)`` differences, which is off by up to one second (for
+    ``-time 3`` it said "4 real seconds" after ~3 s: a 25 % error), so the
+    caller divides by the measured wall time of the s_time process instead
+    and keeps s_time's own figure in the details for reference.
+    """
+    m = re.search(r"(\d+) connections in (\d+) real seconds", output)
+    if not m:
+        raise WorkloadError(f"cannot parse openssl s_time output:\n{output.strip()[-800:]}")
+    conns, real = int(m.group(1)), int(m.group(2))
+    if conns == 0 or real == 0:
+        raise WorkloadError(f"s_time: {conns} connections in {real} real seconds")
+    out: dict[str, Any] = {"connections": conns, "real_seconds": real}
+    m = re.search(r"(\d+) connections in ([\d.]+)s; ([\d.]+) connections/user sec", output)
+    if m:
+        out["user_seconds"] = float(m.group(2))
+        out["connections_per_user_sec"] = float(m.group(3))
+    out["s_time_connections_per_real_sec"] = conns / real
+    return out
+
+
+def _s_time(port: int, seconds: int) -> dict[str, Any]:
+    openssl = _require("openssl")
+    argv = [
+        "taskset",
+        "-c",
+        CLIENT_CPU,
+        openssl,
+        "s_time",
+        "-connect",
+        f"127.0.0.1:{port}",
+        "-new",
+        "-time",
+        str(seconds),
+    ]
+    start = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    wall = time.monotonic() - start
+    if proc.returncode != 0:
+        raise WorkloadError(
+            f"openssl s_time exited {proc.returncode}: {(proc.stdout + proc.stderr).strip()[-500:]}"
+        )
+    result = parse_s_time(proc.stdout)
+    result["wall_seconds"] = wall
+    result["connections_per_real_sec"] = result["connections"] / wall
+    return result
+
+
+def handshakes(server: RunningServer, duration: float) -> list[Metric]:
+    """Full TLS handshakes per second (no resumption).
+
+    s_time runs one connection at a time, so this is the inverse of the
+    round-trip cost of connect + full handshake + close, client CPU
+    included (ECDHE + ECDSA verify on the client core); it is a latency-
+    bound rate, not the server's saturated handshake capacity."""
+    port = server.ports["https"]
+    _s_time(port, WARMUP_SECONDS)
+    server.check_alive()
+    result = _s_time(port, max(1, round(duration)))
+    server.check_alive()
+    return [Metric("handshakes", result["connections_per_real_sec"], "conn/s", result)]
+
+
+# --------------------------------------------------------------------------
+# RSS
+
+
+def _mib(kib: int) -> float:
+    return kib / 1024.0
+
+
+def rss_idle(server: RunningServer, duration: float) -> list[Metric]:
+    """Memory after start-up and a handful of requests (the readiness probes),
+    once the process has settled for the warm-up second."""
+    time.sleep(WARMUP_SECONDS)
+    server.check_alive()
+    total, worker = server.rss()
+    detail = {"pids": server.pids(), "total_kib": total, "worker_kib": worker}
+    return [
+        Metric("rss_idle", _mib(total), "MiB", detail),
+        Metric("rss_idle.worker", _mib(worker), "MiB", detail),
+    ]
+
+
+IDLE_CONNECTIONS = 1000
+_OPEN_CONCURRENCY = 32
+
+
+async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
+    """One keep-alive GET; returns the body length after checking for 200."""
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n".encode()
+    )
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip())
+    body = await reader.readexactly(length)
+    if status != 200:
+        raise WorkloadError(f"GET {path} -> {status}")
+    return len(body)
+
+
+async def _hold_connections(
+    server: RunningServer, count: int
+) -> tuple[int, int, int, int, list[str]]:
+    """Open *count* TLS keep-alive connections, one request each, keep them
+    idle, read RSS, then re-use each once to see how many were really held.
+
+    Returns (opened, held, total_kib, worker_kib, first errors).
+    """
+    port = server.ports["https"]
+    ctx = ssl.create_default_context(cafile=str(server.ca_file))
+    ctx.set_alpn_protocols(["http/1.1"])
+    sem = asyncio.Semaphore(_OPEN_CONCURRENCY)
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    errors: list[str] = []
+
+    async def open_one() -> None:
+        async with sem:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
+                    ),
+                    timeout=20,
+                )
+                conns.append((reader, writer))
+                await asyncio.wait_for(_request(reader, writer, "/1k.bin"), timeout=20)
+            except (
+                TimeoutError,
+                OSError,
+                asyncio.IncompleteReadError,
+                ValueError,
+                WorkloadError,
+            ) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    async def reuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        try:
+            await asyncio.wait_for(_request(reader, writer, "/1k.bin"), timeout=20)
+            return True
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, WorkloadError):
+            return False
+
+    try:
+        await asyncio.gather(*(open_one() for _ in range(count)))
+        opened = count - len(errors)
+        await asyncio.sleep(1.0)  # let the server settle (buffers freed, GC...)
+        total, worker = server.rss()
+        held = sum(await asyncio.gather(*(reuse(r, w) for r, w in conns)))
+        return opened, held, total, worker, errors[:5]
+    finally:
+        for _, writer in conns:
+            writer.close()
+        await asyncio.gather(*(w.wait_closed() for _, w in conns), return_exceptions=True)
+
+
+def rss_1000_tls(server: RunningServer, duration: float) -> list[Metric]:
+    """RSS while holding 1,000 idle TLS keep-alive connections: the per-
+    connection memory cost (TLS state + buffers) that dominates at the edge.
+    Also reports KiB per connection over the same start's idle baseline."""
+    time.sleep(WARMUP_SECONDS)
+    server.check_alive()
+    base_total, base_worker = server.rss()
+    opened, held, total, worker, errors = asyncio.run(_hold_connections(server, IDLE_CONNECTIONS))
+    server.check_alive()
+    detail: dict[str, Any] = {
+        "opened": opened,
+        "held": held,
+        "baseline_total_kib": base_total,
+        "baseline_worker_kib": base_worker,
+        "total_kib": total,
+        "worker_kib": worker,
+        "errors": errors,
+    }
+    if opened < IDLE_CONNECTIONS or held < IDLE_CONNECTIONS:
+        raise WorkloadError(
+            f"only {opened} opened / {held} still held of {IDLE_CONNECTIONS} "
+            f"connections when RSS was read ({'; '.join(errors[:2])})"
+        )
+    return [
+        Metric("rss_1000_tls", _mib(total), "MiB", detail),
+        Metric("rss_1000_tls.worker", _mib(worker), "MiB", detail),
+        Metric("rss_1000_tls.per_conn", (total - base_total) / IDLE_CONNECTIONS, "KiB", detail),
+    ]
+
+
+# --------------------------------------------------------------------------
+
+_RPS_HI = True
+_MEM_HI = False
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload(
+            "https_1k",
+            "https",
+            (MetricSpec("https_1k", "req/s", _RPS_HI),),
+            https_1k,
+            ("wrk",),
+            "wrk -t1 -c64, GET /1k.bin over TLS",
+        ),
+        Workload(
+            "http_1k",
+            "http",
+            (MetricSpec("http_1k", "req/s", _RPS_HI),),
+            http_1k,
+            ("wrk",),
+            "wrk -t1 -c64, GET /1k.bin plain",
+        ),
+        Workload(
+            "http_100k",
+            "http",
+            (MetricSpec("http_100k", "req/s", _RPS_HI),),
+            http_100k,
+            ("wrk",),
+            "wrk -t1 -c64, GET /100k.bin plain",
+        ),
+        Workload(
+            "handshakes",
+            "https",
+            (MetricSpec("handshakes", "conn/s", _RPS_HI),),
+            handshakes,
+            ("openssl",),
+            "openssl s_time -new: full handshakes/s",
+        ),
+        Workload(
+            "rss_idle",
+            "https",
+            (MetricSpec("rss_idle", "MiB", _MEM_HI), MetricSpec("rss_idle.worker", "MiB", _MEM_HI)),
+            rss_idle,
+            (),
+            "RSS after start (tree total / worker only)",
+        ),
+        Workload(
+            "rss_1000_tls",
+            "https",
+            (
+                MetricSpec("rss_1000_tls", "MiB", _MEM_HI),
+                MetricSpec("rss_1000_tls.worker", "MiB", _MEM_HI),
+                MetricSpec("rss_1000_tls.per_conn", "KiB", _MEM_HI),
+            ),
+            rss_1000_tls,
+            (),
+            "RSS holding 1000 idle TLS keep-alive conns",
+        ),
+    )
+}

@@ -1,0 +1,219 @@
+"""Typed, frozen configuration.
+
+Every field is documented here once; the JSON Schema (`ingress schema`) and
+the loader's error messages are derived from these definitions, so docs and
+validation cannot drift apart. Sizes are bytes, durations are seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+def doc(text: str, **extra: Any) -> dict[str, Any]:
+    """Field metadata: `text` documents the key; `minimum`/`maximum`/`pattern` bound it."""
+    return {"doc": text, **extra}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    workers: int = field(
+        default=0, metadata=doc("Worker processes; 0 means one per CPU.", minimum=0, maximum=256)
+    )
+    server_header: str = field(
+        default="edgeward", metadata=doc("Value of the Server header; empty omits it.")
+    )
+    drain_timeout: float = field(
+        default=10.0,
+        metadata=doc("Seconds a draining worker waits for requests in flight.", minimum=0.1),
+    )
+    drain_idle_grace: float = field(
+        default=0.5,
+        metadata=doc(
+            "Seconds an idle keep-alive connection is given, once draining starts, to send"
+            " one last request before it is closed.",
+            minimum=0.0,
+        ),
+    )
+    cert_poll_interval: float = field(
+        default=0.5,
+        metadata=doc("Seconds between checks of certificate files for changes.", minimum=0.05),
+    )
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = field(
+        default=16384,
+        metadata=doc("Request line plus headers; more gets 431.", minimum=256, maximum=1 << 20),
+    )
+    max_header_count: int = field(
+        default=100, metadata=doc("Header fields per request; more gets 431.", minimum=1)
+    )
+    max_uri_bytes: int = field(
+        default=8192, metadata=doc("Request target length; longer gets 414.", minimum=16)
+    )
+    max_body_bytes: int = field(
+        default=1 << 20, metadata=doc("Request body size; larger gets 413.", minimum=0)
+    )
+    header_timeout: float = field(
+        default=10.0,
+        metadata=doc("Seconds to receive a whole request head; slower gets 408.", minimum=0.1),
+    )
+    body_timeout: float = field(
+        default=30.0,
+        metadata=doc("Seconds to receive a whole request body; slower gets 408.", minimum=0.1),
+    )
+    idle_timeout: float = field(
+        default=60.0,
+        metadata=doc("Seconds a keep-alive connection may sit idle.", minimum=0.1),
+    )
+    send_timeout: float = field(
+        default=60.0,
+        metadata=doc(
+            "Seconds a response may make no progress (peer not reading) before the connection"
+            " is closed.",
+            minimum=0.1,
+        ),
+    )
+    handshake_timeout: float = field(
+        default=10.0, metadata=doc("Seconds to complete a TLS handshake.", minimum=0.1)
+    )
+    max_requests_per_connection: int = field(
+        default=10000,
+        metadata=doc("Requests on one connection before it is closed.", minimum=1),
+    )
+
+
+@dataclass(frozen=True)
+class CertPair:
+    cert: str = field(metadata=doc("PEM certificate chain, leaf first."))
+    key: str = field(metadata=doc("PEM private key (RSA or ECDSA) matching `cert`."))
+    names: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "Server names (exact or `*.example.com`) this pair answers for; empty takes the"
+            " DNS names of the certificate's subjectAltName."
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    certs: tuple[CertPair, ...] = field(
+        metadata=doc("Certificates chosen by SNI; the first one answers unknown names.")
+    )
+    min_version: Literal["1.2", "1.3"] = field(
+        default="1.2", metadata=doc("Lowest TLS version accepted.")
+    )
+    alpn: tuple[Literal["http/1.1"], ...] = field(
+        default=("http/1.1",), metadata=doc("ALPN protocols offered, in preference order.")
+    )
+    session_tickets: bool = field(
+        default=True, metadata=doc("Offer TLS session tickets for resumption.")
+    )
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str = field(metadata=doc("Unique name, used by routes and logs.", pattern=r"^[a-z][a-z0-9_-]*$"))
+    address: str = field(metadata=doc("host:port to bind; port 0 picks a free port."))
+    tls: TLSSettings | None = field(default=None, metadata=doc("TLS termination; absent means plain HTTP."))
+
+
+@dataclass(frozen=True)
+class SecurityHeaders:
+    hsts: str = field(
+        default="max-age=63072000; includeSubDomains",
+        metadata=doc("Strict-Transport-Security, sent on TLS only; empty omits it."),
+    )
+    content_type_options: str = field(
+        default="nosniff", metadata=doc("X-Content-Type-Options; empty omits it.")
+    )
+    frame_options: str = field(default="DENY", metadata=doc("X-Frame-Options; empty omits it."))
+    referrer_policy: str = field(
+        default="strict-origin-when-cross-origin", metadata=doc("Referrer-Policy; empty omits it.")
+    )
+    content_security_policy: str = field(
+        default="", metadata=doc("Content-Security-Policy; empty omits it.")
+    )
+
+
+@dataclass(frozen=True)
+class StaticSite:
+    root: str = field(metadata=doc("Directory served; nothing outside it is ever read."))
+    index: str = field(default="index.html", metadata=doc("File served for a directory."))
+    precompressed: bool = field(
+        default=True, metadata=doc("Serve `.br`, `.zst`, `.gz` sidecars when the client accepts them.")
+    )
+    dotfiles: bool = field(
+        default=False,
+        metadata=doc("Serve names starting with `.` (other than `.well-known`). Unsafe: exposes `.git`, `.env`."),
+    )
+    inline_max_bytes: int = field(
+        default=256 * 1024,
+        metadata=doc(
+            "Files up to this size are held in memory as pre-serialised responses;"
+            " larger ones are streamed (sendfile or mmap).",
+            minimum=0,
+            maximum=64 << 20,
+        ),
+    )
+    cache_control: str = field(default="", metadata=doc("Cache-Control sent with files; empty omits it."))
+
+
+@dataclass(frozen=True)
+class Redirect:
+    scheme: Literal["https", "http"] = field(default="https", metadata=doc("Scheme of the target."))
+    port: int = field(
+        default=0, metadata=doc("Port of the target; 0 keeps the scheme's default.", minimum=0, maximum=65535)
+    )
+    host: str = field(default="", metadata=doc("Target host; empty keeps the request's host."))
+    status: Literal[301, 302, 307, 308] = field(default=308, metadata=doc("Redirect status."))
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str = field(default="/", metadata=doc("Path prefix, starting with `/`.", pattern=r"^/"))
+    host: str = field(
+        default="*", metadata=doc("Host: exact, `*.example.com`, or `*` for any host.")
+    )
+    listeners: tuple[str, ...] = field(
+        default=(), metadata=doc("Listener names this route is served on; empty means all.")
+    )
+    methods: tuple[str, ...] = field(
+        default=("GET", "HEAD"),
+        metadata=doc("Methods allowed; others get 405 with Allow. OPTIONS is always answered."),
+    )
+    static: StaticSite | None = field(default=None, metadata=doc("Serve files from a directory."))
+    redirect: Redirect | None = field(default=None, metadata=doc("Redirect every request."))
+    headers: SecurityHeaders = field(
+        default_factory=SecurityHeaders, metadata=doc("Security headers added to responses.")
+    )
+
+
+@dataclass(frozen=True)
+class AccessLog:
+    enabled: bool = field(default=True, metadata=doc("Write one JSON line per request."))
+    path: str = field(default="-", metadata=doc("File to append to; `-` is standard error."))
+    flush_interval: float = field(
+        default=1.0, metadata=doc("Seconds between buffered writes.", minimum=0.05)
+    )
+
+
+@dataclass(frozen=True)
+class Admin:
+    enabled: bool = field(default=True, metadata=doc("Serve /healthz, /readyz and /metrics."))
+    address: str = field(default="127.0.0.1:9901", metadata=doc("host:port of the admin listener."))
+
+
+@dataclass(frozen=True)
+class Config:
+    listeners: tuple[Listener, ...] = field(metadata=doc("Sockets to accept on."))
+    routes: tuple[Route, ...] = field(default=(), metadata=doc("Host and path prefix to handler."))
+    server: ServerSettings = field(default_factory=ServerSettings, metadata=doc("Process settings."))
+    limits: Limits = field(default_factory=Limits, metadata=doc("Request limits and timeouts."))
+    access_log: AccessLog = field(default_factory=AccessLog, metadata=doc("Access log."))
+    admin: Admin = field(default_factory=Admin, metadata=doc("Admin listener."))
+    source: str = field(default="", metadata=doc("Where this config came from (set by the loader).", internal=True))

@@ -1,0 +1,117 @@
+"""Cross-field rules that a single key's type cannot express.
+
+Pure functions over a parsed Config: no file is opened here, so the rules
+are cheap enough to run on every reload before anything else happens.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from ingress.config.model import Config, Route
+from ingress.errors import Problem
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Z-]+$")
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Split `host:port` (IPv6 as `[::1]:port`); raises ValueError with the reason."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:8443 or [::1]:8443")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} is not a number from 0 to 65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"{host!r} is not an IP address; bind to an address, not a name") from None
+    return host, int(port)
+
+
+def valid_host_pattern(pattern: str) -> bool:
+    """`*`, an exact DNS name or IP, or `*.` followed by a DNS name."""
+    if pattern == "*":
+        return True
+    name = pattern[2:] if pattern.startswith("*.") else pattern
+    try:
+        ipaddress.ip_address(name)
+        return not pattern.startswith("*.")
+    except ValueError:
+        pass
+    labels = name.split(".")
+    return all(_HOST_LABEL.match(label) for label in labels)
+
+
+def semantic_problems(config: Config) -> list[Problem]:
+    src = config.source
+    problems: list[Problem] = []
+    names: dict[str, int] = {}
+    binds: dict[tuple[str, int], str] = {}
+    for i, listener in enumerate(config.listeners):
+        at = f"listeners[{i}]"
+        if listener.name in names:
+            problems.append(Problem(src, f"{at}.name", f"duplicate listener name {listener.name!r} (also listeners[{names[listener.name]}])"))
+        names[listener.name] = i
+        try:
+            bind = parse_address(listener.address)
+        except ValueError as exc:
+            problems.append(Problem(src, f"{at}.address", str(exc)))
+        else:
+            if bind[1] != 0 and bind in binds:
+                problems.append(Problem(src, f"{at}.address", f"{listener.address} is already used by listener {binds[bind]!r}"))
+            binds[bind] = listener.name
+        if listener.tls is not None:
+            if not listener.tls.certs:
+                problems.append(Problem(src, f"{at}.tls.certs", "at least one certificate is required; add { cert = ..., key = ... }"))
+            for j, pair in enumerate(listener.tls.certs):
+                for k, name in enumerate(pair.names):
+                    if name == "*" or not valid_host_pattern(name.lower()):
+                        problems.append(Problem(src, f"{at}.tls.certs[{j}].names[{k}]", f"{name!r} is not a DNS name or *.domain wildcard"))
+    if not config.listeners:
+        problems.append(Problem(src, "listeners", "at least one listener is required"))
+    if config.admin.enabled:
+        try:
+            bind = parse_address(config.admin.address)
+            if bind[1] != 0 and bind in binds:
+                problems.append(Problem(src, "admin.address", f"{config.admin.address} is already used by listener {binds[bind]!r}"))
+        except ValueError as exc:
+            problems.append(Problem(src, "admin.address", str(exc)))
+    seen: dict[tuple[str, str, str], int] = {}
+    for i, route in enumerate(config.routes):
+        problems.extend(_route_problems(config, i, route, names))
+        for listener in route.listeners or tuple(names):
+            key = (route.host.lower(), route.path, listener)
+            if key in seen:
+                problems.append(Problem(src, f"routes[{i}]", f"collides with routes[{seen[key]}]: both serve host {route.host!r} path {route.path!r} on listener {listener!r}; change the path, host or listeners"))
+                break
+            seen[key] = i
+    return problems
+
+
+def _route_problems(config: Config, i: int, route: Route, listeners: dict[str, int]) -> list[Problem]:
+    src, at = config.source, f"routes[{i}]"
+    out: list[Problem] = []
+    handlers = [h for h in ("static", "redirect") if getattr(route, h) is not None]
+    if len(handlers) != 1:
+        what = "none" if not handlers else " and ".join(handlers)
+        out.append(Problem(src, at, f"needs exactly one handler (static or redirect), has {what}"))
+    if not valid_host_pattern(route.host.lower()):
+        out.append(Problem(src, f"{at}.host", f"{route.host!r} is not `*`, a DNS name or a *.domain wildcard"))
+    if "//" in route.path or "/../" in route.path + "/" or "/./" in route.path + "/":
+        out.append(Problem(src, f"{at}.path", f"{route.path!r} must be a normalised path without //, . or .. segments"))
+    for j, name in enumerate(route.listeners):
+        if name not in listeners:
+            out.append(Problem(src, f"{at}.listeners[{j}]", f"no listener named {name!r}; listeners are {', '.join(listeners)}"))
+    for j, method in enumerate(route.methods):
+        if not _TOKEN.match(method) or method != method.upper():
+            out.append(Problem(src, f"{at}.methods[{j}]", f"{method!r} is not an upper-case HTTP method token"))
+    if route.static is not None and set(route.methods) - {"GET", "HEAD"}:
+        extra = sorted(set(route.methods) - {"GET", "HEAD"})
+        out.append(Problem(src, f"{at}.methods", f"a static route serves only GET and HEAD; remove {', '.join(extra)}"))
+    return out

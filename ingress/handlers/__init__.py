@@ -1,0 +1,1 @@
+"""Handlers: what a routed request turns into."""

@@ -1,0 +1,26 @@
+"""Small error responses; the body never says more than the status."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from ingress.protocol.events import Response
+
+_TEXT = b"text/plain; charset=utf-8"
+
+
+def error_response(status: int, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    body = f"{status} {phrase}\n".encode()
+    headers = [
+        (b"Content-Type", _TEXT),
+        (b"Content-Length", b"%d" % len(body)),
+        (b"X-Content-Type-Options", b"nosniff"),
+        (b"Cache-Control", b"no-store"),
+    ]
+    if extra:
+        headers.extend(extra)
+    return Response(status, headers, body)

@@ -1,0 +1,314 @@
+"""Static files, with the hot path reduced to a dict lookup.
+
+Each file is resolved once, then held as an `_Entry` whose complete
+HTTP/1.1 responses (status line, headers and body as one bytes object) are
+rebuilt only when the Date tick moves or the file changes, which is checked
+by `stat` at most once a second. A plain GET for a cached file therefore
+costs one dict lookup and one `transport.write` of bytes that already exist.
+
+Files above `inline_max_bytes` are not held; they are described by a
+FileBody and streamed by the connection (sendfile on plain TCP, mmap slices
+on TLS).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import stat
+import urllib.parse
+from email.utils import formatdate
+
+from ingress.clock import Clock
+from ingress.config.model import StaticSite
+from ingress.handlers import conditional
+from ingress.handlers.errors import error_response
+from ingress.handlers.mime import content_type
+from ingress.handlers.negotiate import choose_encoding
+from ingress.handlers.ranges import Unsatisfiable, parse_ranges
+from ingress.protocol.events import FileBody, Request, Response
+from ingress.protocol.http1 import status_line
+
+_SLOW_HEADERS = frozenset(
+    {
+        b"range",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-match",
+        b"if-unmodified-since",
+        b"accept-encoding",
+    }
+)
+_SIDECARS = ((b"br", ".br"), (b"zstd", ".zst"), (b"gzip", ".gz"))
+_MAX_ENTRIES = 8192
+_MAX_INLINE_TOTAL = 256 << 20
+
+_Stamp = tuple[int, int, int]
+
+
+def _stamp(st: os.stat_result) -> _Stamp:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class _Variant:
+    """One encoding of a file, with its responses pre-serialised per Date tick."""
+
+    __slots__ = ("_full", "_head", "_preamble", "body", "encoding", "etag", "fs", "headers", "size", "stamp")
+
+    def __init__(self, fs: str, st: os.stat_result, encoding: bytes, body: bytes | None, headers: list[tuple[bytes, bytes]], etag: bytes) -> None:
+        self.fs = fs
+        self.stamp = _stamp(st)
+        self.size = st.st_size
+        self.encoding = encoding
+        self.body = body
+        self.etag = etag
+        self.headers = headers
+        self._preamble = b""
+        self._full = self._head = Response(200, headers)
+
+    def _rebuild(self, preamble: bytes) -> None:
+        block = b"".join(n + b": " + v + b"\r\n" for n, v in self.headers)
+        head = status_line(200) + preamble + block + b"\r\n"
+        if self.body is not None:
+            self._full = Response(200, self.headers, self.body, head + self.body)
+        else:
+            body = FileBody(self.fs, self.stamp, ((0, self.size),), self.size)
+            self._full = Response(200, self.headers, body)
+        self._head = Response(200, self.headers, b"", head)
+        self._preamble = preamble
+
+    def full(self, preamble: bytes) -> Response:
+        if preamble is not self._preamble:
+            self._rebuild(preamble)
+        return self._full
+
+    def head(self, preamble: bytes) -> Response:
+        if preamble is not self._preamble:
+            self._rebuild(preamble)
+        return self._head
+
+
+class _Entry:
+    __slots__ = ("content_type", "identity", "last_modified", "mtime", "tick", "variants")
+
+    def __init__(self, identity: _Variant, variants: dict[bytes, _Variant], ctype: bytes, mtime: int, tick: int) -> None:
+        self.identity = identity
+        self.variants = variants
+        self.content_type = ctype
+        self.mtime = mtime
+        self.last_modified = formatdate(mtime, usegmt=True).encode("ascii")
+        self.tick = tick
+
+    def stamps(self) -> list[tuple[str, _Stamp]]:
+        return [(v.fs, v.stamp) for v in (self.identity, *self.variants.values())]
+
+
+class StaticHandler:
+    def __init__(self, site: StaticSite, extra_headers: list[tuple[bytes, bytes]], clock: Clock) -> None:
+        self.site = site
+        self.root = os.path.realpath(site.root)
+        self._root_prefix = self.root.rstrip("/") + "/"
+        self.extra_headers = extra_headers
+        self.clock = clock
+        self.boundary = secrets.token_hex(12).encode("ascii")
+        self._cache: dict[str, _Entry] = {}
+        self._inline_total = 0
+
+    # hot path -----------------------------------------------------------
+    def handle(self, request: Request, path: str) -> Response:
+        entry = self._cache.get(path)
+        if entry is None or entry.tick != self.clock.tick:
+            found = self._revalidate(path, request, entry)
+            if isinstance(found, Response):
+                return found
+            entry = found
+        headers = request.headers
+        if _SLOW_HEADERS.isdisjoint(headers):
+            variant = entry.identity
+            if request.method == "HEAD":
+                return variant.head(self.clock.preamble)
+            return variant.full(self.clock.preamble)
+        return self._conditional(entry, request)
+
+    # negotiation, conditionals and ranges ------------------------------------
+    def _conditional(self, entry: _Entry, request: Request) -> Response:
+        headers = request.headers
+        variant = entry.identity
+        if entry.variants:
+            coding = choose_encoding(headers.get(b"accept-encoding"), tuple(entry.variants))
+            if coding:
+                variant = entry.variants[coding]
+        verdict = conditional.evaluate(headers, variant.etag, entry.mtime, request.method)
+        if verdict == 304:
+            keep = (b"ETag", b"Last-Modified", b"Vary", b"Cache-Control")
+            return Response(304, [(n, v) for n, v in variant.headers if n in keep] + self.extra_headers)
+        if verdict:
+            return error_response(verdict)
+        preamble = self.clock.preamble
+        range_header = headers.get(b"range")
+        if range_header is None or request.method != "GET":
+            return variant.head(preamble) if request.method == "HEAD" else variant.full(preamble)
+        if_range = headers.get(b"if-range")
+        if if_range is not None and not conditional.if_range_allows(if_range, variant.etag, entry.mtime):
+            return variant.full(preamble)
+        try:
+            ranges = parse_ranges(range_header, variant.size)
+        except Unsatisfiable:
+            return error_response(416, [(b"Content-Range", b"bytes */%d" % variant.size)])
+        if ranges is None:
+            return variant.full(preamble)
+        return self._partial(entry, variant, ranges)
+
+    def _partial(self, entry: _Entry, variant: _Variant, ranges: list[tuple[int, int]]) -> Response:
+        common = [(n, v) for n, v in variant.headers if n not in (b"Content-Length", b"Content-Type")]
+        size = variant.size
+        if len(ranges) == 1:
+            first, last = ranges[0]
+            length = last - first + 1
+            headers = [
+                (b"Content-Type", entry.content_type),
+                (b"Content-Length", b"%d" % length),
+                (b"Content-Range", b"bytes %d-%d/%d" % (first, last, size)),
+                *common,
+            ]
+            if variant.body is not None:
+                return Response(206, headers, variant.body[first : last + 1])
+            return Response(206, headers, FileBody(variant.fs, variant.stamp, ((first, length),), length))
+        parts: list[bytes | tuple[int, int]] = []
+        total = 0
+        for first, last in ranges:
+            part_head = b"\r\n--%s\r\nContent-Type: %s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n" % (self.boundary, entry.content_type, first, last, size)
+            parts.append(part_head)
+            total += len(part_head)
+            if variant.body is not None:
+                parts.append(variant.body[first : last + 1])
+            else:
+                parts.append((first, last - first + 1))
+            total += last - first + 1
+        closing = b"\r\n--%s--\r\n" % self.boundary
+        parts.append(closing)
+        total += len(closing)
+        headers = [
+            (b"Content-Type", b"multipart/byteranges; boundary=" + self.boundary),
+            (b"Content-Length", b"%d" % total),
+            *common,
+        ]
+        if variant.body is not None:
+            return Response(206, headers, b"".join(p for p in parts if isinstance(p, bytes)))
+        return Response(206, headers, FileBody(variant.fs, variant.stamp, tuple(parts), total))
+
+    # resolution (cold path) ------------------------------------------------
+    def _revalidate(self, path: str, request: Request, old: _Entry | None) -> _Entry | Response:
+        if old is not None:
+            try:
+                same = all(_stamp(os.stat(fs)) == st for fs, st in old.stamps())
+            except OSError:
+                same = False
+            if same and self._sidecars_unchanged(old):
+                old.tick = self.clock.tick
+                return old
+            self._forget(path, old)
+        return self._resolve(path, request)
+
+    def _sidecars_unchanged(self, entry: _Entry) -> bool:
+        if not self.site.precompressed:
+            return True
+        present = {enc for enc, ext in _SIDECARS if os.path.isfile(entry.identity.fs + ext)}
+        return present == set(entry.variants)
+
+    def _forget(self, path: str, entry: _Entry) -> None:
+        self._cache.pop(path, None)
+        for v in (entry.identity, *entry.variants.values()):
+            if v.body is not None:
+                self._inline_total -= len(v.body)
+
+    def _inside(self, real: str) -> bool:
+        return real == self.root or real.startswith(self._root_prefix)
+
+    def _resolve(self, path: str, request: Request) -> _Entry | Response:
+        for segment in path.split("/"):
+            if segment.startswith(".") and not self.site.dotfiles and segment != ".well-known":
+                return error_response(404)
+        wanted = self.root + path
+        if path.endswith("/"):
+            wanted += self.site.index
+        real = os.path.realpath(wanted)
+        if not self._inside(real):
+            return error_response(403)
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            return error_response(404)
+        except NotADirectoryError:
+            return error_response(404)
+        except PermissionError:
+            return error_response(403)
+        if stat.S_ISDIR(st.st_mode):
+            if path.endswith("/"):
+                return error_response(404)
+            location = urllib.parse.quote(path + "/").encode("ascii")
+            if request.query:
+                location += b"?" + request.query
+            return error_response(301, [(b"Location", location)])
+        if not stat.S_ISREG(st.st_mode):
+            return error_response(404)
+        try:
+            identity = self._variant(real, b"", None)
+        except PermissionError:
+            return error_response(403)
+        except OSError:
+            return error_response(404)
+        variants: dict[bytes, _Variant] = {}
+        if self.site.precompressed:
+            for encoding, ext in _SIDECARS:
+                sidecar = real + ext
+                try:
+                    side_st = os.stat(sidecar)
+                except OSError:
+                    continue
+                if not stat.S_ISREG(side_st.st_mode) or side_st.st_mtime_ns < st.st_mtime_ns:
+                    continue  # a stale sidecar would serve old content
+                if not self._inside(os.path.realpath(sidecar)):
+                    continue
+                try:
+                    variants[encoding] = self._variant(sidecar, encoding, real)
+                except OSError:
+                    continue
+        if variants:
+            vary = [(b"Vary", b"Accept-Encoding")]
+            identity.headers += vary
+            for v in variants.values():
+                v.headers += vary
+        entry = _Entry(identity, variants, content_type(real), int(st.st_mtime), self.clock.tick)
+        if len(self._cache) >= _MAX_ENTRIES:
+            oldest = next(iter(self._cache))
+            self._forget(oldest, self._cache[oldest])
+        self._cache[path] = entry
+        return entry
+
+    def _variant(self, fs: str, encoding: bytes, original: str | None) -> _Variant:
+        with open(fs, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            inline = st.st_size <= self.site.inline_max_bytes and self._inline_total + st.st_size <= _MAX_INLINE_TOTAL
+            body = fh.read() if inline else None
+        if body is not None and len(body) != st.st_size:
+            raise OSError("file changed while it was read")
+        if body is not None:
+            etag = b'"%s"' % hashlib.blake2b(body, digest_size=12).hexdigest().encode("ascii")
+            self._inline_total += len(body)
+        else:
+            etag = b'"%x-%x-%x"' % (st.st_ino, st.st_mtime_ns, st.st_size)
+        headers = [
+            (b"Content-Type", content_type(original or fs)),
+            (b"Content-Length", b"%d" % st.st_size),
+            (b"ETag", etag),
+            (b"Last-Modified", formatdate(int(st.st_mtime), usegmt=True).encode("ascii")),
+            (b"Accept-Ranges", b"bytes"),
+        ]
+        if encoding:
+            headers.append((b"Content-Encoding", encoding))
+        if self.site.cache_control:
+            headers.append((b"Cache-Control", self.site.cache_control.encode("latin-1")))
+        headers.extend(self.extra_headers)
+        return _Variant(fs, st, encoding, body, headers, etag)

@@ -1,0 +1,77 @@
+"""The one place a request goes from protocol event to response.
+
+Order: normalise the path, route by host and path, check the method, run
+the handler. Later stages (policy, telemetry) slot in here, so every
+protocol version gets them by calling `Site.handle`.
+"""
+
+from __future__ import annotations
+
+from ingress.clock import Clock
+from ingress.config.model import Config, Route
+from ingress.errors import ProtocolError
+from ingress.handlers.errors import error_response
+from ingress.handlers.redirect import RedirectHandler
+from ingress.handlers.static import StaticHandler
+from ingress.protocol.events import Request, Response
+from ingress.routing import RouteEntry, Router, normalize_path
+
+
+def _security_headers(route: Route, tls: bool) -> list[tuple[bytes, bytes]]:
+    h = route.headers
+    pairs = [
+        (b"Strict-Transport-Security", h.hsts if tls else ""),
+        (b"X-Content-Type-Options", h.content_type_options),
+        (b"X-Frame-Options", h.frame_options),
+        (b"Referrer-Policy", h.referrer_policy),
+        (b"Content-Security-Policy", h.content_security_policy),
+    ]
+    return [(name, value.encode("latin-1")) for name, value in pairs if value]
+
+
+def _allow(methods: tuple[str, ...]) -> bytes:
+    allowed = list(dict.fromkeys([*methods, "OPTIONS"]))
+    return ", ".join(allowed).encode("ascii")
+
+
+class Site:
+    """Everything one listener serves."""
+
+    def __init__(self, router: Router, clock: Clock) -> None:
+        self.router = router
+        self.clock = clock
+
+    def handle(self, request: Request) -> Response:
+        try:
+            path = normalize_path(request.path) if request.path != b"*" else "*"
+        except ProtocolError as exc:
+            return error_response(exc.status_hint)
+        if path == "*":
+            if request.method == "OPTIONS":
+                return Response(204, [(b"Allow", b"GET, HEAD, OPTIONS")])
+            return error_response(400)
+        route = self.router.match(request.host, path)
+        if route is None:
+            return error_response(404)
+        if request.method not in route.methods:
+            if request.method == "OPTIONS":
+                return Response(204, [(b"Allow", route.allow), (b"Content-Length", b"0")])
+            return error_response(405, [(b"Allow", route.allow)])
+        return route.handle(request, path)
+
+
+def build_site(config: Config, listener: str, tls: bool, clock: Clock) -> Site:
+    router = Router()
+    for route in config.routes:
+        if route.listeners and listener not in route.listeners:
+            continue
+        extra = _security_headers(route, tls)
+        if route.static is not None:
+            handle = StaticHandler(route.static, extra, clock).handle
+        elif route.redirect is not None:
+            handle = RedirectHandler(route.redirect).handle
+        else:  # rejected by config semantics; kept total for the type checker
+            continue
+        methods = frozenset(route.methods) | ({"HEAD"} if "GET" in route.methods else set())
+        router.add(route.host, RouteEntry(route.path, methods, _allow(route.methods), handle))
+    return Site(router, clock)

@@ -1,0 +1,1 @@
+"""Protocol cores: bytes in, version-neutral events out. No sockets here."""

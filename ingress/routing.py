@@ -1,0 +1,104 @@
+"""Host and path to a route, decided once per request with dict lookups.
+
+Routing works on the decoded, normalised path, never the raw bytes, so
+`/%61dmin` and `/a/../admin` land on the same route as `/admin`; any rule
+attached to a route cannot be bypassed by spelling the path differently.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ingress.errors import ProtocolError
+from ingress.protocol.events import Request, Response
+
+Handler = Callable[[Request, str], Response]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    prefix: str
+    methods: frozenset[str]
+    allow: bytes
+    handle: Handler
+
+
+def normalize_path(raw: bytes) -> str:
+    """Decode and normalise a request path; raise ProtocolError(400) on anything unsafe."""
+    if b"%" not in raw and b"/." not in raw and b"//" not in raw and b"\\" not in raw:
+        try:
+            return raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError(400, "non-ASCII bytes in path") from None
+    decoded = urllib.parse.unquote_to_bytes(raw)
+    if b"\x00" in decoded or b"\\" in decoded:
+        raise ProtocolError(400, "NUL or backslash in path")
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(400, "path is not valid UTF-8") from None
+    out: list[str] = []
+    for segment in text.split("/")[1:]:
+        if segment == "..":
+            raise ProtocolError(400, "dot-dot segment in path")
+        if segment in ("", "."):
+            continue
+        out.append(segment)
+    trailing = "/" if text.endswith(("/", "/.")) and out else ""
+    return "/" + "/".join(out) + trailing
+
+
+def _matches(prefix: str, path: str) -> bool:
+    if prefix.endswith("/"):
+        return path.startswith(prefix) or path + "/" == prefix
+    return path == prefix or path.startswith(prefix + "/")
+
+
+class Router:
+    def __init__(self) -> None:
+        self._exact: dict[str, list[RouteEntry]] = {}
+        self._wildcard: dict[str, list[RouteEntry]] = {}
+        self._any: list[RouteEntry] = []
+        self._hosts: dict[str, list[RouteEntry] | None] = {}
+
+    def add(self, host: str, entry: RouteEntry) -> None:
+        host = host.lower()
+        if host == "*":
+            group = self._any
+        elif host.startswith("*."):
+            group = self._wildcard.setdefault(host[1:], [])
+        else:
+            group = self._exact.setdefault(host, [])
+        group.append(entry)
+        group.sort(key=lambda e: len(e.prefix), reverse=True)
+        self._hosts.clear()
+
+    def _group(self, host: str) -> list[RouteEntry] | None:
+        cached = self._hosts.get(host, False)
+        if cached is not False:
+            return cached  # type: ignore[return-value]
+        name = host[: host.index("]") + 1] if host.startswith("[") else host.partition(":")[0]
+        name = name.rstrip(".")
+        group = self._exact.get(name)
+        if group is None:
+            labels = name.split(".")
+            for i in range(1, len(labels)):
+                group = self._wildcard.get("." + ".".join(labels[i:]))
+                if group is not None:
+                    break
+        if group is None:
+            group = self._any or None
+        if len(self._hosts) < 4096:
+            self._hosts[host] = group
+        return group
+
+    def match(self, host: str, path: str) -> RouteEntry | None:
+        group = self._group(host)
+        if group is None:
+            return None
+        for entry in group:
+            if _matches(entry.prefix, path):
+                return entry
+        return None

@@ -1,0 +1,1 @@
+"""Sockets, processes and signals: the only I/O of the request path."""

@@ -1,0 +1,254 @@
+"""One HTTP/1.1 connection: the hot path.
+
+Raw asyncio.Protocol callbacks, no streams and no coroutine per request:
+bytes arrive in `data_received`, llhttp parses them in C, the pipeline
+returns a Response, and a pre-serialised response goes out in one
+`transport.write`. Timeouts are not timers per connection; the worker's
+one-second tick compares each connection's `deadline` with the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import typing
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ingress.errors import ProtocolError
+from ingress.handlers.errors import error_response
+from ingress.protocol.events import Request, Response
+from ingress.protocol.http1 import BODY, HEAD, IDLE, RequestParser, serialize_head
+from ingress.server.filesend import FileChanged, FileSender
+
+if TYPE_CHECKING:
+    from ingress.server.runtime import ListenerRuntime, WorkerContext
+
+log = logging.getLogger("edgeward.http1")
+
+
+class HTTP1Connection(asyncio.Protocol):
+    __slots__ = (
+        "_timed",
+        "client",
+        "closing",
+        "ctx",
+        "deadline",
+        "listener",
+        "parser",
+        "queue",
+        "requests",
+        "sender",
+        "sni",
+        "t0",
+        "tls_version",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, ctx: WorkerContext, listener: ListenerRuntime) -> None:
+        self.ctx = ctx
+        self.listener = listener
+        self.requests = 0
+        self.closing = False
+        self.write_paused = False
+        self.sender: FileSender | None = None
+        self.queue: deque[Request] = deque()
+        self.t0 = 0.0
+        self.client = self.sni = self.tls_version = ""
+
+    # asyncio callbacks ----------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.Transport, transport)
+        ctx = self.ctx
+        self.parser = RequestParser(self, ctx.limits, "https" if self.listener.tls else "http")
+        self._timed = (IDLE, 0)
+        self.deadline = ctx.clock.now + ctx.limits.header_timeout
+        ctx.connections.add(self)
+        ctx.stats.connections_total += 1
+        if self.ctx.access_log is not None:
+            peer = transport.get_extra_info("peername")
+            self.client = peer[0] if peer else ""
+            sslobj = transport.get_extra_info("ssl_object")
+            if sslobj is not None:
+                self.tls_version = sslobj.version() or ""
+                self.sni = getattr(sslobj, "edge_sni", None) or ""
+        if ctx.draining:
+            self.closing = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.connections.discard(self)
+        if self.sender is not None:
+            self.sender.close()
+            self.sender = None
+        self.queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser.state == IDLE and self.ctx.access_log is not None:
+            self.t0 = time.perf_counter()
+        try:
+            parser.feed(data)
+        except ProtocolError as exc:
+            self._reject(exc.status_hint, exc.reason)
+            return
+        timed = (parser.state, self.requests)
+        if timed != self._timed:
+            self._timed = timed
+            limits = self.ctx.limits
+            state = timed[0]
+            timeout = limits.idle_timeout if state == IDLE else limits.header_timeout if state == HEAD else limits.body_timeout
+            self.deadline = self.ctx.clock.now + timeout
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.transport.pause_reading()
+        if self.sender is not None:
+            self.sender.pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.sender is not None:
+            self.sender.resume()
+        elif not self.closing:
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        # A half-closed client still gets the responses it asked for.
+        if self.sender is None and not self.queue:
+            return None
+        self.closing = True
+        return True
+
+    # requests ---------------------------------------------------------------
+    def request_received(self, request: Request) -> None:
+        self.requests += 1
+        if self.sender is not None or self.queue:
+            self.queue.append(request)
+            self.transport.pause_reading()
+            return
+        self._respond(request)
+
+    def _respond(self, request: Request) -> None:
+        ctx = self.ctx
+        response = self.listener.site.handle(request)
+        close = (
+            self.closing
+            or not request.keep_alive
+            or self.requests >= ctx.limits.max_requests_per_connection
+        )
+        wire = response.wire
+        if wire is not None and not close and request.version == "1.1":
+            self.transport.write(wire)
+        else:
+            self._write_generic(request, response, close)
+        if ctx.access_log is not None:
+            self._log(request, response)
+        ctx.stats.count(response.status)
+        if close:
+            self.closing = True
+            if self.sender is None:
+                self.transport.close()
+
+    def _write_generic(self, request: Request, response: Response, close: bool) -> None:
+        preamble = self.ctx.clock.preamble
+        if request.version == "1.0" and not close:
+            preamble += b"Connection: keep-alive\r\n"
+        head = serialize_head(response.status, response.headers, preamble, close)
+        body = response.body
+        if request.method == "HEAD" or response.status in (204, 304):
+            self.transport.write(head)
+        elif isinstance(body, bytes):
+            self.transport.write(head + body)
+        else:
+            try:
+                self.transport.write(head)
+                self.sender = FileSender(
+                    self.ctx.loop,
+                    self.transport,
+                    body,
+                    not self.listener.tls,
+                    self._sent,
+                    self._progress,
+                )
+            except (OSError, FileChanged) as exc:
+                # Headers promised a length we can no longer deliver: the only
+                # honest move left is to cut the connection.
+                log.warning("file vanished after headers: %s", exc, extra={"event": "static.file_changed"})
+                self.sender = None
+                self.transport.abort()
+                return
+            if self.write_paused and self.sender is not None:
+                self.sender.pause()
+
+    def _progress(self) -> None:
+        self.deadline = self.ctx.clock.now + self.ctx.limits.send_timeout
+
+    def _sent(self, ok: bool) -> None:
+        self.sender = None
+        if not ok:
+            self.transport.abort()
+            return
+        if self.closing and not self.queue:
+            self.transport.close()
+            return
+        self.deadline = self.ctx.clock.now + self.ctx.limits.idle_timeout
+        while self.queue and self.sender is None and not self.transport.is_closing():
+            self._respond(self.queue.popleft())
+        if self.sender is None and not self.queue and not self.closing and not self.write_paused:
+            self.transport.resume_reading()
+
+    def _log(self, request: Request, response: Response) -> None:
+        assert self.ctx.access_log is not None
+        self.ctx.access_log.record(
+            (
+                time.time(),
+                self.client,
+                request.method,
+                request.path.decode("latin-1"),
+                response.status,
+                response.body_length if request.method != "HEAD" else 0,
+                time.perf_counter() - self.t0,
+                "HTTP/" + request.version,
+                self.tls_version,
+                self.sni,
+            )
+        )
+
+    def _reject(self, status: int, reason: str) -> None:
+        """Answer a protocol violation and close: the framing can no longer be trusted."""
+        self.ctx.stats.protocol_errors += 1
+        if self.transport.is_closing():
+            return
+        if self.sender is None and not self.queue:
+            response = error_response(status)
+            self.transport.write(serialize_head(status, response.headers, self.ctx.clock.preamble, True) + response.body)
+            self.ctx.stats.count(status)
+        self.closing = True
+        if self.sender is None:
+            self.transport.close()
+        log.debug("rejected request: %s", reason, extra={"event": "http1.rejected", "status": status})
+
+    # timers and lifecycle (called by the worker, not per request) --------------
+    def expire(self) -> None:
+        """The deadline passed: 408 for a request half-received, silent close when idle."""
+        if self.sender is not None:
+            self.sender.close()
+            self.sender = None
+            self.transport.abort()
+        elif self.parser.state in (HEAD, BODY):
+            self._reject(408, "request not received in time")
+        else:
+            self.transport.close()
+
+    def drain(self, grace: float) -> None:
+        """Stop keep-alive: the next response closes; an idle connection gets `grace` to send one."""
+        self.closing = True
+        if self.parser.state == IDLE and self.sender is None and not self.queue:
+            self.deadline = min(self.deadline, self.ctx.clock.now + grace)
+            self.ctx.loop.call_later(grace, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if self.parser.state == IDLE and self.sender is None and not self.queue and not self.transport.is_closing():
+            self.transport.close()

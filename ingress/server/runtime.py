@@ -1,0 +1,70 @@
+"""What a worker serves, built from a Config and swappable on reload.
+
+Connections hold a ListenerRuntime and read `listener.site` per request,
+so a reload that swaps `site` takes effect on the next request of every
+open connection, with no connection closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ingress.clock import Clock
+from ingress.config.model import Config, Limits, Listener
+from ingress.pipeline import Site, build_site
+from ingress.telemetry.accesslog import AccessLog
+from ingress.tls.sni import CertStore
+
+if TYPE_CHECKING:
+    from ingress.server.connection import HTTP1Connection
+
+
+@dataclass
+class Stats:
+    """Per-worker counters; plain ints, bumped on the request path without locks."""
+
+    connections_total: int = 0
+    protocol_errors: int = 0
+    by_class: list[int] = field(default_factory=lambda: [0] * 6)
+
+    def count(self, status: int) -> None:
+        self.by_class[status // 100] += 1
+
+
+@dataclass
+class ListenerRuntime:
+    config: Listener
+    site: Site
+    tls: bool
+    certs: CertStore | None = None
+
+
+class WorkerContext:
+    """State shared by every connection of one worker."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: Config) -> None:
+        self.loop = loop
+        self.connections: set[HTTP1Connection] = set()
+        self.stats = Stats()
+        self.draining = False
+        self.access_log: AccessLog | None = None
+        self.clock = Clock(config.server.server_header)
+        self.apply(config)
+
+    def apply(self, config: Config) -> None:
+        """Adopt the process-wide parts of a (re)loaded config."""
+        self.config = config
+        self.limits: Limits = config.limits
+        self.clock.set_server(config.server.server_header)
+        old = self.access_log
+        self.access_log = AccessLog(config.access_log.path) if config.access_log.enabled else None
+        if old is not None:
+            old.close()
+
+
+def build_listener(config: Config, listener: Listener, clock: Clock) -> ListenerRuntime:
+    tls = listener.tls is not None
+    certs = CertStore(listener.name, listener.tls) if listener.tls is not None else None
+    return ListenerRuntime(listener, build_site(config, listener.name, tls, clock), tls, certs)

@@ -1,0 +1,238 @@
+"""One worker process: one uvloop loop, its own listening sockets, no threads.
+
+Everything periodic (the Date tick, timeouts, certificate polling, log
+flushing) runs from loop timers between requests, never inside one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ingress.config.model import Config, Listener
+from ingress.config.semantics import parse_address
+from ingress.errors import ConfigError
+from ingress.handlers.admin import AdminHandler
+from ingress.pipeline import Site
+from ingress.routing import RouteEntry, Router
+from ingress.server.connection import HTTP1Connection
+from ingress.server.listeners import listen
+from ingress.server.runtime import ListenerRuntime, WorkerContext, build_listener
+from ingress.tls.contexts import base_context
+
+log = logging.getLogger("edgeward.worker")
+
+ADMIN = "__admin__"
+
+ReloadFn = Callable[[], Config]
+ReadyFn = Callable[[], None]
+SNICallback = Callable[[ssl.SSLObject, "str | None", ssl.SSLContext], None]
+
+
+@dataclass
+class _Bound:
+    runtime: ListenerRuntime
+    server: asyncio.AbstractServer
+    address: tuple[str, int]
+
+
+class Worker:
+    def __init__(
+        self,
+        config: Config,
+        addresses: dict[str, tuple[str, int]],
+        reload_config: ReloadFn,
+        index: int,
+    ) -> None:
+        self.config = config
+        self.addresses = addresses
+        self.reload_config = reload_config
+        self.index = index
+        self.bound: dict[str, _Bound] = {}
+        self.done: asyncio.Future[None] | None = None
+
+    async def run(self, ready: ReadyFn) -> None:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.ctx = WorkerContext(loop, self.config)
+        loop.set_exception_handler(self._loop_exception)
+        self.done = loop.create_future()
+        for listener in self.config.listeners:
+            await self._bind(listener, build_listener(self.config, listener, self.ctx.clock))
+        if self.config.admin.enabled:
+            await self._bind_admin()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.drain)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.call_later(1.0, self._tick)
+        loop.call_later(self.config.server.cert_poll_interval, self._poll_certs)
+        loop.call_later(self.config.access_log.flush_interval, self._flush)
+        ready()
+        await self.done
+        if self.ctx.access_log is not None:
+            self.ctx.access_log.close()
+
+    # binding ---------------------------------------------------------------
+    async def _bind(self, listener: Listener, runtime: ListenerRuntime) -> None:
+        host, port = self.addresses.get(listener.name) or _split(listener.address)
+        sock = listen(host, port)
+        ssl_ctx = None
+        if runtime.certs is not None and listener.tls is not None:
+            ssl_ctx = base_context(listener.name, listener.tls)
+            ssl_ctx.sni_callback = _sni_callback(runtime)
+        limits = self.ctx.limits
+        server = await self.loop.create_server(
+            lambda: HTTP1Connection(self.ctx, runtime),
+            sock=sock,
+            ssl=ssl_ctx,
+            ssl_handshake_timeout=limits.handshake_timeout if ssl_ctx else None,
+        )
+        old = self.bound.get(listener.name)
+        self.bound[listener.name] = _Bound(runtime, server, (host, port))
+        if old is not None:
+            old.server.close()
+            self._drain_listener(old.runtime)
+
+    async def _bind_admin(self) -> None:
+        router = Router()
+        handler = AdminHandler(lambda: not self.ctx.draining, self._metrics)
+        router.add("*", RouteEntry("/", frozenset({"GET", "HEAD"}), b"GET, HEAD, OPTIONS", handler.handle))
+        admin_listener = Listener(name=ADMIN, address=self.config.admin.address)
+        runtime = ListenerRuntime(admin_listener, Site(router, self.ctx.clock), tls=False)
+        await self._bind(admin_listener, runtime)
+
+    # periodic work -----------------------------------------------------------
+    def _tick(self) -> None:
+        ctx = self.ctx
+        ctx.clock.advance()
+        now = ctx.clock.now
+        expired = [c for c in ctx.connections if c.deadline <= now]
+        for conn in expired:
+            conn.expire()
+        self.loop.call_later(1.0, self._tick)
+
+    def _poll_certs(self) -> None:
+        for bound in self.bound.values():
+            if bound.runtime.certs is not None:
+                bound.runtime.certs.poll()
+        self.loop.call_later(self.ctx.config.server.cert_poll_interval, self._poll_certs)
+
+    def _flush(self) -> None:
+        if self.ctx.access_log is not None:
+            self.ctx.access_log.flush()
+        self.loop.call_later(self.ctx.config.access_log.flush_interval, self._flush)
+
+    def _metrics(self) -> str:
+        s = self.ctx.stats
+        lines = [
+            "# HELP edgeward_connections_open Connections open in this worker.",
+            "# TYPE edgeward_connections_open gauge",
+            f'edgeward_connections_open{{worker="{self.index}"}} {len(self.ctx.connections)}',
+            "# TYPE edgeward_connections_total counter",
+            f'edgeward_connections_total{{worker="{self.index}"}} {s.connections_total}',
+            "# TYPE edgeward_protocol_errors_total counter",
+            f'edgeward_protocol_errors_total{{worker="{self.index}"}} {s.protocol_errors}',
+            "# TYPE edgeward_responses_total counter",
+        ]
+        for cls, n in enumerate(s.by_class):
+            if cls:
+                lines.append(f'edgeward_responses_total{{worker="{self.index}",class="{cls}xx"}} {n}')
+        for name, bound in self.bound.items():
+            if bound.runtime.certs is not None:
+                lines.append(f'edgeward_cert_reloads_total{{listener="{name}"}} {bound.runtime.certs.reloads}')
+                lines.append(f'edgeward_cert_refusals_total{{listener="{name}"}} {bound.runtime.certs.refusals}')
+        if self.ctx.access_log is not None:
+            lines.append(f"edgeward_access_log_dropped_total {self.ctx.access_log.dropped}")
+        return "\n".join(lines) + "\n"
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, ssl.SSLError | ConnectionError | TimeoutError):
+            return  # a failed or abandoned handshake is the client's problem, not an incident
+        loop.default_exception_handler(context)
+
+    # reload and drain --------------------------------------------------------
+    def reload(self) -> None:
+        try:
+            config = self.reload_config()
+        except ConfigError as exc:
+            log.error("reload refused; still serving the previous config:\n%s", exc, extra={"event": "config.reload_refused"})
+            return
+        self.loop.create_task(self._apply(config))
+
+    async def _apply(self, config: Config) -> None:
+        self.config = config
+        self.ctx.apply(config)
+        wanted = {listener.name for listener in config.listeners}
+        for listener in config.listeners:
+            fresh = build_listener(config, listener, self.ctx.clock)
+            old = self.bound.get(listener.name)
+            if old is not None and old.runtime.config.address == listener.address and old.runtime.config.tls == listener.tls:
+                old.runtime.site = fresh.site
+                old.runtime.certs = fresh.certs
+                old.runtime.config = listener
+                continue
+            try:
+                await self._bind(listener, fresh)
+            except OSError as exc:
+                log.error("cannot bind listener %s at %s: %s", listener.name, listener.address, exc, extra={"event": "config.bind_failed"})
+        for name in list(self.bound):
+            if name != ADMIN and name not in wanted:
+                gone = self.bound.pop(name)
+                gone.server.close()
+                self._drain_listener(gone.runtime)
+        log.info("config reloaded", extra={"event": "config.reloaded", "source": config.source})
+
+    def _drain_listener(self, runtime: ListenerRuntime) -> None:
+        grace = self.ctx.config.server.drain_idle_grace
+        for conn in list(self.ctx.connections):
+            if conn.listener is runtime:
+                conn.drain(grace)
+
+    def drain(self) -> None:
+        ctx = self.ctx
+        if ctx.draining:
+            return
+        ctx.draining = True
+        log.info("draining", extra={"event": "worker.drain", "connections": len(ctx.connections)})
+        for name, bound in self.bound.items():
+            if name != ADMIN:
+                bound.server.close()
+        grace = ctx.config.server.drain_idle_grace
+        for conn in list(ctx.connections):
+            conn.drain(grace)
+        self._deadline = self.loop.time() + ctx.config.server.drain_timeout
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        ctx = self.ctx
+        if ctx.connections and self.loop.time() < self._deadline:
+            self.loop.call_later(0.05, self._check_drained)
+            return
+        if ctx.connections:
+            log.warning("drain deadline reached; closing %d connections", len(ctx.connections), extra={"event": "worker.drain_deadline"})
+            for conn in list(ctx.connections):
+                conn.transport.abort()
+        for bound in self.bound.values():
+            bound.server.close()
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+
+def _split(address: str) -> tuple[str, int]:
+    return parse_address(address)
+
+
+def _sni_callback(runtime: ListenerRuntime) -> SNICallback:
+    def select(sslobj: ssl.SSLObject, server_name: str | None, current: ssl.SSLContext) -> None:
+        sslobj.edge_sni = server_name  # type: ignore[attr-defined]
+        certs = runtime.certs
+        if certs is not None:
+            certs.select(sslobj, server_name, current)
+
+    return select
+

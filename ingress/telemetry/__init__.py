@@ -1,0 +1,1 @@
+"""Telemetry: access log and operational logs, kept off the request path."""

@@ -1,0 +1,1 @@
+"""TLS termination: contexts, the SNI certificate store and dev PKI."""
