@@ -333,6 +333,27 @@ def render_markdown(res: Results, meta: dict[str, Any]) -> str:
                 cells.append("—" if r is None else f"{r:.2f}")
             lines.append(f"| {spec.name} | " + " | ".join(cells) + " |")
 
+    util_rows = []
+    for spec in res.metrics:
+        utils = []
+        for server in servers:
+            c = res.cells.get((spec.name, server))
+            u = [d["server_cpu_util"] for d in c.details if "server_cpu_util" in d] if c else []
+            utils.append(f"{statistics.median(u):.2f}" if u else "—")
+        if any(u != "—" for u in utils) and "." not in spec.name:
+            util_rows.append(f"| {spec.name} | " + " | ".join(utils) + " |")
+    if util_rows:
+        lines += [
+            "",
+            "Server CPU use during the measurement (CPU-seconds per second, median; "
+            "1.00 = the server's pinned core was saturated, well below = the client "
+            "or latency was the limit):",
+            "",
+            "| metric | " + " | ".join(servers) + " |",
+            "|---|" + "---:|" * len(servers),
+            *util_rows,
+        ]
+
     if meta["rounds"] > 1:
         lines += ["", "Raw values per round:", ""]
         for spec in res.metrics:
@@ -505,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     results.add(metrics, server.name)
                     shown = ", ".join(f"{m.name}={_fmt(m.value, m.unit)} {m.unit}" for m in metrics)
+                    if "server_cpu_util" in metrics[0].detail:
+                        shown += f" (server cpu {metrics[0].detail['server_cpu_util']:.2f})"
                     log(f"{prefix} {shown}")
         meta["elapsed_seconds"] = round(time.monotonic() - t0, 1)
 

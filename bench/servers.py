@@ -104,6 +104,20 @@ def process_tree(root: int) -> list[int]:
     return order
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of *pid* in seconds (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # fields[0] is state (stat field 3); utime/stime are stat fields 14/15.
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
 def rss_kib(pid: int) -> int:
     """VmRSS of *pid* in KiB (0 if the process is gone or a zombie)."""
     try:
@@ -160,6 +174,14 @@ class RunningServer:
         total = sum(sizes.values())
         worker = sum(sizes[p] for p in tree[1:]) if len(tree) > 1 else total
         return total, worker
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) consumed so far by the whole tree.
+
+        Sampled before and after a measurement it tells whether the server
+        core was saturated (≈1.0 CPU) or the client was the bottleneck.
+        """
+        return sum(cpu_seconds(pid) for pid in self.pids())
 
     def alive(self) -> bool:
         return self.proc.poll() is None

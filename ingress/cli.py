@@ -33,9 +33,19 @@ EXAMPLES = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ingress", description="edgeward edge ingress server", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="ingress",
+        description="edgeward edge ingress server",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the server", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve = sub.add_parser(
+        "serve",
+        help="run the server",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--config", type=Path, help="TOML config; without it the embedded default runs")
     serve.add_argument("--workers", type=int, help="worker processes (default: config, else one per CPU)")
     serve.add_argument("--state-file", help="write pid, worker pids and bound addresses here as JSON once ready")
@@ -119,7 +129,10 @@ def main(argv: list[str] | None = None) -> None:
             code = _serve(args)
         elif args.command == "check":
             config = _load_checked(args.config)
-            print(f"{args.config}: ok ({len(config.listeners)} listeners, {len(config.routes)} routes)", file=sys.stderr)
+            print(
+                f"{args.config}: ok ({len(config.listeners)} listeners, {len(config.routes)} routes)",
+                file=sys.stderr,
+            )
             code = 0
         elif args.command == "schema":
             print(json.dumps(config_schema(), indent=2))

@@ -19,9 +19,7 @@ class Clock:
         self.set_server(server_header)
 
     def set_server(self, server_header: str) -> None:
-        self.server = (
-            b"Server: " + server_header.encode("latin-1") + b"\r\n" if server_header else b""
-        )
+        self.server = b"Server: " + server_header.encode("latin-1") + b"\r\n" if server_header else b""
         self.advance()
 
     def advance(self) -> None:

@@ -50,6 +50,14 @@ def normalize_path(raw: bytes) -> str:
     return "/" + "/".join(out) + trailing
 
 
+def host_name(host: str) -> str:
+    """The Host header without its port; IPv6 literals keep their brackets."""
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end > 0 else host
+    return host.partition(":")[0]
+
+
 def _matches(prefix: str, path: str) -> bool:
     if prefix.endswith("/"):
         return path.startswith(prefix) or path + "/" == prefix
@@ -79,8 +87,7 @@ class Router:
         cached = self._hosts.get(host, False)
         if cached is not False:
             return cached  # type: ignore[return-value]
-        name = host[: host.index("]") + 1] if host.startswith("[") else host.partition(":")[0]
-        name = name.rstrip(".")
+        name = host_name(host).rstrip(".")
         group = self._exact.get(name)
         if group is None:
             labels = name.split(".")

@@ -69,9 +69,7 @@ def _convert(tp: Any, value: Any, path: str, out: _Collector, meta: Mapping[str,
             out.add(path, f"expected an array, got {_describe(value)}")
             return _MISSING
         (item_tp, _ellipsis) = get_args(tp)
-        items = [
-            _convert(item_tp, v, f"{path}[{i}]", out, {}) for i, v in enumerate(value)
-        ]
+        items = [_convert(item_tp, v, f"{path}[{i}]", out, {}) for i, v in enumerate(value)]
         return _MISSING if any(i is _MISSING for i in items) else tuple(items)
     if origin is Literal:
         allowed = get_args(tp)
@@ -109,10 +107,10 @@ def _convert(tp: Any, value: Any, path: str, out: _Collector, meta: Mapping[str,
 
 def _bounded(value: T, path: str, out: _Collector, meta: Mapping[str, Any]) -> T | object:
     lo, hi = meta.get("minimum"), meta.get("maximum")
-    if lo is not None and value < lo:  # type: ignore[operator]
+    if lo is not None and value < lo:
         out.add(path, f"{value} is below the minimum {lo}")
         return _MISSING
-    if hi is not None and value > hi:  # type: ignore[operator]
+    if hi is not None and value > hi:
         out.add(path, f"{value} is above the maximum {hi}")
         return _MISSING
     return value
@@ -148,9 +146,7 @@ def _build(cls: type[T], data: Mapping[str, Any], path: str, out: _Collector) ->
         else:
             kwargs[key] = converted
     for name, f in fields.items():
-        no_default = (
-            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        )
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if name not in data and no_default:
             out.add(_join(path, name), "required key is missing")
             ok = False

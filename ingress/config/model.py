@@ -18,12 +18,8 @@ def doc(text: str, **extra: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    workers: int = field(
-        default=0, metadata=doc("Worker processes; 0 means one per CPU.", minimum=0, maximum=256)
-    )
-    server_header: str = field(
-        default="edgeward", metadata=doc("Value of the Server header; empty omits it.")
-    )
+    workers: int = field(default=0, metadata=doc("Worker processes; 0 means one per CPU.", minimum=0, maximum=256))
+    server_header: str = field(default="edgeward", metadata=doc("Value of the Server header; empty omits it."))
     drain_timeout: float = field(
         default=10.0,
         metadata=doc("Seconds a draining worker waits for requests in flight.", minimum=0.1),
@@ -48,15 +44,9 @@ class Limits:
         default=16384,
         metadata=doc("Request line plus headers; more gets 431.", minimum=256, maximum=1 << 20),
     )
-    max_header_count: int = field(
-        default=100, metadata=doc("Header fields per request; more gets 431.", minimum=1)
-    )
-    max_uri_bytes: int = field(
-        default=8192, metadata=doc("Request target length; longer gets 414.", minimum=16)
-    )
-    max_body_bytes: int = field(
-        default=1 << 20, metadata=doc("Request body size; larger gets 413.", minimum=0)
-    )
+    max_header_count: int = field(default=100, metadata=doc("Header fields per request; more gets 431.", minimum=1))
+    max_uri_bytes: int = field(default=8192, metadata=doc("Request target length; longer gets 414.", minimum=16))
+    max_body_bytes: int = field(default=1 << 20, metadata=doc("Request body size; larger gets 413.", minimum=0))
     header_timeout: float = field(
         default=10.0,
         metadata=doc("Seconds to receive a whole request head; slower gets 408.", minimum=0.1),
@@ -72,14 +62,11 @@ class Limits:
     send_timeout: float = field(
         default=60.0,
         metadata=doc(
-            "Seconds a response may make no progress (peer not reading) before the connection"
-            " is closed.",
+            "Seconds a response may make no progress (peer not reading) before the connection is closed.",
             minimum=0.1,
         ),
     )
-    handshake_timeout: float = field(
-        default=10.0, metadata=doc("Seconds to complete a TLS handshake.", minimum=0.1)
-    )
+    handshake_timeout: float = field(default=10.0, metadata=doc("Seconds to complete a TLS handshake.", minimum=0.1))
     max_requests_per_connection: int = field(
         default=10000,
         metadata=doc("Requests on one connection before it is closed.", minimum=1),
@@ -104,15 +91,11 @@ class TLSSettings:
     certs: tuple[CertPair, ...] = field(
         metadata=doc("Certificates chosen by SNI; the first one answers unknown names.")
     )
-    min_version: Literal["1.2", "1.3"] = field(
-        default="1.2", metadata=doc("Lowest TLS version accepted.")
-    )
+    min_version: Literal["1.2", "1.3"] = field(default="1.2", metadata=doc("Lowest TLS version accepted."))
     alpn: tuple[Literal["http/1.1"], ...] = field(
         default=("http/1.1",), metadata=doc("ALPN protocols offered, in preference order.")
     )
-    session_tickets: bool = field(
-        default=True, metadata=doc("Offer TLS session tickets for resumption.")
-    )
+    session_tickets: bool = field(default=True, metadata=doc("Offer TLS session tickets for resumption."))
 
 
 @dataclass(frozen=True)
@@ -128,16 +111,12 @@ class SecurityHeaders:
         default="max-age=63072000; includeSubDomains",
         metadata=doc("Strict-Transport-Security, sent on TLS only; empty omits it."),
     )
-    content_type_options: str = field(
-        default="nosniff", metadata=doc("X-Content-Type-Options; empty omits it.")
-    )
+    content_type_options: str = field(default="nosniff", metadata=doc("X-Content-Type-Options; empty omits it."))
     frame_options: str = field(default="DENY", metadata=doc("X-Frame-Options; empty omits it."))
     referrer_policy: str = field(
         default="strict-origin-when-cross-origin", metadata=doc("Referrer-Policy; empty omits it.")
     )
-    content_security_policy: str = field(
-        default="", metadata=doc("Content-Security-Policy; empty omits it.")
-    )
+    content_security_policy: str = field(default="", metadata=doc("Content-Security-Policy; empty omits it."))
 
 
 @dataclass(frozen=True)
@@ -145,7 +124,8 @@ class StaticSite:
     root: str = field(metadata=doc("Directory served; nothing outside it is ever read."))
     index: str = field(default="index.html", metadata=doc("File served for a directory."))
     precompressed: bool = field(
-        default=True, metadata=doc("Serve `.br`, `.zst`, `.gz` sidecars when the client accepts them.")
+        default=True,
+        metadata=doc("Serve `.br`, `.zst`, `.gz` sidecars when the client accepts them."),
     )
     dotfiles: bool = field(
         default=False,
@@ -167,7 +147,8 @@ class StaticSite:
 class Redirect:
     scheme: Literal["https", "http"] = field(default="https", metadata=doc("Scheme of the target."))
     port: int = field(
-        default=0, metadata=doc("Port of the target; 0 keeps the scheme's default.", minimum=0, maximum=65535)
+        default=0,
+        metadata=doc("Port of the target; 0 keeps the scheme's default.", minimum=0, maximum=65535),
     )
     host: str = field(default="", metadata=doc("Target host; empty keeps the request's host."))
     status: Literal[301, 302, 307, 308] = field(default=308, metadata=doc("Redirect status."))
@@ -176,9 +157,7 @@ class Redirect:
 @dataclass(frozen=True)
 class Route:
     path: str = field(default="/", metadata=doc("Path prefix, starting with `/`.", pattern=r"^/"))
-    host: str = field(
-        default="*", metadata=doc("Host: exact, `*.example.com`, or `*` for any host.")
-    )
+    host: str = field(default="*", metadata=doc("Host: exact, `*.example.com`, or `*` for any host."))
     listeners: tuple[str, ...] = field(
         default=(), metadata=doc("Listener names this route is served on; empty means all.")
     )
@@ -197,9 +176,7 @@ class Route:
 class AccessLog:
     enabled: bool = field(default=True, metadata=doc("Write one JSON line per request."))
     path: str = field(default="-", metadata=doc("File to append to; `-` is standard error."))
-    flush_interval: float = field(
-        default=1.0, metadata=doc("Seconds between buffered writes.", minimum=0.05)
-    )
+    flush_interval: float = field(default=1.0, metadata=doc("Seconds between buffered writes.", minimum=0.05))
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,13 @@ def semantic_problems(config: Config) -> list[Problem]:
     for i, listener in enumerate(config.listeners):
         at = f"listeners[{i}]"
         if listener.name in names:
-            problems.append(Problem(src, f"{at}.name", f"duplicate listener name {listener.name!r} (also listeners[{names[listener.name]}])"))
+            problems.append(
+                Problem(
+                    src,
+                    f"{at}.name",
+                    f"duplicate listener name {listener.name!r} (also listeners[{names[listener.name]}])",
+                )
+            )
         names[listener.name] = i
         try:
             bind = parse_address(listener.address)
@@ -64,31 +70,62 @@ def semantic_problems(config: Config) -> list[Problem]:
             problems.append(Problem(src, f"{at}.address", str(exc)))
         else:
             if bind[1] != 0 and bind in binds:
-                problems.append(Problem(src, f"{at}.address", f"{listener.address} is already used by listener {binds[bind]!r}"))
+                problems.append(
+                    Problem(
+                        src,
+                        f"{at}.address",
+                        f"{listener.address} is already used by listener {binds[bind]!r}",
+                    )
+                )
             binds[bind] = listener.name
         if listener.tls is not None:
             if not listener.tls.certs:
-                problems.append(Problem(src, f"{at}.tls.certs", "at least one certificate is required; add { cert = ..., key = ... }"))
+                problems.append(
+                    Problem(
+                        src,
+                        f"{at}.tls.certs",
+                        "at least one certificate is required; add { cert = ..., key = ... }",
+                    )
+                )
             for j, pair in enumerate(listener.tls.certs):
                 for k, name in enumerate(pair.names):
                     if name == "*" or not valid_host_pattern(name.lower()):
-                        problems.append(Problem(src, f"{at}.tls.certs[{j}].names[{k}]", f"{name!r} is not a DNS name or *.domain wildcard"))
+                        problems.append(
+                            Problem(
+                                src,
+                                f"{at}.tls.certs[{j}].names[{k}]",
+                                f"{name!r} is not a DNS name or *.domain wildcard",
+                            )
+                        )
     if not config.listeners:
         problems.append(Problem(src, "listeners", "at least one listener is required"))
     if config.admin.enabled:
         try:
             bind = parse_address(config.admin.address)
             if bind[1] != 0 and bind in binds:
-                problems.append(Problem(src, "admin.address", f"{config.admin.address} is already used by listener {binds[bind]!r}"))
+                problems.append(
+                    Problem(
+                        src,
+                        "admin.address",
+                        f"{config.admin.address} is already used by listener {binds[bind]!r}",
+                    )
+                )
         except ValueError as exc:
             problems.append(Problem(src, "admin.address", str(exc)))
     seen: dict[tuple[str, str, str], int] = {}
     for i, route in enumerate(config.routes):
         problems.extend(_route_problems(config, i, route, names))
-        for listener in route.listeners or tuple(names):
-            key = (route.host.lower(), route.path, listener)
+        for listener_name in route.listeners or tuple(names):
+            key = (route.host.lower(), route.path, listener_name)
             if key in seen:
-                problems.append(Problem(src, f"routes[{i}]", f"collides with routes[{seen[key]}]: both serve host {route.host!r} path {route.path!r} on listener {listener!r}; change the path, host or listeners"))
+                problems.append(
+                    Problem(
+                        src,
+                        f"routes[{i}]",
+                        f"collides with routes[{seen[key]}]: both serve host {route.host!r} path {route.path!r}"
+                        f" on listener {listener_name!r}; change the path, host or listeners",
+                    )
+                )
                 break
             seen[key] = i
     return problems
@@ -104,14 +141,32 @@ def _route_problems(config: Config, i: int, route: Route, listeners: dict[str, i
     if not valid_host_pattern(route.host.lower()):
         out.append(Problem(src, f"{at}.host", f"{route.host!r} is not `*`, a DNS name or a *.domain wildcard"))
     if "//" in route.path or "/../" in route.path + "/" or "/./" in route.path + "/":
-        out.append(Problem(src, f"{at}.path", f"{route.path!r} must be a normalised path without //, . or .. segments"))
+        out.append(
+            Problem(
+                src,
+                f"{at}.path",
+                f"{route.path!r} must be a normalised path without //, . or .. segments",
+            )
+        )
     for j, name in enumerate(route.listeners):
         if name not in listeners:
-            out.append(Problem(src, f"{at}.listeners[{j}]", f"no listener named {name!r}; listeners are {', '.join(listeners)}"))
+            out.append(
+                Problem(
+                    src,
+                    f"{at}.listeners[{j}]",
+                    f"no listener named {name!r}; listeners are {', '.join(listeners)}",
+                )
+            )
     for j, method in enumerate(route.methods):
         if not _TOKEN.match(method) or method != method.upper():
             out.append(Problem(src, f"{at}.methods[{j}]", f"{method!r} is not an upper-case HTTP method token"))
     if route.static is not None and set(route.methods) - {"GET", "HEAD"}:
         extra = sorted(set(route.methods) - {"GET", "HEAD"})
-        out.append(Problem(src, f"{at}.methods", f"a static route serves only GET and HEAD; remove {', '.join(extra)}"))
+        out.append(
+            Problem(
+                src,
+                f"{at}.methods",
+                f"a static route serves only GET and HEAD; remove {', '.join(extra)}",
+            )
+        )
     return out

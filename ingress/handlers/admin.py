@@ -10,7 +10,15 @@ _TEXT = b"text/plain; charset=utf-8"
 
 
 def _plain(status: int, body: bytes, ctype: bytes = _TEXT) -> Response:
-    return Response(status, [(b"Content-Type", ctype), (b"Content-Length", b"%d" % len(body)), (b"Cache-Control", b"no-store")], body)
+    return Response(
+        status,
+        [
+            (b"Content-Type", ctype),
+            (b"Content-Length", b"%d" % len(body)),
+            (b"Cache-Control", b"no-store"),
+        ],
+        body,
+    )
 
 
 class AdminHandler:

@@ -8,6 +8,7 @@ import urllib.parse
 from ingress.config.model import Redirect
 from ingress.handlers.errors import error_response
 from ingress.protocol.events import Request, Response
+from ingress.routing import host_name
 
 # A Host we may echo into Location: a DNS name or IPv4, or a bracketed IPv6.
 _SAFE_HOST = re.compile(r"^(?:[a-z0-9.-]{1,253}|\[[0-9a-f:.]{2,45}\])(?::\d{1,5})?$")
@@ -24,11 +25,7 @@ class RedirectHandler:
         if not host:
             if not _SAFE_HOST.match(request.host):
                 return error_response(400)
-            host = request.host
-            if host.startswith("["):
-                host = host[: host.index("]") + 1]
-            else:
-                host = host.partition(":")[0]
+            host = host_name(request.host)
         if target.port and target.port != _DEFAULT_PORT[target.scheme]:
             host = f"{host}:{target.port}"
         location = f"{target.scheme}://{host}{urllib.parse.quote(path)}".encode("ascii")

@@ -54,9 +54,28 @@ def _stamp(st: os.stat_result) -> _Stamp:
 class _Variant:
     """One encoding of a file, with its responses pre-serialised per Date tick."""
 
-    __slots__ = ("_full", "_head", "_preamble", "body", "encoding", "etag", "fs", "headers", "size", "stamp")
+    __slots__ = (
+        "_full",
+        "_head",
+        "_preamble",
+        "body",
+        "encoding",
+        "etag",
+        "fs",
+        "headers",
+        "size",
+        "stamp",
+    )
 
-    def __init__(self, fs: str, st: os.stat_result, encoding: bytes, body: bytes | None, headers: list[tuple[bytes, bytes]], etag: bytes) -> None:
+    def __init__(
+        self,
+        fs: str,
+        st: os.stat_result,
+        encoding: bytes,
+        body: bytes | None,
+        headers: list[tuple[bytes, bytes]],
+        etag: bytes,
+    ) -> None:
         self.fs = fs
         self.stamp = _stamp(st)
         self.size = st.st_size
@@ -92,7 +111,14 @@ class _Variant:
 class _Entry:
     __slots__ = ("content_type", "identity", "last_modified", "mtime", "tick", "variants")
 
-    def __init__(self, identity: _Variant, variants: dict[bytes, _Variant], ctype: bytes, mtime: int, tick: int) -> None:
+    def __init__(
+        self,
+        identity: _Variant,
+        variants: dict[bytes, _Variant],
+        ctype: bytes,
+        mtime: int,
+        tick: int,
+    ) -> None:
         self.identity = identity
         self.variants = variants
         self.content_type = ctype
@@ -178,7 +204,13 @@ class StaticHandler:
         parts: list[bytes | tuple[int, int]] = []
         total = 0
         for first, last in ranges:
-            part_head = b"\r\n--%s\r\nContent-Type: %s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n" % (self.boundary, entry.content_type, first, last, size)
+            part_head = b"\r\n--%s\r\nContent-Type: %s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n" % (
+                self.boundary,
+                entry.content_type,
+                first,
+                last,
+                size,
+            )
             parts.append(part_head)
             total += len(part_head)
             if variant.body is not None:

@@ -12,7 +12,17 @@ from dataclasses import dataclass
 
 
 class Request:
-    __slots__ = ("body", "headers", "host", "keep_alive", "method", "path", "query", "scheme", "version")
+    __slots__ = (
+        "body",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "scheme",
+        "version",
+    )
 
     def __init__(
         self,

@@ -98,7 +98,13 @@ class HTTP1Connection(asyncio.Protocol):
             self._timed = timed
             limits = self.ctx.limits
             state = timed[0]
-            timeout = limits.idle_timeout if state == IDLE else limits.header_timeout if state == HEAD else limits.body_timeout
+            timeout = (
+                limits.idle_timeout
+                if state == IDLE
+                else limits.header_timeout
+                if state == HEAD
+                else limits.body_timeout
+            )
             self.deadline = self.ctx.clock.now + timeout
 
     def pause_writing(self) -> None:
@@ -133,11 +139,7 @@ class HTTP1Connection(asyncio.Protocol):
     def _respond(self, request: Request) -> None:
         ctx = self.ctx
         response = self.listener.site.handle(request)
-        close = (
-            self.closing
-            or not request.keep_alive
-            or self.requests >= ctx.limits.max_requests_per_connection
-        )
+        close = self.closing or not request.keep_alive or self.requests >= ctx.limits.max_requests_per_connection
         wire = response.wire
         if wire is not None and not close and request.version == "1.1":
             self.transport.write(wire)
@@ -223,7 +225,10 @@ class HTTP1Connection(asyncio.Protocol):
             return
         if self.sender is None and not self.queue:
             response = error_response(status)
-            self.transport.write(serialize_head(status, response.headers, self.ctx.clock.preamble, True) + response.body)
+            assert isinstance(response.body, bytes)
+            self.transport.write(
+                serialize_head(status, response.headers, self.ctx.clock.preamble, True) + response.body
+            )
             self.ctx.stats.count(status)
         self.closing = True
         if self.sender is None:

@@ -153,7 +153,9 @@ class Supervisor:
                 pid, status = os.waitpid(slot.pid, os.WNOHANG)
                 if pid:
                     self._kill_all()
-                    raise StartupError(f"worker {slot.index} exited during start-up ({_describe(status)}); see the log above")
+                    raise StartupError(
+                        f"worker {slot.index} exited during start-up ({_describe(status)}); see the log above"
+                    )
             left = deadline - time.monotonic()
             if left <= 0:
                 self._kill_all()
@@ -172,9 +174,9 @@ class Supervisor:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if not pid:
-                return
+                break
             for slot in self.slots:
                 if slot.pid != pid:
                     continue
@@ -187,7 +189,10 @@ class Supervisor:
                 slot.restart_at = time.monotonic() + delay
                 log.error(
                     "worker %d (pid %d) exited (%s); restarting in %.1f s",
-                    slot.index, pid, _describe(status), delay,
+                    slot.index,
+                    pid,
+                    _describe(status),
+                    delay,
                     extra={"event": "worker.restart", "worker": slot.index, "backoff_s": delay},
                 )
         self._restart_due()
@@ -208,7 +213,11 @@ class Supervisor:
         try:
             config = self.load()
         except ConfigError as exc:
-            log.error("reload refused; still serving the previous config:\n%s", exc, extra={"event": "config.reload_refused"})
+            log.error(
+                "reload refused; still serving the previous config:\n%s",
+                exc,
+                extra={"event": "config.reload_refused"},
+            )
             return
         self.config = config
         log.info("config valid; reloading workers", extra={"event": "config.reload"})

@@ -160,7 +160,11 @@ class Worker:
         try:
             config = self.reload_config()
         except ConfigError as exc:
-            log.error("reload refused; still serving the previous config:\n%s", exc, extra={"event": "config.reload_refused"})
+            log.error(
+                "reload refused; still serving the previous config:\n%s",
+                exc,
+                extra={"event": "config.reload_refused"},
+            )
             return
         self.loop.create_task(self._apply(config))
 
@@ -171,7 +175,11 @@ class Worker:
         for listener in config.listeners:
             fresh = build_listener(config, listener, self.ctx.clock)
             old = self.bound.get(listener.name)
-            if old is not None and old.runtime.config.address == listener.address and old.runtime.config.tls == listener.tls:
+            if (
+                old is not None
+                and old.runtime.config.address == listener.address
+                and old.runtime.config.tls == listener.tls
+            ):
                 old.runtime.site = fresh.site
                 old.runtime.certs = fresh.certs
                 old.runtime.config = listener
@@ -179,7 +187,13 @@ class Worker:
             try:
                 await self._bind(listener, fresh)
             except OSError as exc:
-                log.error("cannot bind listener %s at %s: %s", listener.name, listener.address, exc, extra={"event": "config.bind_failed"})
+                log.error(
+                    "cannot bind listener %s at %s: %s",
+                    listener.name,
+                    listener.address,
+                    exc,
+                    extra={"event": "config.bind_failed"},
+                )
         for name in list(self.bound):
             if name != ADMIN and name not in wanted:
                 gone = self.bound.pop(name)
@@ -214,7 +228,11 @@ class Worker:
             self.loop.call_later(0.05, self._check_drained)
             return
         if ctx.connections:
-            log.warning("drain deadline reached; closing %d connections", len(ctx.connections), extra={"event": "worker.drain_deadline"})
+            log.warning(
+                "drain deadline reached; closing %d connections",
+                len(ctx.connections),
+                extra={"event": "worker.drain_deadline"},
+            )
             for conn in list(ctx.connections):
                 conn.transport.abort()
         for bound in self.bound.values():
@@ -235,4 +253,3 @@ def _sni_callback(runtime: ListenerRuntime) -> SNICallback:
             certs.select(sslobj, server_name, current)
 
     return select
-

@@ -14,7 +14,18 @@ import time
 
 Record = tuple[float, str, str, str, int, int, float, str, str, str]
 
-_FIELDS = ("time", "client", "method", "path", "status", "bytes", "duration_ms", "protocol", "tls", "sni")
+_FIELDS = (
+    "time",
+    "client",
+    "method",
+    "path",
+    "status",
+    "bytes",
+    "duration_ms",
+    "protocol",
+    "tls",
+    "sni",
+)
 
 
 class AccessLog:

@@ -36,10 +36,7 @@ def policy_context(settings: TLSSettings) -> ssl.SSLContext:
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.set_ciphers(INTERMEDIATE_CIPHERS)
     ctx.options |= (
-        ssl.OP_CIPHER_SERVER_PREFERENCE
-        | ssl.OP_NO_COMPRESSION
-        | ssl.OP_NO_RENEGOTIATION
-        | ssl.OP_SINGLE_ECDH_USE
+        ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE
     )
     if not settings.session_tickets:
         ctx.options |= ssl.OP_NO_TICKET

@@ -48,7 +48,9 @@ def load_pair(cert_path: str, key_path: str) -> CertInfo:
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:
-        raise TLSMaterialError(f"key file {key_path} is encrypted; provide an unencrypted key readable only by the server") from None
+        raise TLSMaterialError(
+            f"key file {key_path} is encrypted; provide an unencrypted key readable only by the server"
+        ) from None
     except ValueError:
         raise TLSMaterialError(f"key file {key_path} holds no PEM private key") from None
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
@@ -56,7 +58,10 @@ def load_pair(cert_path: str, key_path: str) -> CertInfo:
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
     if key.public_key().public_bytes(der, pub) != leaf.public_key().public_bytes(der, pub):
-        raise TLSMaterialError(f"key file {key_path} does not match the certificate in {cert_path} (the first certificate must be the leaf)")
+        raise TLSMaterialError(
+            f"key file {key_path} does not match the certificate in {cert_path}"
+            " (the first certificate must be the leaf)"
+        )
     now = dt.datetime.now(dt.UTC)
     if leaf.not_valid_after_utc < now:
         raise TLSMaterialError(f"certificate in {cert_path} expired on {leaf.not_valid_after_utc:%Y-%m-%d}")
@@ -66,7 +71,13 @@ def load_pair(cert_path: str, key_path: str) -> CertInfo:
         names += tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
     except x509.ExtensionNotFound:
         names = ()
-    kind = "rsa" if isinstance(key, rsa.RSAPrivateKey) else "ecdsa" if isinstance(key, ec.EllipticCurvePrivateKey) else "ed25519"
+    kind = (
+        "rsa"
+        if isinstance(key, rsa.RSAPrivateKey)
+        else "ecdsa"
+        if isinstance(key, ec.EllipticCurvePrivateKey)
+        else "ed25519"
+    )
     return CertInfo(
         names=names,
         not_after=leaf.not_valid_after_utc,

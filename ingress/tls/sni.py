@@ -93,7 +93,7 @@ class CertStore:
             except OSError as exc:
                 self._refuse(slot, None, f"cannot stat: {exc.strerror}")
                 continue
-            if stamp == slot.stamp or stamp == slot.refused:
+            if stamp in (slot.stamp, slot.refused):
                 continue
             try:
                 fresh = self._load(slot.pair)
@@ -105,7 +105,11 @@ class CertStore:
             self.reloads += 1
             log.info(
                 "certificate reloaded",
-                extra={"event": "tls.cert_reloaded", "listener": self.listener, "cert": slot.pair.cert},
+                extra={
+                    "event": "tls.cert_reloaded",
+                    "listener": self.listener,
+                    "cert": slot.pair.cert,
+                },
             )
         if changed:
             self._index()

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import ssl
+import subprocess
+
+import httpx
+
+from tests.pki import CA
+from tests.server import Server
+
+
+def test_https_and_plain_serve_the_same_file(server: Server, client_tls: ssl.SSLContext) -> None:
+    with httpx.Client(verify=client_tls) as client:
+        tls = client.get(server.url("https", "/hello.txt"))
+        plain = client.get(server.url("http", "/hello.txt"))
+    assert tls.status_code == plain.status_code == 200
+    assert tls.content == plain.content == b"hello world\n"
+    assert "strict-transport-security" in tls.headers
+    assert "strict-transport-security" not in plain.headers
+
+
+def test_curl_gets_file_over_tls(server: Server, ca: CA) -> None:
+    out = subprocess.run(
+        ["curl", "-sS", "--cacert", str(ca.pem), "-o", "-", "-w", "\n%{http_code} %{http_version}", server.url("https", "/hello.txt")],
+        capture_output=True, text=True, timeout=10, check=True,
+    )  # fmt: skip
+    assert out.stdout == "hello world\n\n200 1.1"
