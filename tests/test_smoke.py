@@ -20,8 +20,7 @@ def test_https_and_plain_serve_the_same_file(server: Server, client_tls: ssl.SSL
 
 
 def test_curl_gets_file_over_tls(server: Server, ca: CA) -> None:
-    out = subprocess.run(
-        ["curl", "-sS", "--cacert", str(ca.pem), "-o", "-", "-w", "\n%{http_code} %{http_version}", server.url("https", "/hello.txt")],
-        capture_output=True, text=True, timeout=10, check=True,
-    )  # fmt: skip
+    url = server.url("https", "/hello.txt")
+    cmd = ["curl", "-sS", "--cacert", str(ca.pem), "-o", "-", "-w", "\n%{http_code} %{http_version}", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True)
     assert out.stdout == "hello world\n\n200 1.1"
