@@ -14,7 +14,7 @@ from ingress.handlers.errors import error_response
 from ingress.handlers.redirect import RedirectHandler
 from ingress.handlers.static import StaticHandler
 from ingress.protocol.events import Request, Response
-from ingress.routing import RouteEntry, Router, normalize_path
+from ingress.routing import RouteEntry, RouteGroup, Router, normalize_path
 
 
 def _security_headers(route: Route, tls: bool) -> list[tuple[bytes, bytes]]:
@@ -42,22 +42,38 @@ class Site:
         self.clock = clock
 
     def handle(self, request: Request) -> Response:
+        group = self.router.group(request.host)
+        hit = group.paths.get(request.path) if group is not None else None
+        if hit is None:
+            return self._first_sight(request, group)
+        entry, path = hit
+        if request.method not in entry.methods:
+            return _method_not_allowed(request, entry)
+        return entry.handle(request, path)
+
+    def _first_sight(self, request: Request, group: RouteGroup | None) -> Response:
+        """A path not seen before on this host: normalise, match, remember."""
+        if request.path == b"*":
+            if request.method == "OPTIONS":
+                return Response(204, [(b"Allow", b"GET, HEAD, OPTIONS"), (b"Content-Length", b"0")])
+            return error_response(400)
         try:
-            path = normalize_path(request.path) if request.path != b"*" else "*"
+            path = normalize_path(request.path)
         except ProtocolError as exc:
             return error_response(exc.status_hint)
-        if path == "*":
-            if request.method == "OPTIONS":
-                return Response(204, [(b"Allow", b"GET, HEAD, OPTIONS")])
-            return error_response(400)
-        route = self.router.match(request.host, path)
-        if route is None:
+        entry = group.match(path) if group is not None else None
+        if entry is None or group is None:
             return error_response(404)
-        if request.method not in route.methods:
-            if request.method == "OPTIONS":
-                return Response(204, [(b"Allow", route.allow), (b"Content-Length", b"0")])
-            return error_response(405, [(b"Allow", route.allow)])
-        return route.handle(request, path)
+        group.remember(request.path, entry, path)
+        if request.method not in entry.methods:
+            return _method_not_allowed(request, entry)
+        return entry.handle(request, path)
+
+
+def _method_not_allowed(request: Request, entry: RouteEntry) -> Response:
+    if request.method == "OPTIONS":
+        return Response(204, [(b"Allow", entry.allow), (b"Content-Length", b"0")])
+    return error_response(405, [(b"Allow", entry.allow)])
 
 
 def build_site(config: Config, listener: str, tls: bool, clock: Clock) -> Site:

@@ -64,29 +64,56 @@ def _matches(prefix: str, path: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
 
+class RouteGroup:
+    """The routes of one host pattern, plus a bounded memo of raw path to (route, normalised path)."""
+
+    __slots__ = ("entries", "paths")
+
+    MAX_PATHS = 4096
+
+    def __init__(self) -> None:
+        self.entries: list[RouteEntry] = []
+        self.paths: dict[bytes, tuple[RouteEntry, str]] = {}
+
+    def match(self, path: str) -> RouteEntry | None:
+        for entry in self.entries:
+            if _matches(entry.prefix, path):
+                return entry
+        return None
+
+    def remember(self, raw: bytes, entry: RouteEntry, path: str) -> None:
+        if len(self.paths) >= self.MAX_PATHS:
+            self.paths.clear()
+        self.paths[raw] = (entry, path)
+
+
 class Router:
     def __init__(self) -> None:
-        self._exact: dict[str, list[RouteEntry]] = {}
-        self._wildcard: dict[str, list[RouteEntry]] = {}
-        self._any: list[RouteEntry] = []
-        self._hosts: dict[str, list[RouteEntry] | None] = {}
+        self._exact: dict[str, RouteGroup] = {}
+        self._wildcard: dict[str, RouteGroup] = {}
+        self._any: RouteGroup | None = None
+        self._hosts: dict[str, RouteGroup | None] = {}
 
     def add(self, host: str, entry: RouteEntry) -> None:
         host = host.lower()
         if host == "*":
+            if self._any is None:
+                self._any = RouteGroup()
             group = self._any
         elif host.startswith("*."):
-            group = self._wildcard.setdefault(host[1:], [])
+            group = self._wildcard.setdefault(host[1:], RouteGroup())
         else:
-            group = self._exact.setdefault(host, [])
-        group.append(entry)
-        group.sort(key=lambda e: len(e.prefix), reverse=True)
+            group = self._exact.setdefault(host, RouteGroup())
+        group.entries.append(entry)
+        group.entries.sort(key=lambda e: len(e.prefix), reverse=True)
         self._hosts.clear()
 
-    def _group(self, host: str) -> list[RouteEntry] | None:
-        cached = self._hosts.get(host, False)
-        if cached is not False:
-            return cached  # type: ignore[return-value]
+    def group(self, host: str) -> RouteGroup | None:
+        """The most specific host group for a Host header: exact, then wildcard, then `*`."""
+        try:
+            return self._hosts[host]
+        except KeyError:
+            pass
         name = host_name(host).rstrip(".")
         group = self._exact.get(name)
         if group is None:
@@ -96,16 +123,11 @@ class Router:
                 if group is not None:
                     break
         if group is None:
-            group = self._any or None
+            group = self._any
         if len(self._hosts) < 4096:
             self._hosts[host] = group
         return group
 
     def match(self, host: str, path: str) -> RouteEntry | None:
-        group = self._group(host)
-        if group is None:
-            return None
-        for entry in group:
-            if _matches(entry.prefix, path):
-                return entry
-        return None
+        group = self.group(host)
+        return group.match(path) if group is not None else None

@@ -11,7 +11,7 @@ with the status to answer.
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import httptools
 
@@ -58,7 +58,10 @@ class RequestParser:
         "_head_bytes",
         "_headers",
         "_limits",
+        "_max_head",
+        "_merged",
         "_parser",
+        "_raw_head",
         "_sink",
         "_url",
         "error",
@@ -69,6 +72,7 @@ class RequestParser:
     def __init__(self, sink: RequestSink, limits: Limits, scheme: str) -> None:
         self._sink = sink
         self._limits = limits
+        self._max_head = limits.max_header_bytes
         self.scheme = scheme
         self._parser = httptools.HttpRequestParser(self)
         self.state = IDLE
@@ -76,6 +80,8 @@ class RequestParser:
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._head_bytes = 0
+        self._raw_head = 0
+        self._merged = 0
         self._body: list[bytes] = []
         self._body_size = 0
 
@@ -89,11 +95,15 @@ class RequestParser:
             if self.error is not None:
                 raise self.error from None
             raise ProtocolError(400, f"malformed request: {exc}") from None
-        if self.state == HEAD and self._head_bytes + len(self._url) > self._limits.max_header_bytes:
-            # Backstop for a single field still being buffered inside llhttp.
-            raise ProtocolError(431, "request header fields too large")
+        if self.state == HEAD:
+            # Head still incomplete: bound what has arrived so far, including a single
+            # field that llhttp is still accumulating and has not reported yet.
+            self._raw_head += len(data)
+            if self._raw_head > self._max_head:
+                self._fail(431, "request header fields too large")
+            self._check_head()
 
-    def _fail(self, status: int, reason: str) -> None:
+    def _fail(self, status: int, reason: str) -> NoReturn:
         self.error = ProtocolError(status, reason)
         raise self.error
 
@@ -103,31 +113,40 @@ class RequestParser:
         self._url = b""
         self._headers = {}
         self._head_bytes = 0
+        self._raw_head = 0
+        self._merged = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self._limits.max_uri_bytes:
             self._fail(414, "request target too long")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
-        self._head_bytes += len(name) + len(value) + 4
-        if len(headers) >= self._limits.max_header_count:
-            self._fail(431, "too many header fields")
-        if self._head_bytes + len(self._url) > self._limits.max_header_bytes:
+    def _check_head(self) -> None:
+        if self._head_bytes + len(self._url) > self._max_head:
             self._fail(431, "request header fields too large")
+        if len(self._headers) + self._merged > self._limits.max_header_count:
+            self._fail(431, "too many header fields")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Limits are checked once per head (and per feed while it is incomplete), not per field.
+        self._head_bytes += len(name) + len(value) + 4
         key = name.lower()
-        prior = headers.get(key)
-        if prior is None:
-            headers[key] = value
-        elif key == b"host":
-            self._fail(400, "more than one Host header")
+        headers = self._headers
+        if key in headers:
+            self._merge(key, value)
         else:
-            headers[key] = prior + (b"; " if key == b"cookie" else b", ") + value
+            headers[key] = value
+
+    def _merge(self, key: bytes, value: bytes) -> None:
+        if key == b"host":
+            self._fail(400, "more than one Host header")
+        self._merged += 1
+        self._headers[key] += (b"; " if key == b"cookie" else b", ") + value
 
     def on_headers_complete(self) -> None:
-        parser, headers = self._parser, self._headers
-        if parser.get_http_version() == "1.1" and b"host" not in headers:
+        headers = self._headers
+        self._check_head()
+        if b"host" not in headers and self._parser.get_http_version() == "1.1":
             self._fail(400, "HTTP/1.1 request without Host")
         te = headers.get(b"transfer-encoding")
         if te is not None and te.strip().lower() != b"chunked":
@@ -136,7 +155,8 @@ class RequestParser:
         if cl is not None and int(cl) > self._limits.max_body_bytes:
             self._fail(413, "request body larger than the limit")
         self.state = BODY
-        self._body = []
+        if self._body:
+            self._body = []
         self._body_size = 0
 
     def on_body(self, chunk: bytes) -> None:
@@ -149,35 +169,53 @@ class RequestParser:
         parser = self._parser
         url = self._url
         headers = self._headers
-        if url[:1] == b"/":
-            path, _, query = url.partition(b"?")
+        if url[0] == 47:  # b"/": origin-form, the common case
+            if b"?" in url:
+                path, _, query = url.partition(b"?")
+            else:
+                path, query = url, b""
             host = headers.get(b"host", b"")
         elif url == b"*":
             path, query, host = url, b"", headers.get(b"host", b"")
         else:
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                self._fail(400, "invalid request target")
-            if parsed.schema not in (b"http", b"https") or not parsed.host:
-                self._fail(400, "request target must be origin-form or absolute http(s) URL")
-            path, query = parsed.path or b"/", parsed.query or b""
-            host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+            path, query, host = self._absolute_form(url)
         if b"#" in path:
             self._fail(400, "fragment in request target")
         self.state = IDLE
         body = b"".join(self._body) if self._body else b""
-        self._body = []
+        method = parser.get_method()
         self._sink.request_received(
             Request(
-                parser.get_method().decode("ascii"),
+                _METHODS.get(method) or method.decode("ascii"),
                 path,
                 query,
                 headers,
-                host.decode("latin-1").lower(),
+                _HOSTS.get(host) or _host_text(host),
                 parser.get_http_version(),
                 parser.should_keep_alive(),
                 self.scheme,
                 body,
             )
         )
+
+    def _absolute_form(self, url: bytes) -> tuple[bytes, bytes, bytes]:
+        try:
+            parsed = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            self._fail(400, "invalid request target")
+        if parsed.schema not in (b"http", b"https") or not parsed.host:
+            self._fail(400, "request target must be origin-form or absolute http(s) URL")
+        host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+        return parsed.path or b"/", parsed.query or b"", host
+
+
+# Interned decodings: the same few methods and hosts arrive on every request.
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+_HOSTS: dict[bytes, str] = {}
+
+
+def _host_text(host: bytes) -> str:
+    text = host.decode("latin-1").lower()
+    if len(_HOSTS) < 1024:
+        _HOSTS[host] = text
+    return text

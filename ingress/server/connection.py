@@ -3,8 +3,9 @@
 Raw asyncio.Protocol callbacks, no streams and no coroutine per request:
 bytes arrive in `data_received`, llhttp parses them in C, the pipeline
 returns a Response, and a pre-serialised response goes out in one
-`transport.write`. Timeouts are not timers per connection; the worker's
-one-second tick compares each connection's `deadline` with the clock.
+`transport.write`. Timeouts are not timers per connection, and the hot path
+does no timeout bookkeeping at all: the worker's one-second sweep notices
+when a connection's state moved on and restarts its deadline from there.
 """
 
 from __future__ import annotations
@@ -30,16 +31,18 @@ log = logging.getLogger("edgeward.http1")
 
 class HTTP1Connection(asyncio.Protocol):
     __slots__ = (
-        "_timed",
         "client",
         "closing",
         "ctx",
         "deadline",
         "listener",
+        "logging",
         "parser",
         "queue",
         "requests",
         "sender",
+        "sent",
+        "snap",
         "sni",
         "t0",
         "tls_version",
@@ -56,6 +59,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.sender: FileSender | None = None
         self.queue: deque[Request] = deque()
         self.t0 = 0.0
+        self.sent = 0
         self.client = self.sni = self.tls_version = ""
 
     # asyncio callbacks ----------------------------------------------------
@@ -63,11 +67,12 @@ class HTTP1Connection(asyncio.Protocol):
         self.transport = typing.cast(asyncio.Transport, transport)
         ctx = self.ctx
         self.parser = RequestParser(self, ctx.limits, "https" if self.listener.tls else "http")
-        self._timed = (IDLE, 0)
+        self.snap = (IDLE, 0, 0)
         self.deadline = ctx.clock.now + ctx.limits.header_timeout
         ctx.connections.add(self)
         ctx.stats.connections_total += 1
-        if self.ctx.access_log is not None:
+        self.logging = ctx.access_log is not None
+        if self.logging:
             peer = transport.get_extra_info("peername")
             self.client = peer[0] if peer else ""
             sslobj = transport.get_extra_info("ssl_object")
@@ -86,26 +91,12 @@ class HTTP1Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
-        if parser.state == IDLE and self.ctx.access_log is not None:
+        if self.logging and parser.state == IDLE:
             self.t0 = time.perf_counter()
         try:
             parser.feed(data)
         except ProtocolError as exc:
             self._reject(exc.status_hint, exc.reason)
-            return
-        timed = (parser.state, self.requests)
-        if timed != self._timed:
-            self._timed = timed
-            limits = self.ctx.limits
-            state = timed[0]
-            timeout = (
-                limits.idle_timeout
-                if state == IDLE
-                else limits.header_timeout
-                if state == HEAD
-                else limits.body_timeout
-            )
-            self.deadline = self.ctx.clock.now + timeout
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -145,9 +136,9 @@ class HTTP1Connection(asyncio.Protocol):
             self.transport.write(wire)
         else:
             self._write_generic(request, response, close)
-        if ctx.access_log is not None:
+        if self.logging:
             self._log(request, response)
-        ctx.stats.count(response.status)
+        ctx.stats.by_class[response.status // 100] += 1
         if close:
             self.closing = True
             if self.sender is None:
@@ -185,7 +176,7 @@ class HTTP1Connection(asyncio.Protocol):
                 self.sender.pause()
 
     def _progress(self) -> None:
-        self.deadline = self.ctx.clock.now + self.ctx.limits.send_timeout
+        self.sent += 1
 
     def _sent(self, ok: bool) -> None:
         self.sender = None
@@ -195,7 +186,6 @@ class HTTP1Connection(asyncio.Protocol):
         if self.closing and not self.queue:
             self.transport.close()
             return
-        self.deadline = self.ctx.clock.now + self.ctx.limits.idle_timeout
         while self.queue and self.sender is None and not self.transport.is_closing():
             self._respond(self.queue.popleft())
         if self.sender is None and not self.queue and not self.closing and not self.write_paused:
@@ -229,13 +219,32 @@ class HTTP1Connection(asyncio.Protocol):
             self.transport.write(
                 serialize_head(status, response.headers, self.ctx.clock.preamble, True) + response.body
             )
-            self.ctx.stats.count(status)
+            self.ctx.stats.by_class[status // 100] += 1
         self.closing = True
         if self.sender is None:
             self.transport.close()
         log.debug("rejected request: %s", reason, extra={"event": "http1.rejected", "status": status})
 
     # timers and lifecycle (called by the worker, not per request) --------------
+    def sweep(self, now: float) -> None:
+        """Once a second: restart the deadline if the connection moved on, else enforce it."""
+        state = self.parser.state
+        snap = (state, self.requests, self.sent)
+        if snap != self.snap:
+            self.snap = snap
+            limits = self.ctx.limits
+            if self.sender is not None:
+                timeout = limits.send_timeout
+            elif state == HEAD:
+                timeout = limits.header_timeout
+            elif state == BODY:
+                timeout = limits.body_timeout
+            else:
+                timeout = limits.idle_timeout
+            self.deadline = now + timeout
+        elif now >= self.deadline:
+            self.expire()
+
     def expire(self) -> None:
         """The deadline passed: 408 for a request half-received, silent close when idle."""
         if self.sender is not None:
@@ -251,7 +260,6 @@ class HTTP1Connection(asyncio.Protocol):
         """Stop keep-alive: the next response closes; an idle connection gets `grace` to send one."""
         self.closing = True
         if self.parser.state == IDLE and self.sender is None and not self.queue:
-            self.deadline = min(self.deadline, self.ctx.clock.now + grace)
             self.ctx.loop.call_later(grace, self._close_if_idle)
 
     def _close_if_idle(self) -> None:

@@ -29,9 +29,6 @@ class Stats:
     protocol_errors: int = 0
     by_class: list[int] = field(default_factory=lambda: [0] * 6)
 
-    def count(self, status: int) -> None:
-        self.by_class[status // 100] += 1
-
 
 @dataclass
 class ListenerRuntime:

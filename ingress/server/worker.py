@@ -110,9 +110,8 @@ class Worker:
         ctx = self.ctx
         ctx.clock.advance()
         now = ctx.clock.now
-        expired = [c for c in ctx.connections if c.deadline <= now]
-        for conn in expired:
-            conn.expire()
+        for conn in list(ctx.connections):
+            conn.sweep(now)
         self.loop.call_later(1.0, self._tick)
 
     def _poll_certs(self) -> None:
