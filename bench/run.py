@@ -53,7 +53,7 @@ from servers import (  # noqa: E402
     ServerError,
     stop_all,
 )
-from workloads import WORKLOADS, Metric, MetricSpec, Workload, WorkloadError  # noqa: E402
+from workloads import WORKLOADS, Metric, MetricSpec, Workload, WorkloadError, machine_busy  # noqa: E402
 
 REPO_DIR = BENCH_DIR.parent
 DEFAULT_INGRESS = REPO_DIR / ".venv" / "bin" / "ingress"
@@ -63,6 +63,8 @@ README = BENCH_DIR / "README.md"
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 REFERENCE = "edgeward"
+BUSY_THRESHOLD = 0.15
+"""A core busier than this with nothing of ours running = foreign load."""
 DEFAULT_SERVERS = ["edgeward", "nginx", "caddy", "granian", "uvicorn", "hypercorn"]
 
 
@@ -128,9 +130,7 @@ def ensure_peers_venv(venv: Path) -> None:
             if uv is None:
                 raise SystemExit("cannot create peers venv: no ensurepip and no uv")
             subprocess.run([uv, "venv", "--python", sys.executable, str(venv)], check=True)
-            subprocess.run(
-                [uv, "pip", "install", "--python", str(python), *PEER_PACKAGES], check=True
-            )
+            subprocess.run([uv, "pip", "install", "--python", str(python), *PEER_PACKAGES], check=True)
             marker.write_text("\n".join(PEER_PACKAGES) + "\n")
             return
     subprocess.run(
@@ -146,6 +146,20 @@ def ensure_peers_venv(venv: Path) -> None:
         check=True,
     )
     marker.write_text("\n".join(PEER_PACKAGES) + "\n")
+
+
+def wait_quiet(timeout: float) -> dict[str, float]:
+    """Wait up to *timeout* s for every core to be below BUSY_THRESHOLD.
+
+    On a shared 2-core box a concurrent test suite or build easily takes a
+    whole core, which halves whatever we measure next; waiting a little is
+    cheaper than a wrong number. Returns the last per-core sample.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = machine_busy()
+        if max(busy.values(), default=0.0) <= BUSY_THRESHOLD or time.monotonic() >= deadline:
+            return busy
 
 
 def tool_versions(servers: list[Server]) -> dict[str, str]:
@@ -257,9 +271,7 @@ class Results:
                 )
         ratios = (
             {
-                spec.name: {
-                    peer: self.ratio(spec.name, peer) for peer in self.servers if peer != REFERENCE
-                }
+                spec.name: {peer: self.ratio(spec.name, peer) for peer in self.servers if peer != REFERENCE}
                 for spec in self.metrics
             }
             if REFERENCE in self.servers
@@ -294,6 +306,15 @@ def render_markdown(res: Results, meta: dict[str, Any]) -> str:
         f"{meta['date']}, {meta['cpu']}, git {meta['git_rev']}. "
         "Median of rounds; ↑ higher is better, ↓ lower is better; "
         "— = not applicable, ERR = see errors below.",
+    ]
+    if meta.get("busy_before"):
+        lines += [
+            "",
+            f"**Warning:** {len(meta['busy_before'])} measurement(s) started while a core was still "
+            f">{BUSY_THRESHOLD:.0%} busy with foreign load (see `busy_before` in the JSON); "
+            "treat these numbers as noisy and re-run on a quiet machine.",
+        ]
+    lines += [
         "",
         "| metric | unit | " + " | ".join(servers) + " |",
         "|---|---|" + "---:|" * len(servers),
@@ -365,9 +386,7 @@ def render_markdown(res: Results, meta: dict[str, Any]) -> str:
     if res.error_summary:
         lines += ["", "Errors (server: error — workload (xN = failed N rounds)):", ""]
         for (server, err), wls in res.error_summary.items():
-            counts = ", ".join(
-                f"{w} x{wls.count(w)}" if wls.count(w) > 1 else w for w in dict.fromkeys(wls)
-            )
+            counts = ", ".join(f"{w} x{wls.count(w)}" if wls.count(w) > 1 else w for w in dict.fromkeys(wls))
             lines.append(f"- **{server}**: {err} — {counts}")
     return "\n".join(lines) + "\n"
 
@@ -386,9 +405,7 @@ def update_readme(markdown: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     p.add_argument("--only", default="", help=f"comma list of workloads: {','.join(WORKLOADS)}")
@@ -409,12 +426,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=f"rewrite the {README_START} section of bench/README.md",
     )
-    p.add_argument(
-        "--ingress", type=Path, default=DEFAULT_INGRESS, help="path of the edgeward console script"
-    )
+    p.add_argument("--ingress", type=Path, default=DEFAULT_INGRESS, help="path of the edgeward console script")
     p.add_argument("--peers-venv", type=Path, default=DEFAULT_PEERS_VENV)
+    p.add_argument("--no-setup-peers", action="store_true", help="do not create/install the Python peers venv")
     p.add_argument(
-        "--no-setup-peers", action="store_true", help="do not create/install the Python peers venv"
+        "--wait-quiet",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="before each measurement wait up to S seconds for foreign CPU load to stop (0 = just warn)",
     )
     p.add_argument(
         "--keep-workdir",
@@ -481,9 +501,7 @@ def main(argv: list[str] | None = None) -> int:
 
         meta: dict[str, Any] = {
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(
-                ["python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]
-            ),
+            "command": " ".join(["python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
             "rounds": args.rounds,
             "duration": args.duration,
             "cpu": cpu_model(),
@@ -494,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             "rlimit_nofile": list(nofile),
             "versions": tool_versions(servers),
             "workloads": {w.name: w.description for w in workloads},
+            "busy_before": [],
         }
         for name, version in meta["versions"].items():
             log(f"  {name}: {version}")
@@ -516,6 +535,12 @@ def main(argv: list[str] | None = None) -> int:
                         results.add_error(wl, server.name, err)
                         log(f"{prefix} ERROR {err}")
                         continue
+                    busy = wait_quiet(args.wait_quiet)
+                    if max(busy.values(), default=0.0) > BUSY_THRESHOLD:
+                        meta["busy_before"].append(
+                            {"round": rnd, "workload": wl.name, "server": server.name, "core_busy": busy}
+                        )
+                        log(f"{prefix} warning: machine busy before start {busy}")
                     try:
                         with server.start(wl.mode) as running:
                             metrics = wl.run(running, args.duration)
@@ -549,4 +574,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        # main()'s finally has already stopped every server.
+        log("interrupted")
+        sys.exit(130)

@@ -145,6 +145,7 @@ class RunningServer:
     ports: dict[Mode, int]
     log_path: Path
     ca_file: Path
+    www: Path
     _seen_pids: set[int] = field(default_factory=set)
 
     @property
@@ -195,9 +196,7 @@ class RunningServer:
 
     def check_alive(self) -> None:
         if not self.alive():
-            raise ServerError(
-                f"{self.name} exited with code {self.proc.returncode}; log tail:\n{self.log_tail()}"
-            )
+            raise ServerError(f"{self.name} exited with code {self.proc.returncode}; log tail:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate the whole process tree; escalate to SIGKILL on timeout.
@@ -253,9 +252,7 @@ def probe(server: RunningServer, mode: Mode, path: str = READY_PATH) -> tuple[in
     port = server.ports[mode]
     conn: http.client.HTTPConnection
     if mode == "https":
-        conn = http.client.HTTPSConnection(
-            "127.0.0.1", port, timeout=3, context=_ssl_client_context(server.ca_file)
-        )
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=3, context=_ssl_client_context(server.ca_file))
     else:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
     try:
@@ -357,7 +354,7 @@ class Server(ABC):
                 env=env,
                 start_new_session=True,
             )
-        running = RunningServer(self.name, proc, ports, log_path, self.env.certs.ca_cert)
+        running = RunningServer(self.name, proc, ports, log_path, self.env.certs.ca_cert, self.env.www)
         _RUNNING.add(running)
         try:
             wait_ready(running, self.env.ready_timeout)
@@ -390,7 +387,7 @@ class Edgeward(Server):
     def version(self) -> str:
         if self.unavailable():
             return "not installed"
-        return _run_version([str(self.env.ingress_bin), "--version"])
+        return _run_version([str(self.env.ingress_bin), "version"])
 
     def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
         c = self.env.certs
@@ -594,16 +591,12 @@ class AsgiPeer(Server):
 
     def unavailable(self) -> str | None:
         if not os.access(self.bin, os.X_OK):
-            return (
-                f"{self.name} not installed in {self.env.peers_venv} (run without --no-setup-peers)"
-            )
+            return f"{self.name} not installed in {self.env.peers_venv} (run without --no-setup-peers)"
         return None
 
     def version(self) -> str:
         py = self.env.peers_venv / "bin" / "python"
-        return _run_version(
-            [str(py), "-c", f"import importlib.metadata as m; print(m.version({self.package!r}))"]
-        )
+        return _run_version([str(py), "-c", f"import importlib.metadata as m; print(m.version({self.package!r}))"])
 
     def app_env(self) -> dict[str, str]:
         return {

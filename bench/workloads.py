@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import resource
 import shutil
 import ssl
 import subprocess
@@ -70,40 +71,101 @@ def _require(tool: str) -> str:
     return path
 
 
-def _preflight(server: RunningServer, mode: Mode, path: str, length: int) -> None:
-    """Check the exact URL we are about to hammer returns 200 + right size, so
-    that a 404 storm can never be reported as throughput."""
+def _preflight(server: RunningServer, mode: Mode, path: str) -> None:
+    """Check the exact URL we are about to hammer returns 200 and the exact
+    file bytes, so that an error page or a truncated body can never be
+    reported as throughput."""
+    expected = (server.www / path.lstrip("/")).read_bytes()
     status, body = probe(server, mode, path)
-    if status != 200 or len(body) != length:
-        raise WorkloadError(f"GET {path} -> {status}, {len(body)} bytes (want 200, {length})")
+    if status != 200 or body != expected:
+        raise WorkloadError(
+            f"GET {path} -> {status}, {len(body)} bytes "
+            f"(want 200 and the {len(expected)}-byte file{'' if status != 200 else ', content differs'})"
+        )
+
+
+# --------------------------------------------------------------------------
+# CPU accounting
+
+
+def _core_busy_ticks() -> dict[str, tuple[int, int]]:
+    """Per-core (busy, total) jiffies from /proc/stat."""
+    out: dict[str, tuple[int, int]] = {}
+    with open("/proc/stat", encoding="ascii") as f:
+        for line in f:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            name, *vals = line.split()
+            ticks = [int(v) for v in vals[:8]]
+            idle = ticks[3] + ticks[4]  # idle + iowait
+            out[name] = (sum(ticks) - idle, sum(ticks))
+    return out
+
+
+def _busy_between(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, float]:
+    busy: dict[str, float] = {}
+    for name, (b1, t1) in after.items():
+        b0, t0 = before.get(name, (b1, t1))
+        if t1 > t0:
+            busy[name] = round((b1 - b0) / (t1 - t0), 3)
+    return busy
+
+
+def machine_busy(sample_seconds: float = 0.5) -> dict[str, float]:
+    """Per-core busy fraction over a short sample, taken while none of our
+    servers or clients run: anything well above 0 is foreign load (another
+    benchmark, a build) that would skew the next measurement."""
+    before = _core_busy_ticks()
+    time.sleep(sample_seconds)
+    return _busy_between(before, _core_busy_ticks())
 
 
 class ServerCpu:
-    """Context manager measuring the server tree's CPU use over a block.
+    """Context manager measuring CPU use over a measurement block.
 
     On a 2-core box a single-connection client like ``openssl s_time`` can
     be the bottleneck; ``server_cpu_util`` (1.0 = the pinned core fully
-    busy) makes that visible in the details instead of leaving a client-
-    bound number looking like a server property.
+    busy) makes that visible instead of leaving a client-bound number
+    looking like a server property. ``client_cpu_util`` is the load
+    generator's own CPU (children of the harness reaped in the block) and
+    ``core_busy`` the machine-wide per-core busy fraction (incl. kernel
+    softirq work for loopback that is charged to no process), for spotting
+    noisy runs afterwards in the JSON.
     """
 
     def __init__(self, server: RunningServer) -> None:
         self.server = server
         self.cpu_seconds = 0.0
         self.wall_seconds = 0.0
+        self.client_seconds = 0.0
+        self.core_busy: dict[str, float] = {}
+
+    @staticmethod
+    def _children_cpu() -> float:
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime
 
     def __enter__(self) -> ServerCpu:
         self._cpu0 = self.server.cpu_seconds()
+        self._child0 = self._children_cpu()
+        self._cores0 = _core_busy_ticks()
         self._t0 = time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall_seconds = time.monotonic() - self._t0
         self.cpu_seconds = self.server.cpu_seconds() - self._cpu0
+        self.client_seconds = self._children_cpu() - self._child0
+        self.core_busy = _busy_between(self._cores0, _core_busy_ticks())
 
-    def detail(self) -> dict[str, float]:
-        util = self.cpu_seconds / self.wall_seconds if self.wall_seconds else 0.0
-        return {"server_cpu_seconds": self.cpu_seconds, "server_cpu_util": round(util, 3)}
+    def detail(self) -> dict[str, Any]:
+        wall = self.wall_seconds or 1.0
+        return {
+            "server_cpu_seconds": round(self.cpu_seconds, 3),
+            "server_cpu_util": round(self.cpu_seconds / wall, 3),
+            "client_cpu_util": round(self.client_seconds / wall, 3),
+            "core_busy": self.core_busy,
+        }
 
 
 # --------------------------------------------------------------------------
@@ -129,9 +191,7 @@ def parse_wrk(output: str) -> dict[str, Any]:
         out["transfer_bytes_per_sec"] = float(m.group(1)) * _SIZE_UNITS.get(m.group(2), 1)
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     out["socket_errors"] = (
-        dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups()), strict=True))
-        if m
-        else {}
+        dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups()), strict=True)) if m else {}
     )
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     out["non_2xx"] = int(m.group(1)) if m else 0
@@ -161,10 +221,8 @@ def _wrk(url: str, duration: float, connections: int = 64) -> dict[str, Any]:
     return parse_wrk(proc.stdout)
 
 
-def _wrk_workload(
-    server: RunningServer, duration: float, mode: Mode, path: str, size: int, metric: str
-) -> list[Metric]:
-    _preflight(server, mode, path, size)
+def _wrk_workload(server: RunningServer, duration: float, mode: Mode, path: str, metric: str) -> list[Metric]:
+    _preflight(server, mode, path)
     url = server.url(mode, path)
     _wrk(url, WARMUP_SECONDS)
     server.check_alive()
@@ -180,25 +238,25 @@ def _wrk_workload(
         raise WorkloadError("wrk completed 0 requests")
     if errors > 0.01 * requests:
         raise WorkloadError(f"socket errors {result['socket_errors']} for {requests} requests")
-    _preflight(server, mode, path, size)
+    _preflight(server, mode, path)
     return [Metric(metric, result["requests_per_sec"], "req/s", result)]
 
 
 def https_1k(server: RunningServer, duration: float) -> list[Metric]:
     """64 keep-alive HTTP/1.1-over-TLS connections fetching a 1 KiB file.
     wrk does not verify the certificate (so no client verify cost either)."""
-    return _wrk_workload(server, duration, "https", "/1k.bin", 1024, "https_1k")
+    return _wrk_workload(server, duration, "https", "/1k.bin", "https_1k")
 
 
 def http_1k(server: RunningServer, duration: float) -> list[Metric]:
     """Plain-HTTP request rate: parser + response path, no crypto."""
-    return _wrk_workload(server, duration, "http", "/1k.bin", 1024, "http_1k")
+    return _wrk_workload(server, duration, "http", "/1k.bin", "http_1k")
 
 
 def http_100k(server: RunningServer, duration: float) -> list[Metric]:
     """Plain HTTP with a 100 KiB body: exercises the body send path
     (sendfile/zero-copy vs copying through userspace)."""
-    return _wrk_workload(server, duration, "http", "/100k.bin", 102400, "http_100k")
+    return _wrk_workload(server, duration, "http", "/100k.bin", "http_100k")
 
 
 # --------------------------------------------------------------------------
@@ -249,9 +307,7 @@ def _s_time(port: int, seconds: int) -> dict[str, Any]:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
     wall = time.monotonic() - start
     if proc.returncode != 0:
-        raise WorkloadError(
-            f"openssl s_time exited {proc.returncode}: {(proc.stdout + proc.stderr).strip()[-500:]}"
-        )
+        raise WorkloadError(f"openssl s_time exited {proc.returncode}: {(proc.stdout + proc.stderr).strip()[-500:]}")
     result = parse_s_time(proc.stdout)
     result["wall_seconds"] = wall
     result["connections_per_real_sec"] = result["connections"] / wall
@@ -312,9 +368,7 @@ _OPEN_CONCURRENCY = 32
 
 async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
     """One keep-alive GET; returns the body length after checking for 200."""
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n".encode()
-    )
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n".encode())
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -330,9 +384,7 @@ async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p
     return len(body)
 
 
-async def _hold_connections(
-    server: RunningServer, count: int
-) -> tuple[int, int, int, int, list[str]]:
+async def _hold_connections(server: RunningServer, count: int) -> tuple[int, int, int, int, list[str]]:
     """Open *count* TLS keep-alive connections, one request each, keep them
     idle, read RSS, then re-use each once to see how many were really held.
 
@@ -349,9 +401,7 @@ async def _hold_connections(
         async with sem:
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(
-                        "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
-                    ),
+                    asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost"),
                     timeout=20,
                 )
                 conns.append((reader, writer))
