@@ -83,7 +83,7 @@ def build_site(config: Config, listener: str, tls: bool, clock: Clock) -> Site:
             continue
         extra = _security_headers(route, tls)
         if route.static is not None:
-            handle = StaticHandler(route.static, extra, clock).handle
+            handle = StaticHandler(route.static, extra, clock, tls).handle
         elif route.redirect is not None:
             handle = RedirectHandler(route.redirect).handle
         else:  # rejected by config semantics; kept total for the type checker

@@ -6,9 +6,11 @@ rebuilt only when the Date tick moves or the file changes, which is checked
 by `stat` at most once a second. A plain GET for a cached file therefore
 costs one dict lookup and one `transport.write` of bytes that already exist.
 
-Files above `inline_max_bytes` are not held; they are described by a
-FileBody and streamed by the connection (sendfile on plain TCP, mmap slices
-on TLS).
+Files above `inline_max_bytes` are not held in memory; the entry keeps them
+open and the connection streams them (sendfile on plain TCP, mmap slices on
+TLS). On a plain listener, files from SENDFILE_MIN up go out by sendfile even
+when held, because copying them through the socket buffer costs more than
+the syscall saves.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ingress.handlers.errors import error_response
 from ingress.handlers.mime import content_type
 from ingress.handlers.negotiate import choose_encoding
 from ingress.handlers.ranges import Unsatisfiable, parse_ranges
-from ingress.protocol.events import FileBody, Request, Response
+from ingress.protocol.events import FileBody, FileSource, Request, Response
 from ingress.protocol.http1 import status_line
 
 _SLOW_HEADERS = frozenset(
@@ -43,6 +45,7 @@ _SLOW_HEADERS = frozenset(
 _SIDECARS = ((b"br", ".br"), (b"zstd", ".zst"), (b"gzip", ".gz"))
 _MAX_ENTRIES = 8192
 _MAX_INLINE_TOTAL = 256 << 20
+SENDFILE_MIN = 32 * 1024
 
 _Stamp = tuple[int, int, int]
 
@@ -54,18 +57,7 @@ def _stamp(st: os.stat_result) -> _Stamp:
 class _Variant:
     """One encoding of a file, with its responses pre-serialised per Date tick."""
 
-    __slots__ = (
-        "_full",
-        "_head",
-        "_preamble",
-        "body",
-        "encoding",
-        "etag",
-        "fs",
-        "headers",
-        "size",
-        "stamp",
-    )
+    __slots__ = ("_full", "_head", "_preamble", "body", "encoding", "etag", "fs", "headers", "size", "source", "stamp")
 
     def __init__(
         self,
@@ -73,6 +65,7 @@ class _Variant:
         st: os.stat_result,
         encoding: bytes,
         body: bytes | None,
+        source: FileSource | None,
         headers: list[tuple[bytes, bytes]],
         etag: bytes,
     ) -> None:
@@ -81,6 +74,7 @@ class _Variant:
         self.size = st.st_size
         self.encoding = encoding
         self.body = body
+        self.source = source
         self.etag = etag
         self.headers = headers
         self._preamble = b""
@@ -89,11 +83,12 @@ class _Variant:
     def _rebuild(self, preamble: bytes) -> None:
         block = b"".join(n + b": " + v + b"\r\n" for n, v in self.headers)
         head = status_line(200) + preamble + block + b"\r\n"
-        if self.body is not None:
-            self._full = Response(200, self.headers, self.body, head + self.body)
+        if self.source is not None:
+            body = FileBody(self.source, ((0, self.size),), self.size)
+            self._full = Response(200, self.headers, body, head)
         else:
-            body = FileBody(self.fs, self.stamp, ((0, self.size),), self.size)
-            self._full = Response(200, self.headers, body)
+            assert self.body is not None
+            self._full = Response(200, self.headers, self.body, head + self.body)
         self._head = Response(200, self.headers, b"", head)
         self._preamble = preamble
 
@@ -106,6 +101,9 @@ class _Variant:
         if preamble is not self._preamble:
             self._rebuild(preamble)
         return self._head
+
+    def slice(self, first: int, length: int) -> bytes | tuple[int, int]:
+        return self.body[first : first + length] if self.body is not None else (first, length)
 
 
 class _Entry:
@@ -131,8 +129,9 @@ class _Entry:
 
 
 class StaticHandler:
-    def __init__(self, site: StaticSite, extra_headers: list[tuple[bytes, bytes]], clock: Clock) -> None:
+    def __init__(self, site: StaticSite, extra_headers: list[tuple[bytes, bytes]], clock: Clock, tls: bool) -> None:
         self.site = site
+        self.tls = tls
         self.root = os.path.realpath(site.root)
         self._root_prefix = self.root.rstrip("/") + "/"
         self.extra_headers = extra_headers
@@ -189,46 +188,40 @@ class StaticHandler:
     def _partial(self, entry: _Entry, variant: _Variant, ranges: list[tuple[int, int]]) -> Response:
         common = [(n, v) for n, v in variant.headers if n not in (b"Content-Length", b"Content-Type")]
         size = variant.size
+        parts: list[bytes | tuple[int, int]] = []
         if len(ranges) == 1:
             first, last = ranges[0]
-            length = last - first + 1
+            total = last - first + 1
             headers = [
                 (b"Content-Type", entry.content_type),
-                (b"Content-Length", b"%d" % length),
+                (b"Content-Length", b"%d" % total),
                 (b"Content-Range", b"bytes %d-%d/%d" % (first, last, size)),
                 *common,
             ]
-            if variant.body is not None:
-                return Response(206, headers, variant.body[first : last + 1])
-            return Response(206, headers, FileBody(variant.fs, variant.stamp, ((first, length),), length))
-        parts: list[bytes | tuple[int, int]] = []
-        total = 0
-        for first, last in ranges:
-            part_head = b"\r\n--%s\r\nContent-Type: %s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n" % (
-                self.boundary,
-                entry.content_type,
-                first,
-                last,
-                size,
-            )
-            parts.append(part_head)
-            total += len(part_head)
-            if variant.body is not None:
-                parts.append(variant.body[first : last + 1])
-            else:
-                parts.append((first, last - first + 1))
-            total += last - first + 1
-        closing = b"\r\n--%s--\r\n" % self.boundary
-        parts.append(closing)
-        total += len(closing)
-        headers = [
-            (b"Content-Type", b"multipart/byteranges; boundary=" + self.boundary),
-            (b"Content-Length", b"%d" % total),
-            *common,
-        ]
-        if variant.body is not None:
+            parts.append(variant.slice(first, total))
+        else:
+            total = 0
+            for first, last in ranges:
+                part_head = b"\r\n--%s\r\nContent-Type: %s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n" % (
+                    self.boundary,
+                    entry.content_type,
+                    first,
+                    last,
+                    size,
+                )
+                parts += (part_head, variant.slice(first, last - first + 1))
+                total += len(part_head) + last - first + 1
+            closing = b"\r\n--%s--\r\n" % self.boundary
+            parts.append(closing)
+            total += len(closing)
+            headers = [
+                (b"Content-Type", b"multipart/byteranges; boundary=" + self.boundary),
+                (b"Content-Length", b"%d" % total),
+                *common,
+            ]
+        if variant.source is None:
             return Response(206, headers, b"".join(p for p in parts if isinstance(p, bytes)))
-        return Response(206, headers, FileBody(variant.fs, variant.stamp, tuple(parts), total))
+        return Response(206, headers, FileBody(variant.source, tuple(parts), total))
 
     # resolution (cold path) ------------------------------------------------
     def _revalidate(self, path: str, request: Request, old: _Entry | None) -> _Entry | Response:
@@ -320,12 +313,19 @@ class StaticHandler:
         return entry
 
     def _variant(self, fs: str, encoding: bytes, original: str | None) -> _Variant:
-        with open(fs, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            inline = st.st_size <= self.site.inline_max_bytes and self._inline_total + st.st_size <= _MAX_INLINE_TOTAL
-            body = fh.read() if inline else None
-        if body is not None and len(body) != st.st_size:
-            raise OSError("file changed while it was read")
+        fd = os.open(fs, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            size = st.st_size
+            inline = size <= self.site.inline_max_bytes and self._inline_total + size <= _MAX_INLINE_TOTAL
+            body = _read_exactly(fd, size) if inline else None
+            keep_open = body is None or (not self.tls and size >= SENDFILE_MIN)
+            source = FileSource(fd, size) if keep_open else None
+        except BaseException:
+            os.close(fd)
+            raise
+        if source is None:
+            os.close(fd)
         if body is not None:
             etag = b'"%s"' % hashlib.blake2b(body, digest_size=12).hexdigest().encode("ascii")
             self._inline_total += len(body)
@@ -333,7 +333,7 @@ class StaticHandler:
             etag = b'"%x-%x-%x"' % (st.st_ino, st.st_mtime_ns, st.st_size)
         headers = [
             (b"Content-Type", content_type(original or fs)),
-            (b"Content-Length", b"%d" % st.st_size),
+            (b"Content-Length", b"%d" % size),
             (b"ETag", etag),
             (b"Last-Modified", formatdate(int(st.st_mtime), usegmt=True).encode("ascii")),
             (b"Accept-Ranges", b"bytes"),
@@ -343,4 +343,11 @@ class StaticHandler:
         if self.site.cache_control:
             headers.append((b"Cache-Control", self.site.cache_control.encode("latin-1")))
         headers.extend(self.extra_headers)
-        return _Variant(fs, st, encoding, body, headers, etag)
+        return _Variant(fs, st, encoding, body, source, headers, etag)
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    data = os.pread(fd, size, 0)
+    if len(data) != size:
+        raise OSError("file changed while it was read")
+    return data

@@ -2,12 +2,16 @@
 
 Routing, handlers and telemetry only ever see these types, so they are
 written once for HTTP/1.1 and reused by later protocol versions. A Response
-may carry `wire`, the complete HTTP/1.1 message pre-serialised by a handler
-that can reuse it across requests; other protocols ignore it.
+may carry `wire`, the HTTP/1.1 head pre-serialised by a handler that reuses
+it across requests, followed by the body when the body is bytes (a FileBody
+is sent after it); other protocols ignore it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+import os
 from dataclasses import dataclass
 
 
@@ -47,16 +51,38 @@ class Request:
         self.body = body
 
 
-@dataclass(frozen=True, slots=True)
-class FileBody:
-    """Parts of a file to send: bytes are sent as is, (offset, length) from the file.
+class FileSource:
+    """An open file shared by every response that sends it.
 
-    The path is opened at send time; `identity` (inode, mtime_ns, size) lets the
-    sender refuse a file that was replaced after the headers were built.
+    The static cache keeps one per file, so sending it costs no open() or
+    stat(); it is closed when the cache and the last sender let go of it.
+    The read-only mapping is made on first use by a TLS sender.
     """
 
-    path: str
-    identity: tuple[int, int, int]
+    __slots__ = ("_map", "fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self._map: memoryview | None = None
+
+    def view(self) -> memoryview:
+        if self._map is None:
+            self._map = (
+                memoryview(mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ)) if self.size else memoryview(b"")
+            )
+        return self._map
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+@dataclass(frozen=True, slots=True)
+class FileBody:
+    """Parts of a file to send: bytes are sent as is, (offset, length) from the file."""
+
+    source: FileSource
     parts: tuple[bytes | tuple[int, int], ...]
     length: int
 

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 from ingress.errors import ProtocolError
 from ingress.handlers.errors import error_response
-from ingress.protocol.events import Request, Response
+from ingress.protocol.events import FileBody, Request, Response
 from ingress.protocol.http1 import BODY, HEAD, IDLE, RequestParser, serialize_head
-from ingress.server.filesend import FileChanged, FileSender
+from ingress.server.filesend import FileSender
 
 if TYPE_CHECKING:
     from ingress.server.runtime import ListenerRuntime, WorkerContext
@@ -44,6 +44,7 @@ class HTTP1Connection(asyncio.Protocol):
         "sent",
         "snap",
         "sni",
+        "sock_fd",
         "t0",
         "tls_version",
         "transport",
@@ -72,6 +73,8 @@ class HTTP1Connection(asyncio.Protocol):
         ctx.connections.add(self)
         ctx.stats.connections_total += 1
         self.logging = ctx.access_log is not None
+        sock = transport.get_extra_info("socket") if not self.listener.tls else None
+        self.sock_fd = sock.fileno() if sock is not None else -1
         if self.logging:
             peer = transport.get_extra_info("peername")
             self.client = peer[0] if peer else ""
@@ -134,6 +137,9 @@ class HTTP1Connection(asyncio.Protocol):
         wire = response.wire
         if wire is not None and not close and request.version == "1.1":
             self.transport.write(wire)
+            body = response.body
+            if body.__class__ is FileBody:
+                self._send_file(body)
         else:
             self._write_generic(request, response, close)
         if self.logging:
@@ -155,25 +161,15 @@ class HTTP1Connection(asyncio.Protocol):
         elif isinstance(body, bytes):
             self.transport.write(head + body)
         else:
-            try:
-                self.transport.write(head)
-                self.sender = FileSender(
-                    self.ctx.loop,
-                    self.transport,
-                    body,
-                    not self.listener.tls,
-                    self._sent,
-                    self._progress,
-                )
-            except (OSError, FileChanged) as exc:
-                # Headers promised a length we can no longer deliver: the only
-                # honest move left is to cut the connection.
-                log.warning("file vanished after headers: %s", exc, extra={"event": "static.file_changed"})
-                self.sender = None
-                self.transport.abort()
-                return
-            if self.write_paused and self.sender is not None:
-                self.sender.pause()
+            self.transport.write(head)
+            self._send_file(body)
+
+    def _send_file(self, body: FileBody) -> None:
+        sender = FileSender(self.ctx.loop, self.transport, body, self.sock_fd, self._sent, self._progress)
+        self.sender = sender
+        if self.write_paused:
+            sender.pause()
+        sender.start()
 
     def _progress(self) -> None:
         self.sent += 1
