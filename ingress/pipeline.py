@@ -55,7 +55,7 @@ class Site:
         """A path not seen before on this host: normalise, match, remember."""
         if request.path == b"*":
             if request.method == "OPTIONS":
-                return Response(204, [(b"Allow", b"GET, HEAD, OPTIONS"), (b"Content-Length", b"0")])
+                return Response(204, [(b"Allow", b"GET, HEAD, OPTIONS")])
             return error_response(400)
         try:
             path = normalize_path(request.path)
@@ -72,7 +72,7 @@ class Site:
 
 def _method_not_allowed(request: Request, entry: RouteEntry) -> Response:
     if request.method == "OPTIONS":
-        return Response(204, [(b"Allow", entry.allow), (b"Content-Length", b"0")])
+        return Response(204, [(b"Allow", entry.allow)])
     return error_response(405, [(b"Allow", entry.allow)])
 
 

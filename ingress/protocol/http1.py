@@ -89,8 +89,14 @@ class RequestParser:
         """Parse `data`; raise ProtocolError (with the status to answer) on bad input."""
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            raise ProtocolError(400, "protocol upgrade is not supported here") from None
+        except httptools.HttpParserUpgrade as exc:
+            # llhttp stops after a request that asks to switch protocols. This server
+            # never switches (RFC 9110 lets it ignore Upgrade), so the request was
+            # answered as plain HTTP/1.1; httptools has resumed, parse what follows.
+            rest = data[exc.args[0] :]
+            if rest:
+                self.feed(rest)
+            return
         except httptools.HttpParserError as exc:
             if self.error is not None:
                 raise self.error from None
