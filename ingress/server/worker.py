@@ -20,6 +20,7 @@ from ingress.handlers.admin import AdminHandler
 from ingress.pipeline import Site
 from ingress.routing import RouteEntry, Router
 from ingress.server.connection import HTTP1Connection
+from ingress.server.filesend import ktls_status
 from ingress.server.listeners import listen
 from ingress.server.runtime import ListenerRuntime, WorkerContext, build_listener
 from ingress.tls.contexts import base_context
@@ -71,6 +72,12 @@ class Worker:
         loop.call_later(1.0, self._tick)
         loop.call_later(self.config.server.cert_poll_interval, self._poll_certs)
         loop.call_later(self.config.access_log.flush_interval, self._flush)
+        if self.index == 0 and any(listener.tls for listener in self.config.listeners):
+            log.info(
+                "large files over TLS are sent as mmap slices; kTLS %s",
+                ktls_status(),
+                extra={"event": "worker.ktls"},
+            )
         ready()
         await self.done
         if self.ctx.access_log is not None:
