@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import secrets
 import stat
 import urllib.parse
@@ -46,6 +47,9 @@ _SIDECARS = ((b"br", ".br"), (b"zstd", ".zst"), (b"gzip", ".gz"))
 _MAX_ENTRIES = 8192
 _MAX_INLINE_TOTAL = 256 << 20
 SENDFILE_MIN = 32 * 1024
+# Open files the cache may hold, leaving most descriptors for connections.
+# Past the budget, streamed files are opened per request instead.
+FD_BUDGET = max(16, min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
 
 _Stamp = tuple[int, int, int]
 
@@ -78,32 +82,51 @@ class _Variant:
         self.etag = etag
         self.headers = headers
         self._preamble = b""
-        self._full = self._head = Response(200, headers)
+        self._head = Response(200, headers)
+        self._full: Response | None = None
 
     def _rebuild(self, preamble: bytes) -> None:
         block = b"".join(n + b": " + v + b"\r\n" for n, v in self.headers)
         head = status_line(200) + preamble + block + b"\r\n"
+        self._head = Response(200, self.headers, b"", head)
         if self.source is not None:
             body = FileBody(self.source, ((0, self.size),), self.size)
             self._full = Response(200, self.headers, body, head)
-        else:
-            assert self.body is not None
+        elif self.body is not None:
             self._full = Response(200, self.headers, self.body, head + self.body)
-        self._head = Response(200, self.headers, b"", head)
+        else:
+            self._full = None  # opened per request: the descriptor budget is spent
         self._preamble = preamble
 
     def full(self, preamble: bytes) -> Response:
         if preamble is not self._preamble:
             self._rebuild(preamble)
-        return self._full
+        full = self._full
+        if full is None:
+            return Response(200, self.headers, FileBody(self.opened(), ((0, self.size),), self.size), self._head.wire)
+        return full
 
     def head(self, preamble: bytes) -> Response:
         if preamble is not self._preamble:
             self._rebuild(preamble)
         return self._head
 
+    def opened(self) -> FileSource:
+        """The cached source, or the file opened now; raises _Stale if it is no longer this file."""
+        if self.source is not None:
+            return self.source
+        fd = os.open(self.fs, os.O_RDONLY | os.O_CLOEXEC)
+        if _stamp(os.fstat(fd)) != self.stamp:
+            os.close(fd)
+            raise _Stale(self.fs)
+        return FileSource(fd, self.size)
+
     def slice(self, first: int, length: int) -> bytes | tuple[int, int]:
         return self.body[first : first + length] if self.body is not None else (first, length)
+
+
+class _Stale(Exception):
+    """The file changed between revalidation and sending; resolve it again."""
 
 
 class _Entry:
@@ -149,12 +172,16 @@ class StaticHandler:
                 return found
             entry = found
         headers = request.headers
-        if _SLOW_HEADERS.isdisjoint(headers):
-            variant = entry.identity
-            if request.method == "HEAD":
-                return variant.head(self.clock.preamble)
-            return variant.full(self.clock.preamble)
-        return self._conditional(entry, request)
+        try:
+            if _SLOW_HEADERS.isdisjoint(headers):
+                variant = entry.identity
+                if request.method == "HEAD":
+                    return variant.head(self.clock.preamble)
+                return variant.full(self.clock.preamble)
+            return self._conditional(entry, request)
+        except (_Stale, OSError):
+            self._forget(path, entry)
+            return error_response(503, [(b"Retry-After", b"1")])
 
     # negotiation, conditionals and ranges ------------------------------------
     def _conditional(self, entry: _Entry, request: Request) -> Response:
@@ -219,9 +246,9 @@ class StaticHandler:
                 (b"Content-Length", b"%d" % total),
                 *common,
             ]
-        if variant.source is None:
+        if variant.body is not None:
             return Response(206, headers, b"".join(p for p in parts if isinstance(p, bytes)))
-        return Response(206, headers, FileBody(variant.source, tuple(parts), total))
+        return Response(206, headers, FileBody(variant.opened(), tuple(parts), total))
 
     # resolution (cold path) ------------------------------------------------
     def _revalidate(self, path: str, request: Request, old: _Entry | None) -> _Entry | Response:
@@ -319,8 +346,8 @@ class StaticHandler:
             size = st.st_size
             inline = size <= self.site.inline_max_bytes and self._inline_total + size <= _MAX_INLINE_TOTAL
             body = _read_exactly(fd, size) if inline else None
-            keep_open = body is None or (not self.tls and size >= SENDFILE_MIN)
-            source = FileSource(fd, size) if keep_open else None
+            wanted = body is None or (not self.tls and size >= SENDFILE_MIN)
+            source = FileSource(fd, size) if wanted and FileSource.live < FD_BUDGET else None
         except BaseException:
             os.close(fd)
             raise

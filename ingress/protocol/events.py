@@ -56,15 +56,19 @@ class FileSource:
 
     The static cache keeps one per file, so sending it costs no open() or
     stat(); it is closed when the cache and the last sender let go of it.
-    The read-only mapping is made on first use by a TLS sender.
+    The read-only mapping is made on first use by a TLS sender. `live`
+    counts open sources so the cache can stay within its descriptor budget.
     """
 
     __slots__ = ("_map", "fd", "size")
+
+    live = 0
 
     def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
         self.size = size
         self._map: memoryview | None = None
+        FileSource.live += 1
 
     def view(self) -> memoryview:
         if self._map is None:
@@ -74,6 +78,7 @@ class FileSource:
         return self._map
 
     def __del__(self) -> None:
+        FileSource.live -= 1
         with contextlib.suppress(OSError):
             os.close(self.fd)
 

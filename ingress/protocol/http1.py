@@ -55,6 +55,7 @@ class RequestParser:
     __slots__ = (
         "_body",
         "_body_size",
+        "_completed",
         "_head_bytes",
         "_headers",
         "_limits",
@@ -82,11 +83,13 @@ class RequestParser:
         self._head_bytes = 0
         self._raw_head = 0
         self._merged = 0
+        self._completed = 0
         self._body: list[bytes] = []
         self._body_size = 0
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raise ProtocolError (with the status to answer) on bad input."""
+        completed = self._completed
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -103,10 +106,13 @@ class RequestParser:
             raise ProtocolError(400, f"malformed request: {exc}") from None
         if self.state == HEAD:
             # Head still incomplete: bound what has arrived so far, including a single
-            # field that llhttp is still accumulating and has not reported yet.
-            self._raw_head += len(data)
-            if self._raw_head > self._max_head:
-                self._fail(431, "request header fields too large")
+            # field that llhttp is still accumulating and has not reported yet. When this
+            # read also finished earlier requests, only the tail is this head and its
+            # length is unknown; it is counted from the next read on.
+            if self._completed == completed:
+                self._raw_head += len(data)
+                if self._raw_head > self._max_head:
+                    self._fail(431, "request header fields too large")
             self._check_head()
 
     def _fail(self, status: int, reason: str) -> NoReturn:
@@ -188,6 +194,7 @@ class RequestParser:
         if b"#" in path:
             self._fail(400, "fragment in request target")
         self.state = IDLE
+        self._completed += 1
         body = b"".join(self._body) if self._body else b""
         method = parser.get_method()
         self._sink.request_received(

@@ -216,6 +216,12 @@ class HTTP1Connection(asyncio.Protocol):
                 serialize_head(status, response.headers, self.ctx.clock.preamble, True) + response.body
             )
             self.ctx.stats.by_class[status // 100] += 1
+            if self.logging and self.ctx.access_log is not None:
+                # The request never became an event; log what the edge answered.
+                self.ctx.access_log.record(
+                    (time.time(), self.client, "", "", status, len(response.body),
+                     time.perf_counter() - self.t0, "HTTP/1.1", self.tls_version, self.sni)
+                )  # fmt: skip
         self.closing = True
         if self.sender is None:
             self.transport.close()

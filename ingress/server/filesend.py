@@ -7,6 +7,10 @@ read-only mmap are written as memoryviews, so OpenSSL encrypts straight from
 the page cache. Both honour backpressure: nothing is read ahead of what the
 peer accepts. kTLS would let sendfile work under TLS too, but uvloop's TLS
 runs on memory BIOs, which kTLS cannot take over; see `ktls_status`.
+
+A file truncated while it is mapped would fault (SIGBUS) on the next slice,
+so the size is checked before each slice: a response cut short is aborted,
+the worker lives.
 """
 
 from __future__ import annotations
@@ -110,10 +114,16 @@ class FileSender:
 
     def _pump(self) -> None:
         write = self.transport.write
-        view = self.source.view()
+        source = self.source
+        view = source.view()
         while not self.paused:
             if self.remaining:
                 n = min(self.remaining, CHUNK)
+                # Touching a mapped page past the end of a file truncated under us
+                # raises SIGBUS and kills the worker; check the size before each slice.
+                if os.fstat(source.fd).st_size < self.offset + n:
+                    self._finish(False)
+                    return
                 write(view[self.offset : self.offset + n])
                 self.offset += n
                 self.remaining -= n
