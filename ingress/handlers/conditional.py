@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 
@@ -27,8 +28,13 @@ def weak_match(header: bytes, etag: bytes) -> bool:
 
 
 def http_date_seconds(header: bytes) -> int | None:
+    """Seconds since the epoch, or None if invalid. Every HTTP-date is GMT (RFC 9110 §5.6.7),
+    including the obsolete asctime form, which `parsedate_to_datetime` returns as naive local time."""
     try:
-        return int(parsedate_to_datetime(header.decode("latin-1")).timestamp())
+        when = parsedate_to_datetime(header.decode("latin-1"))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return int(when.timestamp())
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
 

@@ -22,12 +22,16 @@ def parse_ranges(header: bytes, size: int) -> Ranges | None:
     unit, sep, spec = header.partition(b"=")
     if not sep or unit.strip().lower() != b"bytes":
         return None
-    items = spec.split(b",")
-    if len(items) > MAX_RANGES:
+    # Empty list elements (`bytes=0-1,,5-6`) are ignored, as RFC 9110 §5.6.1.2 requires.
+    items = [item for item in (raw.strip() for raw in spec.split(b",")) if item]
+    if not items or len(items) > MAX_RANGES:
+        return None
+    if size == 0:
+        # No range of an empty representation can be described by a 206
+        # (`bytes 0--1/0` is not a Content-Range); send the empty 200 instead.
         return None
     out: Ranges = []
-    for raw in items:
-        item = raw.strip()
+    for item in items:
         first_s, dash, last_s = item.partition(b"-")
         if not dash:
             return None
@@ -35,12 +39,12 @@ def parse_ranges(header: bytes, size: int) -> Ranges | None:
             if not first_s.isdigit() or (last_s and not last_s.isdigit()):
                 return None
             first = int(first_s)
-            last = int(last_s) if last_s else size - 1
-            if last < first:
+            if last_s and int(last_s) < first:
                 return None
             if first >= size:
-                continue
-            out.append((first, min(last, size - 1)))
+                continue  # valid syntax, but not satisfiable (e.g. `bytes=99999999-`)
+            last = min(int(last_s), size - 1) if last_s else size - 1
+            out.append((first, last))
         else:
             if not last_s.isdigit():
                 return None
