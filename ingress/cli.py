@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import ssl
 import sys
 from collections.abc import Callable
@@ -98,7 +99,7 @@ def _banner(config: Config, bound: dict[str, str], ca: Path | None, workers: int
         url = f"{scheme}://{bound[listener.name]}/"
         lines.append(f"  {listener.name:<8} {url}")
         if listener.tls and curl is None:
-            curl = f"curl --cacert {ca} {url}" if ca else f"curl {url}"
+            curl = f"curl --cacert {shlex.quote(str(ca))} {url}" if ca else f"curl {url}"
     if "__admin__" in bound:
         lines.append(f"  {'admin':<8} http://{bound['__admin__']}/healthz")
     if curl:

@@ -34,6 +34,17 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def bind_key(host: str, port: int) -> tuple[str, int]:
+    """The address a bind really takes: `localhost` binds 127.0.0.1; IPv6 has many spellings.
+
+    Listeners bind with SO_REUSEPORT, so two listeners on one address would not
+    fail to start: they would silently split its connections between them.
+    """
+    if host == "localhost":
+        return "127.0.0.1", port
+    return str(ipaddress.ip_address(host)), port
+
+
 def valid_host_pattern(pattern: str) -> bool:
     """`*`, an exact DNS name or IP, or `*.` followed by a DNS name."""
     if pattern == "*":
@@ -65,7 +76,7 @@ def semantic_problems(config: Config) -> list[Problem]:
             )
         names[listener.name] = i
         try:
-            bind = parse_address(listener.address)
+            bind = bind_key(*parse_address(listener.address))
         except ValueError as exc:
             problems.append(Problem(src, f"{at}.address", str(exc)))
         else:
@@ -101,7 +112,7 @@ def semantic_problems(config: Config) -> list[Problem]:
         problems.append(Problem(src, "listeners", "at least one listener is required"))
     if config.admin.enabled:
         try:
-            bind = parse_address(config.admin.address)
+            bind = bind_key(*parse_address(config.admin.address))
             if bind[1] != 0 and bind in binds:
                 problems.append(
                     Problem(
