@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ingress.config.model import Config, Listener
+from ingress.config.model import Config, Listener, TLSSettings
 from ingress.config.semantics import parse_address
 from ingress.errors import ConfigError
 from ingress.handlers.admin import AdminHandler
@@ -23,7 +24,7 @@ from ingress.server.connection import HTTP1Connection
 from ingress.server.filesend import ktls_status
 from ingress.server.listeners import listen
 from ingress.server.runtime import ListenerRuntime, WorkerContext, build_listener
-from ingress.tls.contexts import base_context
+from ingress.tls.contexts import base_context, tls_policy
 
 log = logging.getLogger("edgeward.worker")
 
@@ -39,6 +40,8 @@ class _Bound:
     runtime: ListenerRuntime
     server: asyncio.AbstractServer
     address: tuple[str, int]
+    sock: socket.socket
+    ssl: ssl.SSLContext | None
 
 
 class Worker:
@@ -55,6 +58,7 @@ class Worker:
         self.index = index
         self.bound: dict[str, _Bound] = {}
         self.done: asyncio.Future[None] | None = None
+        self.adopting = 0
 
     async def run(self, ready: ReadyFn) -> None:
         loop = asyncio.get_running_loop()
@@ -99,7 +103,7 @@ class Worker:
             ssl_handshake_timeout=limits.handshake_timeout if ssl_ctx else None,
         )
         old = self.bound.get(listener.name)
-        self.bound[listener.name] = _Bound(runtime, server, (host, port))
+        self.bound[listener.name] = _Bound(runtime, server, (host, port), sock, ssl_ctx)
         if old is not None:
             old.server.close()
             self._drain_listener(old.runtime)
@@ -181,10 +185,12 @@ class Worker:
         for listener in config.listeners:
             fresh = build_listener(config, listener, self.ctx.clock)
             old = self.bound.get(listener.name)
+            # Certificates are picked per handshake from runtime.certs, so only a new
+            # address or TLS policy needs a new socket; anything else is swapped in place.
             if (
                 old is not None
                 and old.runtime.config.address == listener.address
-                and old.runtime.config.tls == listener.tls
+                and _policy(old.runtime.config) == _policy(listener)
             ):
                 old.runtime.site = fresh.site
                 old.runtime.certs = fresh.certs
@@ -221,6 +227,7 @@ class Worker:
         log.info("draining", extra={"event": "worker.drain", "connections": len(ctx.connections)})
         for name, bound in self.bound.items():
             if name != ADMIN:
+                self._adopt_backlog(bound)
                 bound.server.close()
         grace = ctx.config.server.drain_idle_grace
         for conn in list(ctx.connections):
@@ -228,9 +235,41 @@ class Worker:
         self._deadline = self.loop.time() + ctx.config.server.drain_timeout
         self._check_drained()
 
+    def _adopt_backlog(self, bound: _Bound) -> None:
+        """Take over connections the kernel has completed but the loop has not accepted yet.
+
+        Closing a listening socket resets every connection still in its accept
+        queue, request and all. With SO_REUSEPORT that queue fills exactly when
+        it hurts: clients told `Connection: close` by a worker that drained
+        first reconnect to a worker that drains a moment later. Accepting them
+        here leaves only the instant between the last accept and the close.
+        """
+        while True:
+            try:
+                conn, _ = bound.sock.accept()
+            except OSError:  # BlockingIOError: nothing is waiting
+                return
+            conn.setblocking(False)
+            self.adopting += 1
+            self.loop.create_task(self._adopt(conn, bound))
+
+    async def _adopt(self, conn: socket.socket, bound: _Bound) -> None:
+        try:
+            _, protocol = await self.loop.connect_accepted_socket(
+                lambda: HTTP1Connection(self.ctx, bound.runtime),
+                conn,
+                ssl=bound.ssl,
+                ssl_handshake_timeout=self.ctx.limits.handshake_timeout if bound.ssl else None,
+            )
+            protocol.drain(self.ctx.config.server.drain_idle_grace)
+        except (OSError, ssl.SSLError):
+            conn.close()
+        finally:
+            self.adopting -= 1
+
     def _check_drained(self) -> None:
         ctx = self.ctx
-        if ctx.connections and self.loop.time() < self._deadline:
+        if (ctx.connections or self.adopting) and self.loop.time() < self._deadline:
             self.loop.call_later(0.05, self._check_drained)
             return
         if ctx.connections:
@@ -245,6 +284,10 @@ class Worker:
             bound.server.close()
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
+
+
+def _policy(listener: Listener) -> TLSSettings | None:
+    return None if listener.tls is None else tls_policy(listener.tls)
 
 
 def _split(address: str) -> tuple[str, int]:

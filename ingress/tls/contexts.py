@@ -7,6 +7,7 @@ clients depend on.
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 
 from ingress.config.model import CertPair, TLSSettings
@@ -51,6 +52,11 @@ def leaf_context(settings: TLSSettings, pair: CertPair) -> ssl.SSLContext:
     return ctx
 
 
+def tls_policy(settings: TLSSettings) -> TLSSettings:
+    """What a listening socket's context fixes: everything but the certificates."""
+    return dataclasses.replace(settings, certs=())
+
+
 _shared_bases: dict[tuple[str, TLSSettings], ssl.SSLContext] = {}
 
 
@@ -62,8 +68,12 @@ def base_context(listener_name: str, settings: TLSSettings) -> ssl.SSLContext:
     Creating this base context in the supervisor before forking therefore
     gives every worker the same ticket keys, so a client resumes its session
     whichever worker accepts the next connection.
+
+    Only the policy keys it, not the certificates: those are chosen per
+    handshake by the SNI callback. A reload that only changes certificates
+    keeps this context, so workers forked later still share its ticket keys.
     """
-    key = (listener_name, settings)
+    key = (listener_name, tls_policy(settings))
     ctx = _shared_bases.get(key)
     if ctx is None:
         ctx = leaf_context(settings, settings.certs[0])

@@ -21,6 +21,8 @@ from ingress.tls.material import load_pair
 log = logging.getLogger("edgeward.tls")
 
 _Stamp = tuple[tuple[int, int, int], tuple[int, int, int]]
+# The stamp of files that cannot be stat'ed, so a missing file is refused (and logged) once, not on every poll.
+_UNREADABLE: _Stamp = ((-1, -1, -1), (-1, -1, -1))
 
 
 def _stamp(pair: CertPair) -> _Stamp:
@@ -91,7 +93,7 @@ class CertStore:
             try:
                 stamp = _stamp(slot.pair)
             except OSError as exc:
-                self._refuse(slot, None, f"cannot stat: {exc.strerror}")
+                self._refuse(slot, _UNREADABLE, f"cannot stat {exc.filename}: {exc.strerror}")
                 continue
             if stamp in (slot.stamp, slot.refused):
                 continue
@@ -114,8 +116,8 @@ class CertStore:
         if changed:
             self._index()
 
-    def _refuse(self, slot: _Slot, stamp: _Stamp | None, reason: str) -> None:
-        if stamp is not None and stamp == slot.refused:
+    def _refuse(self, slot: _Slot, stamp: _Stamp, reason: str) -> None:
+        if stamp == slot.refused:
             return
         slot.refused = stamp
         self.refusals += 1
