@@ -26,7 +26,8 @@ import uvloop
 
 from ingress.config.model import Config
 from ingress.config.semantics import bind_key, parse_address
-from ingress.errors import ConfigError, EdgewardError, Problem
+from ingress.errors import EdgewardError
+from ingress.server import reload
 from ingress.server.listeners import format_address, reserve
 from ingress.server.worker import ADMIN, Worker
 from ingress.tls.contexts import base_context
@@ -212,17 +213,8 @@ class Supervisor:
             self._write_state()
 
     def _reload(self) -> None:
-        try:
-            config = self.load()
-            restart = _needs_restart(self.config, config)
-            if restart:
-                raise ConfigError(restart)
-        except ConfigError as exc:
-            log.error(
-                "reload refused; still serving the previous config:\n%s",
-                exc,
-                extra={"event": "config.reload_refused"},
-            )
+        config = reload.attempt(self.load, lambda new: reload.restart_problems(self.config, new))
+        if config is None:
             return
         self.config = config
         log.info("config valid; reloading workers", extra={"event": "config.reload"})
@@ -272,30 +264,6 @@ class Supervisor:
         with open(tmp, "w") as fh:
             json.dump(state, fh)
         os.replace(tmp, self.state_file)
-
-
-def _needs_restart(old: Config, new: Config) -> list[Problem]:
-    """Changes a reload cannot apply: ports are reserved here, before the workers fork.
-
-    Workers would otherwise report the reload as done and keep the old port.
-    """
-    problems = []
-    before = {listener.name: listener.address for listener in old.listeners}
-    for i, listener in enumerate(new.listeners):
-        was = before.get(listener.name)
-        if was is None:
-            problems.append(Problem(new.source, f"listeners[{i}]", f"new listener {listener.name!r} needs a restart"))
-        elif was != listener.address:
-            problems.append(
-                Problem(
-                    new.source,
-                    f"listeners[{i}].address",
-                    f"changed from {was} to {listener.address}; a new address needs a restart",
-                )
-            )
-    if old.admin != new.admin:
-        problems.append(Problem(new.source, "admin", "changing the admin listener needs a restart"))
-    return problems
 
 
 def _refuse_if_listening(address: str) -> None:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from ingress.config.model import Config, Listener, TLSSettings
 from ingress.config.semantics import parse_address
-from ingress.errors import ConfigError
 from ingress.handlers.admin import AdminHandler
 from ingress.pipeline import Site
 from ingress.routing import RouteEntry, Router
+from ingress.server import reload
 from ingress.server.connection import HTTP1Connection
 from ingress.server.filesend import ktls_status
 from ingress.server.listeners import listen
@@ -167,16 +167,9 @@ class Worker:
 
     # reload and drain --------------------------------------------------------
     def reload(self) -> None:
-        try:
-            config = self.reload_config()
-        except ConfigError as exc:
-            log.error(
-                "reload refused; still serving the previous config:\n%s",
-                exc,
-                extra={"event": "config.reload_refused"},
-            )
-            return
-        self.loop.create_task(self._apply(config))
+        config = reload.attempt(self.reload_config)
+        if config is not None:
+            self.loop.create_task(self._apply(config))
 
     async def _apply(self, config: Config) -> None:
         self.config = config
