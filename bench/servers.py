@@ -39,6 +39,9 @@ from typing import ClassVar, Literal
 
 from certs import CertPaths
 
+# nginx gets exactly the TLS 1.2 suites edgeward offers (Mozilla intermediate, ECDHE).
+from ingress.tls.contexts import INTERMEDIATE_CIPHERS
+
 Mode = Literal["http", "https"]
 
 READY_PATH = "/1k.bin"
@@ -422,23 +425,6 @@ root = "{self.env.www}"
         return argv, {}
 
 
-# Mozilla "intermediate" TLS 1.2 cipher list (TLS 1.3 suites are not
-# configurable in nginx and are all enabled).
-MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
-    [
-        "ECDHE-ECDSA-AES128-GCM-SHA256",
-        "ECDHE-RSA-AES128-GCM-SHA256",
-        "ECDHE-ECDSA-AES256-GCM-SHA384",
-        "ECDHE-RSA-AES256-GCM-SHA384",
-        "ECDHE-ECDSA-CHACHA20-POLY1305",
-        "ECDHE-RSA-CHACHA20-POLY1305",
-        "DHE-RSA-AES128-GCM-SHA256",
-        "DHE-RSA-AES256-GCM-SHA384",
-        "DHE-RSA-CHACHA20-POLY1305",
-    ]
-)
-
-
 class Nginx(Server):
     """Debian's nginx, tuned the way a competent operator would for static files."""
 
@@ -503,7 +489,7 @@ http {{
     scgi_temp_path {tmp}/scgi;
 
     ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_ciphers {MOZILLA_INTERMEDIATE_CIPHERS};
+    ssl_ciphers {INTERMEDIATE_CIPHERS};
     ssl_prefer_server_ciphers off;
     ssl_session_cache shared:SSL:10m;
     ssl_session_timeout 1d;
