@@ -37,9 +37,8 @@ def _allow(methods: tuple[str, ...]) -> bytes:
 class Site:
     """Everything one listener serves."""
 
-    def __init__(self, router: Router, clock: Clock) -> None:
+    def __init__(self, router: Router) -> None:
         self.router = router
-        self.clock = clock
 
     def handle(self, request: Request) -> Response:
         group = self.router.group(request.host)
@@ -90,4 +89,4 @@ def build_site(config: Config, listener: str, tls: bool, clock: Clock) -> Site:
             continue
         methods = frozenset(route.methods) | ({"HEAD"} if "GET" in route.methods else set())
         router.add(route.host, RouteEntry(route.path, methods, _allow(route.methods), handle))
-    return Site(router, clock)
+    return Site(router)

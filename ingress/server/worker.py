@@ -89,7 +89,7 @@ class Worker:
 
     # binding ---------------------------------------------------------------
     async def _bind(self, listener: Listener, runtime: ListenerRuntime) -> None:
-        host, port = self.addresses.get(listener.name) or _split(listener.address)
+        host, port = self.addresses.get(listener.name) or parse_address(listener.address)
         sock = listen(host, port)
         ssl_ctx = None
         if runtime.certs is not None and listener.tls is not None:
@@ -113,7 +113,7 @@ class Worker:
         handler = AdminHandler(lambda: not self.ctx.draining, self._metrics)
         router.add("*", RouteEntry("/", frozenset({"GET", "HEAD"}), b"GET, HEAD, OPTIONS", handler.handle))
         admin_listener = Listener(name=ADMIN, address=self.config.admin.address)
-        runtime = ListenerRuntime(admin_listener, Site(router, self.ctx.clock), tls=False)
+        runtime = ListenerRuntime(admin_listener, Site(router), tls=False)
         await self._bind(admin_listener, runtime)
 
     # periodic work -----------------------------------------------------------
@@ -281,10 +281,6 @@ class Worker:
 
 def _policy(listener: Listener) -> TLSSettings | None:
     return None if listener.tls is None else tls_policy(listener.tls)
-
-
-def _split(address: str) -> tuple[str, int]:
-    return parse_address(address)
 
 
 def _sni_callback(runtime: ListenerRuntime) -> SNICallback:
