@@ -327,6 +327,25 @@ def test_pipelined_request_after_connection_close_is_not_answered(conn: Wire) ->
     conn.assert_closed()
 
 
+def test_nothing_queued_behind_a_closing_file_response_is_answered(
+    custom: Callable[..., Server], connect: Callable[..., Wire], site: Path
+) -> None:
+    """A closing response whose file goes out at once must still end the connection.
+
+    With nothing inlined every file is streamed. The third request waits behind the
+    first; the second closes the connection, and its small file is sent in one go,
+    from inside the loop that answers the queue.
+    """
+    srv = custom(routes=[{"path": "/", "static": {"root": str(site), "inline_max_bytes": 0}}])
+    conn = connect(srv)
+    conn.send(request("/big.bin") + request("/1k.bin", headers=("Connection: close",)) + request("/hello.txt"))
+    big = conn.read_response()
+    assert (big.status, digest(big.body)) == (200, digest(BIG_BIN))
+    closing = conn.read_response()
+    assert (closing.status, closing.body, closing.header("Connection")) == (200, KIB_BIN, "close")
+    conn.assert_closed()
+
+
 def test_chunked_request_body_then_next_request(conn: Wire) -> None:
     body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n"
     conn.send(request("/hello.txt", method="POST", headers=("Transfer-Encoding: chunked",), body=body))

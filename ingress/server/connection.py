@@ -35,6 +35,7 @@ class HTTP1Connection(asyncio.Protocol):
         "closing",
         "ctx",
         "deadline",
+        "final",
         "listener",
         "logging",
         "parser",
@@ -56,6 +57,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.listener = listener
         self.requests = 0
         self.closing = False
+        self.final = False
         self.write_paused = False
         self.sender: FileSender | None = None
         self.queue: deque[Request] = deque()
@@ -134,6 +136,10 @@ class HTTP1Connection(asyncio.Protocol):
         ctx = self.ctx
         response = self.listener.site.handle(request)
         close = self.closing or not request.keep_alive or self.requests >= ctx.limits.max_requests_per_connection
+        if close:
+            # Set before writing: a file sent synchronously calls _sent from inside this call,
+            # and nothing queued behind a closing response may be answered.
+            self.closing = self.final = True
         wire = response.wire
         if wire is not None and not close and request.version == "1.1":
             self.transport.write(wire)
@@ -145,10 +151,8 @@ class HTTP1Connection(asyncio.Protocol):
         if self.logging:
             self._log(request, response)
         ctx.stats.by_class[response.status // 100] += 1
-        if close:
-            self.closing = True
-            if self.sender is None:
-                self.transport.close()
+        if close and self.sender is None:
+            self.transport.close()
 
     def _write_generic(self, request: Request, response: Response, close: bool) -> None:
         preamble = self.ctx.clock.preamble
@@ -179,7 +183,7 @@ class HTTP1Connection(asyncio.Protocol):
         if not ok:
             self.transport.abort()
             return
-        if self.closing and not self.queue:
+        if self.final or (self.closing and not self.queue):
             self.transport.close()
             return
         while self.queue and self.sender is None and not self.transport.is_closing():
