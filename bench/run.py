@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -58,7 +59,6 @@ from workloads import WORKLOADS, Metric, MetricSpec, Workload, WorkloadError, ma
 REPO_DIR = BENCH_DIR.parent
 DEFAULT_INGRESS = REPO_DIR / ".venv" / "bin" / "ingress"
 DEFAULT_PEERS_VENV = BENCH_DIR / ".venv-peers"
-PEER_PACKAGES = ("granian", "uvicorn", "httptools", "uvloop", "hypercorn")
 README = BENCH_DIR / "README.md"
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
@@ -113,39 +113,24 @@ def make_www(www: Path) -> None:
 
 
 def ensure_peers_venv(venv: Path) -> None:
-    """Create ``bench/.venv-peers`` with the Python peers, separate from the
-    project's venv so the peers never end up in the project's lock file.
-    A marker file records a completed install (a half-done pip run is redone).
+    """Create ``bench/.venv-peers`` from ``bench/requirements-peers.lock`` (hash-pinned).
+
+    Separate from the project's venv so the peers never enter the project's
+    lock file. The marker holds the lock's digest: a changed lock, or a
+    half-done install, is installed again.
     """
+    lock = Path(__file__).resolve().parent / "requirements-peers.lock"
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
     marker = venv / ".bench-ready"
-    if marker.exists():
+    if marker.exists() and marker.read_text().strip() == digest:
         return
-    log(f"setting up Python peers venv in {venv} ...")
+    log(f"setting up Python peers venv in {venv} from {lock.name} ...")
     python = venv / "bin" / "python"
     if not python.exists():
-        res = subprocess.run([sys.executable, "-m", "venv", str(venv)], check=False)
-        if res.returncode != 0:
-            # Interpreters without ensurepip (some uv-managed ones): use uv.
-            uv = shutil.which("uv")
-            if uv is None:
-                raise SystemExit("cannot create peers venv: no ensurepip and no uv")
-            subprocess.run([uv, "venv", "--python", sys.executable, str(venv)], check=True)
-            subprocess.run([uv, "pip", "install", "--python", str(python), *PEER_PACKAGES], check=True)
-            marker.write_text("\n".join(PEER_PACKAGES) + "\n")
-            return
-    subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            *PEER_PACKAGES,
-        ],
-        check=True,
-    )
-    marker.write_text("\n".join(PEER_PACKAGES) + "\n")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "--require-hashes", "-r", str(lock)], check=True)
+    marker.write_text(digest + "\n")
 
 
 def wait_quiet(timeout: float) -> dict[str, float]:
