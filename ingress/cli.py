@@ -17,12 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ingress import __version__
+from ingress.check import verify_config
 from ingress.config import Config, load_config
-from ingress.config.default import default_config
+from ingress.config.default import default_config, edgeward_home
 from ingress.config.schema import config_schema
-from ingress.config.verify import verify_config
 from ingress.errors import ConfigError, EdgewardError
 from ingress.telemetry import logs
+from ingress.tls.devca import ensure_dev_pki
 
 EXAMPLES = """examples:
   ingress serve                          run the embedded default (demo site, dev CA)
@@ -72,8 +73,10 @@ def _serve(args: argparse.Namespace) -> int:
     pki = None
     load: Callable[[], Config]
     if args.config is None:
-        config, pki = default_config()
-        load = lambda: default_config()[0]  # noqa: E731
+        home = edgeward_home()
+        pki = ensure_dev_pki(home)
+        config = default_config(home, pki.cert, pki.key)
+        load = lambda: default_config(home, pki.cert, pki.key)  # noqa: E731
     else:
         config = _load_checked(args.config)
         load = lambda: _load_checked(args.config)  # noqa: E731

@@ -13,7 +13,6 @@ from typing import Any
 from ingress.config.loader import parse_config
 from ingress.config.model import Config
 from ingress.demo import SITE
-from ingress.tls.devca import DevPKI, ensure_dev_pki
 
 DEFAULT_SOURCE = "<embedded default>"
 
@@ -23,9 +22,8 @@ def edgeward_home() -> Path:
     return Path(env) if env else Path.home() / ".local" / "state" / "edgeward"
 
 
-def default_config(home: Path | None = None) -> tuple[Config, DevPKI]:
-    home = home or edgeward_home()
-    pki = ensure_dev_pki(home)
+def default_config(home: Path, cert: Path, key: Path) -> Config:
+    """The default for this home, serving `cert`/`key` (the dev PKI the CLI created)."""
     acme = home / "acme"
     (acme / ".well-known" / "acme-challenge").mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
@@ -33,7 +31,7 @@ def default_config(home: Path | None = None) -> tuple[Config, DevPKI]:
             {
                 "name": "https",
                 "address": "127.0.0.1:8443",
-                "tls": {"certs": [{"cert": str(pki.cert), "key": str(pki.key)}]},
+                "tls": {"certs": [{"cert": str(cert), "key": str(key)}]},
             },
             {"name": "http", "address": "127.0.0.1:8080"},
         ],
@@ -48,4 +46,4 @@ def default_config(home: Path | None = None) -> tuple[Config, DevPKI]:
         ],
         "admin": {"enabled": True, "address": "127.0.0.1:9901"},
     }
-    return parse_config(data, DEFAULT_SOURCE), pki
+    return parse_config(data, DEFAULT_SOURCE)

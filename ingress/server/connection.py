@@ -268,6 +268,9 @@ class HTTP1Connection(asyncio.Protocol):
         if self.parser.state == IDLE and self.sender is None and not self.queue:
             self.ctx.loop.call_later(grace, self._close_if_idle)
 
+    def abort(self) -> None:
+        self.transport.abort()
+
     def _close_if_idle(self) -> None:
         if self.parser.state == IDLE and self.sender is None and not self.queue and not self.transport.is_closing():
             self.transport.close()

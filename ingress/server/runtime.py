@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ingress.clock import Clock
 from ingress.config.model import Config, Limits, Listener
 from ingress.pipeline import Site, build_site
 from ingress.telemetry.accesslog import AccessLog
 from ingress.tls.sni import CertStore
-
-if TYPE_CHECKING:
-    from ingress.server.connection import HTTP1Connection
 
 
 @dataclass
@@ -28,6 +25,21 @@ class Stats:
     connections_total: int = 0
     protocol_errors: int = 0
     by_class: list[int] = field(default_factory=lambda: [0] * 6)
+
+
+class Connection(Protocol):
+    """What a worker needs of an open connection, whatever protocol it speaks."""
+
+    listener: ListenerRuntime
+
+    def sweep(self, now: float) -> None:
+        """Once a second: enforce the connection's deadline."""
+
+    def drain(self, grace: float) -> None:
+        """Finish what is in flight, then close."""
+
+    def abort(self) -> None:
+        """Close now: the drain deadline has passed."""
 
 
 @dataclass
@@ -43,7 +55,7 @@ class WorkerContext:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, config: Config) -> None:
         self.loop = loop
-        self.connections: set[HTTP1Connection] = set()
+        self.connections: set[Connection] = set()
         self.stats = Stats()
         self.draining = False
         self.access_log: AccessLog | None = None

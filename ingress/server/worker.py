@@ -272,7 +272,7 @@ class Worker:
                 extra={"event": "worker.drain_deadline"},
             )
             for conn in list(ctx.connections):
-                conn.transport.abort()
+                conn.abort()
         for bound in self.bound.values():
             bound.server.close()
         if self.done is not None and not self.done.done():

@@ -1,7 +1,9 @@
-"""Checks that need the filesystem: everything `serve` would load, loaded.
+"""`ingress check`: everything `serve` would load, loaded.
 
-`ingress check` and `serve` both run these, so a config that passes check
-cannot fail at start for a reason check could have seen.
+It sits above config and tls because it uses both: the config says which
+files to read, tls says whether they are usable. `serve` runs the same
+checks, so a config that passes check cannot fail at start for a reason
+check could have seen.
 """
 
 from __future__ import annotations
