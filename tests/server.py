@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,24 @@ class Server:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
+    """Poll until `predicate()`; returns the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+def events(server: Server, name: str) -> list[dict[str, Any]]:
+    """The server's JSON log records whose `event` is `name`, in order."""
+    found = []
+    for line in server.log().splitlines():
+        if line.startswith("{"):
+            item = json.loads(line)
+            if item.get("event") == name:
+                found.append(item)
+    return found

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 import random
 import re
@@ -22,13 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import base_config
 from tests.pki import CA, Issued
-from tests.server import Server
+from tests.server import Server, events, wait_for
 
 Address = tuple[str, int]
 StartServer = Callable[..., Server]
@@ -36,25 +34,6 @@ HELLO = b"hello world\n"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(interval)
-    return time.monotonic() - start
-
-
-def events(server: Server, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in server.log().splitlines():
-        if line.startswith("{"):
-            item = json.loads(line)
-            if item.get("event") == name:
-                found.append(item)
-    return found
 
 
 def dead(pid: int) -> bool:

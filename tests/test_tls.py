@@ -6,7 +6,6 @@ Python's ssl module where a test needs many handshakes or a long-lived connectio
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 
 from tests.conftest import base_config
 from tests.pki import CA, Issued, write_atomic
-from tests.server import Server
+from tests.server import Server, events, wait_for
 
 Address = tuple[str, int]
 StartServer = Callable[..., Server]
@@ -71,26 +70,6 @@ def s_client(address: Address, *args: str, data: bytes = b"", timeout: float = 1
 def served_fingerprint(address: Address, servername: str | None = "localhost") -> bytes | None:
     sni = ["-servername", servername] if servername else ["-noservername"]
     return s_client(address, *sni).fingerprint
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
-    """Poll until `predicate()`; returns the seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(interval)
-    return time.monotonic() - start
-
-
-def events(server: Server, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in server.log().splitlines():
-        if line.startswith("{"):
-            item = json.loads(line)
-            if item.get("event") == name:
-                found.append(item)
-    return found
 
 
 # --------------------------------------------------------------------------- a small HTTP/1.1 client
