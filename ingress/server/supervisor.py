@@ -25,10 +25,9 @@ from dataclasses import dataclass
 import uvloop
 
 from ingress.config.model import Config
-from ingress.config.semantics import bind_key, parse_address
 from ingress.errors import EdgewardError
 from ingress.server import reload
-from ingress.server.listeners import format_address, reserve
+from ingress.server.listeners import format_address, refuse_if_listening, reserve
 from ingress.server.worker import ADMIN, Worker
 from ingress.tls.contexts import base_context
 
@@ -108,7 +107,7 @@ class Supervisor:
             pairs.append((ADMIN, self.config.admin.address))
         for name, address in pairs:
             try:
-                _refuse_if_listening(address)
+                refuse_if_listening(address)
                 sock, bound = reserve(address)
             except OSError as exc:
                 raise StartupError(f"cannot bind {name} at {address}: {exc.strerror}") from None
@@ -264,26 +263,6 @@ class Supervisor:
         with open(tmp, "w") as fh:
             json.dump(state, fh)
         os.replace(tmp, self.state_file)
-
-
-def _refuse_if_listening(address: str) -> None:
-    """Raise EADDRINUSE if any socket already listens on `address`.
-
-    Workers bind with SO_REUSEPORT, and the kernel lets every process of the
-    same user join that group: a second instance on the same port would start
-    without error and silently take a share of the first one's connections.
-    A probe bound without SO_REUSEPORT conflicts with any listening socket,
-    while SO_REUSEADDR keeps it from tripping over TIME_WAIT leftovers.
-    """
-    host, port = bind_key(*parse_address(address))
-    if port == 0:
-        return
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        probe.bind((host, port))
 
 
 def _describe(status: int) -> str:
