@@ -61,13 +61,12 @@ def _stamp(st: os.stat_result) -> _Stamp:
 class _Variant:
     """One encoding of a file, with its responses pre-serialised per Date tick."""
 
-    __slots__ = ("_full", "_head", "_preamble", "body", "encoding", "etag", "fs", "headers", "size", "source", "stamp")
+    __slots__ = ("_full", "_head", "_preamble", "body", "etag", "fs", "headers", "size", "source", "stamp")
 
     def __init__(
         self,
         fs: str,
         st: os.stat_result,
-        encoding: bytes,
         body: bytes | None,
         source: FileSource | None,
         headers: list[tuple[bytes, bytes]],
@@ -76,7 +75,6 @@ class _Variant:
         self.fs = fs
         self.stamp = _stamp(st)
         self.size = st.st_size
-        self.encoding = encoding
         self.body = body
         self.source = source
         self.etag = etag
@@ -130,7 +128,7 @@ class _Stale(Exception):
 
 
 class _Entry:
-    __slots__ = ("content_type", "identity", "last_modified", "mtime", "tick", "variants")
+    __slots__ = ("content_type", "identity", "mtime", "tick", "variants")
 
     def __init__(
         self,
@@ -144,7 +142,6 @@ class _Entry:
         self.variants = variants
         self.content_type = ctype
         self.mtime = mtime
-        self.last_modified = formatdate(mtime, usegmt=True).encode("ascii")
         self.tick = tick
 
     def stamps(self) -> list[tuple[str, _Stamp]]:
@@ -370,7 +367,7 @@ class StaticHandler:
         if self.site.cache_control:
             headers.append((b"Cache-Control", self.site.cache_control.encode("latin-1")))
         headers.extend(self.extra_headers)
-        return _Variant(fs, st, encoding, body, source, headers, etag)
+        return _Variant(fs, st, body, source, headers, etag)
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
