@@ -192,20 +192,14 @@ class HTTP1Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _log(self, request: Request, response: Response) -> None:
+        nbytes = response.body_length if request.method != "HEAD" else 0
+        self._record(request.method, request.path.decode("latin-1"), response.status, nbytes, "HTTP/" + request.version)
+
+    def _record(self, method: str, path: str, status: int, nbytes: int, protocol: str) -> None:
         assert self.ctx.access_log is not None
+        duration = time.perf_counter() - self.t0
         self.ctx.access_log.record(
-            (
-                time.time(),
-                self.client,
-                request.method,
-                request.path.decode("latin-1"),
-                response.status,
-                response.body_length if request.method != "HEAD" else 0,
-                time.perf_counter() - self.t0,
-                "HTTP/" + request.version,
-                self.tls_version,
-                self.sni,
-            )
+            (time.time(), self.client, method, path, status, nbytes, duration, protocol, self.tls_version, self.sni)
         )
 
     def _reject(self, status: int, reason: str) -> None:
@@ -220,12 +214,9 @@ class HTTP1Connection(asyncio.Protocol):
                 serialize_head(status, response.headers, self.ctx.clock.preamble, True) + response.body
             )
             self.ctx.stats.by_class[status // 100] += 1
-            if self.logging and self.ctx.access_log is not None:
+            if self.logging:
                 # The request never became an event; log what the edge answered.
-                self.ctx.access_log.record(
-                    (time.time(), self.client, "", "", status, len(response.body),
-                     time.perf_counter() - self.t0, "HTTP/1.1", self.tls_version, self.sni)
-                )  # fmt: skip
+                self._record("", "", status, len(response.body), "HTTP/1.1")
         self.closing = True
         if self.sender is None:
             self.transport.close()
