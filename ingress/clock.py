@@ -12,13 +12,14 @@ from email.utils import formatdate
 
 
 class Clock:
-    __slots__ = ("date", "now", "preamble", "server", "tick")
+    __slots__ = ("date", "now", "preamble", "server", "server_name", "tick")
 
     def __init__(self, server_header: str) -> None:
         self.tick = 0
         self.set_server(server_header)
 
     def set_server(self, server_header: str) -> None:
+        self.server_name = server_header.encode("latin-1")
         self.server = b"Server: " + server_header.encode("latin-1") + b"\r\n" if server_header else b""
         self.advance()
 

@@ -75,12 +75,15 @@ def _method_not_allowed(request: Request, entry: RouteEntry) -> Response:
     return error_response(405, [(b"Allow", entry.allow)])
 
 
-def build_site(config: Config, listener: str, tls: bool, clock: Clock) -> Site:
+def build_site(config: Config, listener: str, tls: bool, clock: Clock, alt_svc: bytes = b"") -> Site:
+    """`alt_svc` advertises HTTP/3; it rides with the security headers, so pre-serialised responses carry it free."""
     router = Router()
     for route in config.routes:
         if route.listeners and listener not in route.listeners:
             continue
         extra = _security_headers(route, tls)
+        if alt_svc:
+            extra.append((b"Alt-Svc", alt_svc))
         if route.static is not None:
             handle = StaticHandler(route.static, extra, clock, tls).handle
         elif route.redirect is not None:

@@ -74,6 +74,40 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class HTTP2Settings:
+    max_concurrent_streams: int = field(
+        default=128, metadata=doc("Streams a client may have open at once.", minimum=1, maximum=10000)
+    )
+    initial_window_size: int = field(
+        default=1 << 20,
+        metadata=doc("Flow-control window granted per request stream.", minimum=65535, maximum=(1 << 31) - 1),
+    )
+    max_frame_size: int = field(
+        default=16384, metadata=doc("Largest frame payload accepted.", minimum=16384, maximum=(1 << 24) - 1)
+    )
+    max_resets_per_second: int = field(
+        default=200,
+        metadata=doc("Streams a client may cancel per second (rapid reset, CVE-2023-44487).", minimum=1),
+    )
+    max_continuation_frames: int = field(
+        default=32,
+        metadata=doc("CONTINUATION frames in one header block (CVE-2024-27316).", minimum=1, maximum=1024),
+    )
+    max_settings_per_second: int = field(default=20, metadata=doc("SETTINGS frames per second.", minimum=1))
+    max_pings_per_second: int = field(default=20, metadata=doc("PING frames per second.", minimum=1))
+    max_empty_frames_per_second: int = field(
+        default=100,
+        metadata=doc("DATA, HEADERS and CONTINUATION frames with no payload and no END_STREAM, per second.", minimum=1),
+    )
+    window_stall_timeout: float = field(
+        default=30.0,
+        metadata=doc(
+            "Seconds a response may wait on a zero flow-control window before the connection closes.", minimum=0.5
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class CertPair:
     cert: str = field(metadata=doc("PEM certificate chain, leaf first."))
     key: str = field(metadata=doc("PEM private key (RSA or ECDSA) matching `cert`."))
@@ -92,10 +126,37 @@ class TLSSettings:
         metadata=doc("Certificates chosen by SNI; the first one answers unknown names.")
     )
     min_version: Literal["1.2", "1.3"] = field(default="1.2", metadata=doc("Lowest TLS version accepted."))
-    alpn: tuple[Literal["http/1.1"], ...] = field(
-        default=("http/1.1",), metadata=doc("ALPN protocols offered, in preference order.")
+    alpn: tuple[Literal["h2", "http/1.1"], ...] = field(
+        default=("h2", "http/1.1"),
+        metadata=doc("ALPN protocols offered, in preference order; a client offering none gets HTTP/1.1."),
     )
     session_tickets: bool = field(default=True, metadata=doc("Offer TLS session tickets for resumption."))
+
+
+@dataclass(frozen=True)
+class QuicSettings:
+    enabled: bool = field(
+        default=True,
+        metadata=doc("Serve HTTP/3 over QUIC on the listener's port (UDP) and advertise it with Alt-Svc."),
+    )
+    retry: bool = field(
+        default=False,
+        metadata=doc(
+            "Validate client addresses with a Retry before any handshake work; costs one round trip,"
+            " defeats spoofed-source floods."
+        ),
+    )
+    early_data: bool = field(
+        default=True,
+        metadata=doc("Accept 0-RTT data on resumption; only GET, HEAD and OPTIONS run early, others get 425."),
+    )
+    max_streams: int = field(
+        default=100, metadata=doc("Concurrent request streams per connection.", minimum=1, maximum=10000)
+    )
+    idle_timeout: float = field(default=30.0, metadata=doc("Seconds a QUIC connection may sit idle.", minimum=1.0))
+    alt_svc_max_age: int = field(
+        default=86400, metadata=doc("Seconds clients may remember the Alt-Svc advertisement.", minimum=0)
+    )
 
 
 @dataclass(frozen=True)
@@ -103,6 +164,13 @@ class Listener:
     name: str = field(metadata=doc("Unique name, used by routes and logs.", pattern=r"^[a-z][a-z0-9_-]*$"))
     address: str = field(metadata=doc("host:port to bind; port 0 picks a free port."))
     tls: TLSSettings | None = field(default=None, metadata=doc("TLS termination; absent means plain HTTP."))
+    h2c: bool = field(
+        default=False,
+        metadata=doc("Also accept cleartext HTTP/2 with prior knowledge; plain listeners only."),
+    )
+    quic: QuicSettings = field(
+        default_factory=QuicSettings, metadata=doc("HTTP/3 on the same port; TLS listeners only.")
+    )
 
 
 @dataclass(frozen=True)
@@ -191,6 +259,9 @@ class Config:
     routes: tuple[Route, ...] = field(default=(), metadata=doc("Host and path prefix to handler."))
     server: ServerSettings = field(default_factory=ServerSettings, metadata=doc("Process settings."))
     limits: Limits = field(default_factory=Limits, metadata=doc("Request limits and timeouts."))
+    http2: HTTP2Settings = field(
+        default_factory=HTTP2Settings, metadata=doc("HTTP/2 stream limits and flood protection.")
+    )
     access_log: AccessLog = field(default_factory=AccessLog, metadata=doc("Access log."))
     admin: Admin = field(default_factory=Admin, metadata=doc("Admin listener."))
     source: str = field(default="", metadata=doc("Where this config came from (set by the loader).", internal=True))

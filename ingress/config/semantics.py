@@ -89,7 +89,14 @@ def semantic_problems(config: Config) -> list[Problem]:
                     )
                 )
             binds[bind] = listener.name
+        if listener.tls is not None and listener.h2c:
+            problems.append(
+                Problem(src, f"{at}.h2c", "h2c is cleartext HTTP/2; on a TLS listener offer h2 in tls.alpn instead")
+            )
         if listener.tls is not None:
+            alpn = listener.tls.alpn
+            if not alpn or len(set(alpn)) != len(alpn):
+                problems.append(Problem(src, f"{at}.tls.alpn", 'list each protocol once, e.g. ["h2", "http/1.1"]'))
             if not listener.tls.certs:
                 problems.append(
                     Problem(

@@ -93,7 +93,7 @@ class FileBody:
 
 
 class Response:
-    __slots__ = ("body", "headers", "status", "wire")
+    __slots__ = ("body", "encoded", "headers", "status", "wire")
 
     def __init__(
         self,
@@ -106,6 +106,9 @@ class Response:
         self.headers = headers
         self.body = body
         self.wire = wire
+        # (clock tick, header block) memo of a protocol that encodes fields once per
+        # reused Response, such as HTTP/2's literal HPACK block; Date makes it per tick.
+        self.encoded: tuple[int, bytes] | None = None
 
     @property
     def body_length(self) -> int:

@@ -84,8 +84,8 @@ class HTTP1Connection(asyncio.Protocol):
             if sslobj is not None:
                 self.tls_version = sslobj.version() or ""
                 self.sni = getattr(sslobj, "edge_sni", None) or ""
-        if ctx.draining:
-            self.closing = True
+        if ctx.draining:  # accepted from the backlog while the worker drains
+            self.drain(ctx.config.server.drain_idle_grace)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)

@@ -4,15 +4,23 @@ Each worker binds its own socket with SO_REUSEPORT so the kernel spreads
 connections across workers with no shared accept lock. The supervisor
 first binds (without listening) to reserve each port, which also turns a
 configured port 0 into one concrete port that every worker then shares.
+
+HTTP/3 listens on UDP at the same port as its TCP listener. That UDP
+socket is bound once, by the supervisor, without SO_REUSEPORT (see
+ingress.server.quic for why one worker serves it); being exclusive, it
+also refuses a second instance on the same port.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from ingress.config.semantics import bind_key, parse_address
 
 BACKLOG = 4096
+UDP_BUFFER = 4 << 20  # bursts of datagrams wait here while the loop is busy; the kernel caps it at rmem_max
+PORT_ATTEMPTS = 16
 
 
 def _tcp_socket(host: str, reuseport: bool) -> socket.socket:
@@ -47,6 +55,41 @@ def reserve(address: str) -> tuple[socket.socket, tuple[str, int]]:
     sock = _tcp_socket(host, reuseport=True)
     sock.bind((host, port))
     return sock, (host, sock.getsockname()[1])
+
+
+def reserve_with_udp(address: str) -> tuple[socket.socket, socket.socket, tuple[str, int]]:
+    """Reserve a TCP port and bind UDP on the same number; returns (tcp, udp, (host, port)).
+
+    With port 0 the kernel picks a port free for TCP, which may be taken for
+    UDP: try again with another, a few times, before giving up.
+    """
+    port = bind_key(*parse_address(address))[1]
+    for attempt in range(PORT_ATTEMPTS):
+        tcp, bound = reserve(address)
+        try:
+            return tcp, bind_udp(*bound), bound
+        except OSError as exc:
+            tcp.close()
+            if port == 0 and exc.errno == errno.EADDRINUSE and attempt < PORT_ATTEMPTS - 1:
+                continue
+            raise OSError(exc.errno, f"{exc.strerror} (UDP, for HTTP/3)") from None
+    raise AssertionError("unreachable")
+
+
+def bind_udp(host: str, port: int) -> socket.socket:
+    """The listener's one UDP socket: no SO_REUSEADDR or SO_REUSEPORT, so nobody else shares the port."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from ingress.config.model import Config
+from ingress.config.model import Config, Listener
 from ingress.errors import ConfigError, Problem
 
 log = logging.getLogger("edgeward.reload")
@@ -40,8 +40,13 @@ def restart_problems(old: Config, new: Config) -> list[Problem]:
     """
     problems = []
     before = {listener.name: listener.address for listener in old.listeners}
+    quic_before = {listener.name for listener in old.listeners if _serves_quic(listener)}
     for i, listener in enumerate(new.listeners):
         was = before.get(listener.name)
+        if was is not None and (listener.name in quic_before) != _serves_quic(listener):
+            problems.append(
+                Problem(new.source, f"listeners[{i}].quic.enabled", "turning HTTP/3 on or off needs a restart")
+            )
         if was is None:
             problems.append(Problem(new.source, f"listeners[{i}]", f"new listener {listener.name!r} needs a restart"))
         elif was != listener.address:
@@ -55,3 +60,8 @@ def restart_problems(old: Config, new: Config) -> list[Problem]:
     if old.admin != new.admin:
         problems.append(Problem(new.source, "admin", "changing the admin listener needs a restart"))
     return problems
+
+
+def _serves_quic(listener: Listener) -> bool:
+    """Whether the supervisor bound a UDP socket for it: only at start, like every port."""
+    return listener.tls is not None and listener.quic.enabled

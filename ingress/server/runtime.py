@@ -25,6 +25,8 @@ class Stats:
     connections_total: int = 0
     protocol_errors: int = 0
     by_class: list[int] = field(default_factory=lambda: [0] * 6)
+    floods: dict[str, int] = field(default_factory=dict)
+    quic: dict[str, int] = field(default_factory=dict)  # handshakes, resumed, early_data, too_early, retry
 
 
 class Connection(Protocol):
@@ -73,7 +75,11 @@ class WorkerContext:
             old.close()
 
 
-def build_listener(config: Config, listener: Listener, clock: Clock) -> ListenerRuntime:
+def build_listener(config: Config, listener: Listener, clock: Clock, quic_port: int = 0) -> ListenerRuntime:
+    """`quic_port`: the UDP port serving HTTP/3 for this listener, 0 when none does."""
     tls = listener.tls is not None
     certs = CertStore(listener.name, listener.tls) if listener.tls is not None else None
-    return ListenerRuntime(listener, build_site(config, listener.name, tls, clock), tls, certs)
+    alt_svc = b""
+    if quic_port and tls and listener.quic.enabled:
+        alt_svc = b'h3=":%d"; ma=%d' % (quic_port, listener.quic.alt_svc_max_age)
+    return ListenerRuntime(listener, build_site(config, listener.name, tls, clock, alt_svc), tls, certs)

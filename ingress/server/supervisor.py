@@ -5,7 +5,9 @@ cares about and takes them synchronously with `sigtimedwait`, which makes
 its whole life one readable loop.
 
 Before forking it reserves every port and creates the TLS base contexts,
-so all workers share concrete ports and session-ticket keys.
+so all workers share concrete ports and session-ticket keys. It also binds
+the UDP socket of each HTTP/3 listener and keeps it for its whole life:
+worker 0 serves it, and a restarted worker 0 inherits the same socket.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import uvloop
 from ingress.config.model import Config
 from ingress.errors import EdgewardError
 from ingress.server import reload
-from ingress.server.listeners import format_address, refuse_if_listening, reserve
+from ingress.server.listeners import format_address, refuse_if_listening, reserve, reserve_with_udp
 from ingress.server.worker import ADMIN, Worker
 from ingress.tls.contexts import base_context
 
@@ -67,6 +69,7 @@ class Supervisor:
         self.state_file = state_file
         self.slots = [_Slot(i) for i in range(self.count)]
         self.reserved: list[socket.socket] = []
+        self.udp: dict[str, socket.socket] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self.stopping = False
 
@@ -102,13 +105,17 @@ class Supervisor:
 
     # internals ------------------------------------------------------------
     def _reserve(self) -> None:
+        quic = {lst.name for lst in self.config.listeners if lst.tls is not None and lst.quic.enabled}
         pairs = [(lst.name, lst.address) for lst in self.config.listeners]
         if self.config.admin.enabled:
             pairs.append((ADMIN, self.config.admin.address))
         for name, address in pairs:
             try:
                 refuse_if_listening(address)
-                sock, bound = reserve(address)
+                if name in quic:
+                    sock, self.udp[name], bound = reserve_with_udp(address)
+                else:
+                    sock, bound = reserve(address)
             except OSError as exc:
                 raise StartupError(f"cannot bind {name} at {address}: {exc.strerror}") from None
             self.reserved.append(sock)
@@ -139,7 +146,7 @@ class Supervisor:
         def ready() -> None:
             os.write(ready_w, b"r")
 
-        worker = Worker(self.config, self.addresses, self.load, index)
+        worker = Worker(self.config, self.addresses, self.load, index, self.udp)
         try:
             uvloop.run(worker.run(ready))
         except Exception:
@@ -228,7 +235,7 @@ class Supervisor:
             signal.sigtimedwait({signal.SIGCHLD}, 0.1)
             self._reap()
         self._kill_all()
-        for sock in self.reserved:
+        for sock in [*self.reserved, *self.udp.values()]:
             sock.close()
         if self.state_file:
             with contextlib.suppress(OSError):
@@ -258,6 +265,7 @@ class Supervisor:
             "workers": [s.pid for s in self.slots],
             "listeners": {n: format_address(*a) for n, a in self.addresses.items() if n != ADMIN},
             "admin": format_address(*self.addresses[ADMIN]) if ADMIN in self.addresses else None,
+            "quic": {n: format_address(*s.getsockname()[:2]) for n, s in self.udp.items()},
         }
         tmp = self.state_file + ".tmp"
         with open(tmp, "w") as fh:

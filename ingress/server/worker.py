@@ -20,10 +20,11 @@ from ingress.handlers.admin import AdminHandler
 from ingress.pipeline import Site
 from ingress.routing import RouteEntry, Router
 from ingress.server import reload
-from ingress.server.connection import HTTP1Connection
 from ingress.server.filesend import ktls_status
 from ingress.server.listeners import listen
+from ingress.server.quic import QuicEndpoint
 from ingress.server.runtime import ListenerRuntime, WorkerContext, build_listener
+from ingress.server.selector import protocol_factory
 from ingress.tls.contexts import base_context, tls_policy
 
 log = logging.getLogger("edgeward.worker")
@@ -51,11 +52,16 @@ class Worker:
         addresses: dict[str, tuple[str, int]],
         reload_config: ReloadFn,
         index: int,
+        udp: dict[str, socket.socket] | None = None,
     ) -> None:
         self.config = config
         self.addresses = addresses
         self.reload_config = reload_config
         self.index = index
+        # Every worker advertises HTTP/3 (Alt-Svc) on its TCP responses; only worker 0 serves it.
+        self.udp = udp or {}
+        self.quic_ports = {name: sock.getsockname()[1] for name, sock in self.udp.items()}
+        self.quic: dict[str, QuicEndpoint] = {}
         self.bound: dict[str, _Bound] = {}
         self.done: asyncio.Future[None] | None = None
         self.adopting = 0
@@ -67,7 +73,9 @@ class Worker:
         loop.set_exception_handler(self._loop_exception)
         self.done = loop.create_future()
         for listener in self.config.listeners:
-            await self._bind(listener, build_listener(self.config, listener, self.ctx.clock))
+            quic_port = self.quic_ports.get(listener.name, 0)
+            await self._bind(listener, build_listener(self.config, listener, self.ctx.clock, quic_port))
+        await self._serve_quic()
         if self.config.admin.enabled:
             await self._bind_admin()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -97,7 +105,7 @@ class Worker:
             ssl_ctx.sni_callback = _sni_callback(runtime)
         limits = self.ctx.limits
         server = await self.loop.create_server(
-            lambda: HTTP1Connection(self.ctx, runtime),
+            protocol_factory(self.ctx, runtime),
             sock=sock,
             ssl=ssl_ctx,
             ssl_handshake_timeout=limits.handshake_timeout if ssl_ctx else None,
@@ -107,6 +115,22 @@ class Worker:
         if old is not None:
             old.server.close()
             self._drain_listener(old.runtime)
+
+    async def _serve_quic(self) -> None:
+        """Worker 0 serves each listener's UDP socket; the others let go of their inherited copies."""
+        if self.index != 0:
+            for sock in self.udp.values():
+                sock.close()
+            return
+        for name, sock in self.udp.items():
+            bound = self.bound.get(name)
+            if bound is not None:
+                self.quic[name] = await self._open_quic(sock, bound.runtime)
+
+    async def _open_quic(self, sock: socket.socket, runtime: ListenerRuntime) -> QuicEndpoint:
+        endpoint = QuicEndpoint(self.ctx, runtime)
+        await self.loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+        return endpoint
 
     async def _bind_admin(self) -> None:
         router = Router()
@@ -155,6 +179,16 @@ class Worker:
             if bound.runtime.certs is not None:
                 lines.append(f'edgeward_cert_reloads_total{{listener="{name}"}} {bound.runtime.certs.reloads}')
                 lines.append(f'edgeward_cert_refusals_total{{listener="{name}"}} {bound.runtime.certs.refusals}')
+        lines.append("# TYPE edgeward_http2_floods_total counter")
+        for kind, n in sorted(s.floods.items()):
+            lines.append(f'edgeward_http2_floods_total{{worker="{self.index}",kind="{kind}"}} {n}')
+        if self.quic:
+            lines.append("# TYPE edgeward_quic_events_total counter")
+            for kind, n in sorted(s.quic.items()):
+                lines.append(f'edgeward_quic_events_total{{worker="{self.index}",kind="{kind}"}} {n}')
+            lines.append("# TYPE edgeward_quic_connections_open gauge")
+            for name, endpoint in self.quic.items():
+                lines.append(f'edgeward_quic_connections_open{{listener="{name}"}} {len(endpoint.connections)}')
         if self.ctx.access_log is not None:
             lines.append(f"edgeward_access_log_dropped_total {self.ctx.access_log.dropped}")
         return "\n".join(lines) + "\n"
@@ -176,7 +210,7 @@ class Worker:
         self.ctx.apply(config)
         wanted = {listener.name for listener in config.listeners}
         for listener in config.listeners:
-            fresh = build_listener(config, listener, self.ctx.clock)
+            fresh = build_listener(config, listener, self.ctx.clock, self.quic_ports.get(listener.name, 0))
             old = self.bound.get(listener.name)
             # Certificates are picked per handshake from runtime.certs, so only a new
             # address or TLS policy needs a new socket; anything else is swapped in place.
@@ -204,6 +238,11 @@ class Worker:
                 gone = self.bound.pop(name)
                 gone.server.close()
                 self._drain_listener(gone.runtime)
+        for name, endpoint in self.quic.items():
+            if name in self.bound:
+                endpoint.runtime = self.bound[name].runtime  # a rebound listener has a fresh runtime
+            else:
+                endpoint.drain()
         log.info("config reloaded", extra={"event": "config.reloaded", "source": config.source})
 
     def _drain_listener(self, runtime: ListenerRuntime) -> None:
@@ -222,6 +261,8 @@ class Worker:
             if name != ADMIN:
                 self._adopt_backlog(bound)
                 bound.server.close()
+        for endpoint in self.quic.values():
+            endpoint.drain()
         grace = ctx.config.server.drain_idle_grace
         for conn in list(ctx.connections):
             conn.drain(grace)
@@ -248,13 +289,12 @@ class Worker:
 
     async def _adopt(self, conn: socket.socket, bound: _Bound) -> None:
         try:
-            _, protocol = await self.loop.connect_accepted_socket(
-                lambda: HTTP1Connection(self.ctx, bound.runtime),
+            await self.loop.connect_accepted_socket(
+                protocol_factory(self.ctx, bound.runtime),
                 conn,
                 ssl=bound.ssl,
                 ssl_handshake_timeout=self.ctx.limits.handshake_timeout if bound.ssl else None,
             )
-            protocol.drain(self.ctx.config.server.drain_idle_grace)
         except (OSError, ssl.SSLError):
             conn.close()
         finally:
@@ -275,6 +315,8 @@ class Worker:
                 conn.abort()
         for bound in self.bound.values():
             bound.server.close()
+        for endpoint in self.quic.values():
+            endpoint.close()
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
 

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from ingress.errors import TLSMaterialError
 
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
 
 @dataclass(frozen=True)
 class CertInfo:
@@ -24,6 +26,9 @@ class CertInfo:
     not_after: dt.datetime
     sha256: str
     key_type: str
+    # The parsed chain (leaf first) and key: QUIC's TLS signs with these objects directly.
+    chain: tuple[x509.Certificate, ...]
+    key: PrivateKey
 
 
 def _read(path: str, what: str) -> bytes:
@@ -83,4 +88,6 @@ def load_pair(cert_path: str, key_path: str) -> CertInfo:
         not_after=leaf.not_valid_after_utc,
         sha256=hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest(),
         key_type=kind,
+        chain=tuple(chain),
+        key=key,
     )

@@ -13,10 +13,12 @@ import os
 import ssl
 from dataclasses import dataclass
 
+from cryptography import x509
+
 from ingress.config.model import CertPair, TLSSettings
 from ingress.errors import TLSMaterialError
 from ingress.tls.contexts import leaf_context
-from ingress.tls.material import load_pair
+from ingress.tls.material import CertInfo, PrivateKey, load_pair
 
 log = logging.getLogger("edgeward.tls")
 
@@ -36,6 +38,7 @@ class _Slot:
     names: tuple[str, ...]
     context: ssl.SSLContext
     stamp: _Stamp
+    material: CertInfo
     refused: _Stamp | None = None
 
 
@@ -54,31 +57,39 @@ class CertStore:
         stamp = _stamp(pair)
         info = load_pair(pair.cert, pair.key)
         ctx = leaf_context(self.settings, pair)
-        return _Slot(pair, pair.names or info.names, ctx, stamp)
+        return _Slot(pair, pair.names or info.names, ctx, stamp, info)
 
     def _index(self) -> None:
-        exact: dict[str, ssl.SSLContext] = {}
-        wildcard: dict[str, ssl.SSLContext] = {}
+        exact: dict[str, _Slot] = {}
+        wildcard: dict[str, _Slot] = {}
         for slot in self.slots:
             for name in slot.names:
                 if name.startswith("*."):
-                    wildcard.setdefault(name[1:], slot.context)
+                    wildcard.setdefault(name[1:], slot)
                 else:
-                    exact.setdefault(name, slot.context)
-        self._exact, self._wildcard, self._default = exact, wildcard, self.slots[0].context
+                    exact.setdefault(name, slot)
+        self._exact, self._wildcard, self._default = exact, wildcard, self.slots[0]
 
-    def lookup(self, server_name: str | None) -> ssl.SSLContext:
+    def _slot(self, server_name: str | None) -> _Slot:
         if server_name:
             name = server_name.lower()
-            ctx = self._exact.get(name)
-            if ctx is not None:
-                return ctx
+            slot = self._exact.get(name)
+            if slot is not None:
+                return slot
             dot = name.find(".")
             if dot > 0:
-                ctx = self._wildcard.get(name[dot:])
-                if ctx is not None:
-                    return ctx
+                slot = self._wildcard.get(name[dot:])
+                if slot is not None:
+                    return slot
         return self._default
+
+    def lookup(self, server_name: str | None) -> ssl.SSLContext:
+        return self._slot(server_name).context
+
+    def quic_pair(self, server_name: str | None) -> tuple[tuple[x509.Certificate, ...], PrivateKey]:
+        """The chain and key for a QUIC handshake, which has no SSLContext to switch."""
+        material = self._slot(server_name).material
+        return material.chain, material.key
 
     def select(self, sslobj: ssl.SSLObject, server_name: str | None, current: ssl.SSLContext) -> None:
         """sni_callback: runs inside the handshake, so it only does dict lookups."""

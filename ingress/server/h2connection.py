@@ -1,0 +1,372 @@
+"""One HTTP/2 connection: sockets, flow-controlled sending, deadlines.
+
+Requests reach the same `Site.handle` as HTTP/1.1. Responses are sent as
+far as the flow-control windows allow; the rest waits in a per-stream
+`_Outbound` until WINDOW_UPDATE (or the transport's resume) arrives. A file
+is read with `pread` one window's worth at a time, so a large body never
+sits in memory and a reader that stops reading stops the reads.
+
+Like HTTP/1.1, no timer is armed per connection: the worker's one-second
+sweep compares progress snapshots and also clears the flood counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import typing
+from typing import TYPE_CHECKING
+
+import h2.exceptions
+from h2.errors import ErrorCodes
+
+from ingress.handlers.errors import error_response
+from ingress.protocol.events import FileBody, Request, Response
+from ingress.protocol.fields import STATUS_TEXT as _STATUS
+from ingress.protocol.fields import response_fields
+from ingress.protocol.http2 import (
+    FloodError,
+    H2Session,
+    PeerClosed,
+    RequestReady,
+    RequestRefused,
+    StreamCancelled,
+    WindowOpened,
+    encode_literal,
+)
+
+if TYPE_CHECKING:
+    from ingress.server.runtime import ListenerRuntime, WorkerContext
+
+log = logging.getLogger("edgeward.http2")
+
+# Largest single read from a file per send; bounded by the windows anyway.
+READ_MAX = 256 * 1024
+
+
+class _Outbound:
+    """The rest of one response body, waiting for flow-control credit."""
+
+    __slots__ = ("data", "fd", "length", "offset", "parts", "source")
+
+    def __init__(self, body: bytes | FileBody) -> None:
+        self.data = b""
+        self.fd = -1
+        self.offset = 0
+        self.length = 0
+        if isinstance(body, bytes):
+            self.parts: list[bytes | tuple[int, int]] = [body]
+            self.length = len(body)
+        else:
+            self.parts = list(body.parts)
+            self.fd = body.source.fd
+            self.length = body.length
+        self.source = body.source if isinstance(body, FileBody) else None  # keeps the fd open
+
+    def take(self, budget: int) -> bytes | None:
+        """Up to `budget` bytes of what is left; None if the file shrank under us."""
+        out: list[bytes] = []
+        while budget > 0 and (self.data or self.parts):
+            if not self.data:
+                part = self.parts.pop(0)
+                if isinstance(part, bytes):
+                    self.data = part
+                else:
+                    offset, length = part
+                    n = min(length, budget, READ_MAX)
+                    chunk = os.pread(self.fd, n, offset)
+                    if len(chunk) != n:
+                        return None
+                    if n < length:
+                        self.parts.insert(0, (offset + n, length - n))
+                    out.append(chunk)
+                    budget -= n
+                    continue
+            piece = self.data[:budget]
+            self.data = self.data[len(piece) :]
+            out.append(piece)
+            budget -= len(piece)
+        sent = b"".join(out)
+        self.length -= len(sent)
+        return sent
+
+    @property
+    def done(self) -> bool:
+        return self.length <= 0
+
+
+_NO_BODY = (204, 304)
+
+
+class HTTP2Connection(asyncio.Protocol):
+    __slots__ = (
+        "blocked_since",
+        "client",
+        "closing",
+        "ctx",
+        "deadline",
+        "listener",
+        "logging",
+        "outbound",
+        "progress",
+        "requests",
+        "session",
+        "snap",
+        "sni",
+        "tls_version",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, ctx: WorkerContext, listener: ListenerRuntime) -> None:
+        self.ctx = ctx
+        self.listener = listener
+        self.outbound: dict[int, _Outbound] = {}
+        self.requests = 0
+        self.progress = 0
+        self.closing = False
+        self.write_paused = False
+        self.blocked_since = 0.0
+        self.client = self.sni = self.tls_version = ""
+
+    # asyncio callbacks ----------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.Transport, transport)
+        ctx = self.ctx
+        self.session = H2Session(ctx.config.http2, ctx.limits)
+        self.session.initiate()
+        self.snap = (-1, -1)
+        self.deadline = ctx.clock.now + ctx.limits.idle_timeout
+        ctx.connections.add(self)
+        ctx.stats.connections_total += 1
+        self.logging = ctx.access_log is not None
+        if self.logging:
+            peer = transport.get_extra_info("peername")
+            self.client = peer[0] if peer else ""
+            sslobj = transport.get_extra_info("ssl_object")
+            if sslobj is not None:
+                self.tls_version = sslobj.version() or ""
+                self.sni = getattr(sslobj, "edge_sni", None) or ""
+        self.transport.write(self.session.data_to_send())
+        if ctx.draining:  # accepted from the backlog while the worker drains
+            self.drain(ctx.config.server.drain_idle_grace)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.connections.discard(self)
+        self.outbound.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self.progress += 1
+        session = self.session
+        try:
+            events = session.receive(data)
+        except FloodError as exc:
+            self._flood(exc.kind)
+            return
+        except h2.exceptions.ProtocolError as exc:
+            self.ctx.stats.protocol_errors += 1
+            log.debug("http2 protocol error: %s", exc, extra={"event": "http2.protocol_error"})
+            self._close_now()
+            return
+        for event in events:
+            cls = event.__class__
+            if cls is RequestReady:
+                assert isinstance(event, RequestReady)
+                self._respond(event.stream_id, event.request)
+            elif cls is WindowOpened:
+                assert isinstance(event, WindowOpened)
+                if event.stream_id == 0:
+                    self._pump_all()
+                elif event.stream_id in self.outbound:
+                    self._pump(event.stream_id)
+            elif cls is StreamCancelled:
+                assert isinstance(event, StreamCancelled)
+                self.outbound.pop(event.stream_id, None)
+            elif cls is RequestRefused:
+                assert isinstance(event, RequestRefused)
+                self.ctx.stats.protocol_errors += 1
+                self._answer(event.stream_id, None, error_response(event.status))
+                session.refuse(event.stream_id)
+            elif cls is PeerClosed:
+                # h2 refuses to send anything after the peer's GOAWAY; nothing more can be answered.
+                self._close_now()
+                return
+        self._flush()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.transport.resume_reading()
+        self._pump_all()
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    # responding -------------------------------------------------------------
+    def _respond(self, stream_id: int, request: Request) -> None:
+        session = self.session
+        if session.goaway_sent and stream_id > session.last_stream:
+            session.refuse(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        self.requests += 1
+        t0 = time.perf_counter() if self.logging else 0.0
+        response = self.listener.site.handle(request)
+        self._answer(stream_id, request, response)
+        if self.logging:
+            self._log(request, response, t0)
+        if self.requests >= self.ctx.limits.max_requests_per_connection and not session.goaway_sent:
+            self.drain(0.0)
+
+    def _answer(self, stream_id: int, request: Request | None, response: Response) -> None:
+        clock = self.ctx.clock
+        status = response.status
+        self.ctx.stats.by_class[status // 100] += 1
+        memo = response.encoded
+        if memo is not None and memo[0] == clock.tick:
+            block = memo[1]
+        else:
+            block = encode_literal(response_fields(status, response.headers, clock.date, clock.server_name))
+            response.encoded = (clock.tick, block)
+        session = self.session
+        body = response.body
+        if (request is not None and request.method == "HEAD") or status in _NO_BODY or not body:
+            if not session.send_whole(stream_id, block, b""):
+                session.send_head(stream_id, _STATUS[status], block, True)
+            return
+        if body.__class__ is bytes and not self.write_paused and session.send_whole(stream_id, block, body):
+            return
+        session.send_head(stream_id, _STATUS[status], block, False)
+        if body.__class__ is bytes and not self.write_paused and len(body) <= session.window(stream_id):
+            session.send_body(stream_id, body, True)
+            return
+        self.outbound[stream_id] = _Outbound(body)
+        self._pump(stream_id)
+
+    def _pump(self, stream_id: int) -> None:
+        out = self.outbound.get(stream_id)
+        if out is None or self.write_paused:
+            return
+        session = self.session
+        window = session.window(stream_id)
+        if window < 0:
+            self.outbound.pop(stream_id, None)
+            return
+        if window == 0:
+            return  # WINDOW_UPDATE pumps again; the sweep notices if it never comes
+        chunk = out.take(window)
+        if chunk is None:  # the file shrank: the response cannot be completed honestly
+            self.outbound.pop(stream_id, None)
+            session.refuse(stream_id, ErrorCodes.INTERNAL_ERROR)
+            return
+        session.send_body(stream_id, chunk, out.done)
+        if out.done:
+            del self.outbound[stream_id]
+
+    def _pump_all(self) -> None:
+        for stream_id in list(self.outbound):
+            self._pump(stream_id)
+            if self.write_paused:
+                break
+
+    def _flush(self) -> None:
+        data = self.session.data_to_send()
+        if data:
+            self.transport.write(data)
+        if self.closing and self._idle():
+            self.transport.close()
+
+    def _idle(self) -> bool:
+        return not self.outbound and not self.session.inbound
+
+    def _log(self, request: Request, response: Response, t0: float) -> None:
+        assert self.ctx.access_log is not None
+        nbytes = response.body_length if request.method != "HEAD" else 0
+        self.ctx.access_log.record(
+            (
+                time.time(),
+                self.client,
+                request.method,
+                request.path.decode("latin-1"),
+                response.status,
+                nbytes,
+                time.perf_counter() - t0,
+                "HTTP/2",
+                self.tls_version,
+                self.sni,
+            )
+        )
+
+    # abuse and errors ---------------------------------------------------------
+    def _flood(self, kind: str) -> None:
+        stats = self.ctx.stats
+        stats.floods[kind] = stats.floods.get(kind, 0) + 1
+        log.warning(
+            "http2 %s flood from %s; connection closed with ENHANCE_YOUR_CALM",
+            kind,
+            self.client or self.transport.get_extra_info("peername"),
+            extra={"event": "http2.flood", "kind": kind},
+        )
+        self._close_now()
+
+    def _close_now(self) -> None:
+        """Send what h2 queued (its GOAWAY) and close; nothing in flight is worth finishing."""
+        self.outbound.clear()
+        data = self.session.data_to_send()
+        if data:
+            self.transport.write(data)
+        self.transport.close()
+
+    # timers and lifecycle ---------------------------------------------------------
+    def sweep(self, now: float) -> None:
+        self.session.tick()
+        if self.outbound and all(self.session.window(sid) <= 0 for sid in self.outbound):
+            # Every queued response waits on credit: a reader that took one window and
+            # never sent WINDOW_UPDATE is not pumped again, so the stall is seen here.
+            if not self.blocked_since:
+                self.blocked_since = now
+        else:
+            self.blocked_since = 0.0
+        snap = (self.progress, self.requests)
+        limits = self.ctx.limits
+        stalled = self.outbound and self.blocked_since
+        if stalled and now - self.blocked_since >= self.ctx.config.http2.window_stall_timeout:
+            stats = self.ctx.stats
+            stats.floods["window_stall"] = stats.floods.get("window_stall", 0) + 1
+            self.transport.write(self.session.goaway_frame(ErrorCodes.ENHANCE_YOUR_CALM))
+            self._close_now()
+            return
+        if snap != self.snap:
+            self.snap = snap
+            busy = self.outbound or self.session.inbound
+            timeout = limits.send_timeout if self.outbound else limits.body_timeout if busy else limits.idle_timeout
+            self.deadline = now + timeout
+        elif now >= self.deadline and not (self.outbound and self.blocked_since):
+            self.expire()
+
+    def expire(self) -> None:
+        if not self.session.goaway_sent:
+            self.transport.write(self.session.goaway_frame())
+        self._close_now()
+
+    def drain(self, grace: float) -> None:
+        """GOAWAY now: every stream already opened is answered, later ones are refused."""
+        self.closing = True
+        session = self.session
+        if not session.goaway_sent:
+            self.transport.write(session.goaway_frame())
+        if self._idle():
+            self.ctx.loop.call_later(grace, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if self._idle() and not self.transport.is_closing():
+            self.transport.write(self.session.data_to_send())
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()

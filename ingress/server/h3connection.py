@@ -1,0 +1,495 @@
+"""One HTTP/3 connection: QUIC events in, responses and datagrams out.
+
+aioquic's QuicConnection and H3Connection are sans-IO; this object is the
+glue that feeds them datagrams and timer ticks and sends what they return,
+like aioquic's own QuicConnectionProtocol but without its stream readers
+and writers: a request is answered from the event callback that completes
+it, with no coroutine and no await.
+
+Large files are not handed to aioquic whole. Its send buffer holds every
+byte until the peer acknowledges it, so `_pump` tops each response up to
+STREAM_WINDOW unacknowledged bytes (and the connection to
+CONNECTION_WINDOW) on every transmit, which runs after each datagram
+received (acknowledgements arrive in those) and each timer. Memory per
+response stays bounded whatever the file size, and a peer that stops
+reading stalls its own download, not the worker.
+
+A request whose headers arrive before the handshake completes came in
+0-RTT data, which an attacker can replay: only safe methods run then, and
+anything else gets 425 Too Early (RFC 8470) so the client retries it once
+the handshake has completed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import TYPE_CHECKING
+
+from aioquic.h3.connection import H3Connection
+from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.quic.connection import NetworkAddress
+from aioquic.quic.events import (
+    ConnectionIdIssued,
+    ConnectionIdRetired,
+    ConnectionTerminated,
+    HandshakeCompleted,
+    ProtocolNegotiated,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamReset,
+)
+
+from ingress.errors import ProtocolError
+from ingress.handlers.errors import error_response
+from ingress.protocol.events import FileBody, Request, Response
+from ingress.protocol.fields import response_fields
+from ingress.protocol.http3 import (
+    H3_INTERNAL_ERROR,
+    H3_MESSAGE_ERROR,
+    H3_NO_ERROR,
+    H3_REQUEST_REJECTED,
+    SAFE_METHODS,
+    goaway_frame,
+    parse_request,
+)
+from ingress.tls.quic import ServerConnection
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ingress.server.quic import QuicEndpoint
+    from ingress.server.runtime import Stats
+
+CHUNK = 64 * 1024
+STREAM_WINDOW = 256 * 1024
+CONNECTION_WINDOW = 1024 * 1024
+
+
+def count(stats: Stats, kind: str) -> None:
+    """Bump a QUIC event counter; for rare events only, never once per request."""
+    stats.quic[kind] = stats.quic.get(kind, 0) + 1
+
+
+class _Incoming:
+    """A request whose headers have arrived and whose body is still coming."""
+
+    __slots__ = ("chunks", "request", "size", "t0")
+
+    def __init__(self, request: Request, t0: float) -> None:
+        self.request = request
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.t0 = t0
+
+
+class _Outgoing:
+    """A cursor over the parts of a FileBody still to be sent."""
+
+    __slots__ = ("body", "index", "offset", "remaining")
+
+    def __init__(self, body: FileBody) -> None:
+        self.body = body  # holds the FileSource, and so its descriptor, open until sent
+        self.index = 0
+        self.offset = 0
+        self.remaining = body.length
+
+    def read(self, limit: int) -> bytes:
+        """Up to `limit` next bytes; raises OSError if the file shrank under us."""
+        parts = self.body.parts
+        pieces: list[bytes] = []
+        while limit and self.index < len(parts):
+            part = parts[self.index]
+            if isinstance(part, bytes):
+                piece = part[self.offset : self.offset + limit]
+                size = len(part)
+            else:
+                start, size = part
+                want = min(limit, size - self.offset)
+                piece = os.pread(self.body.source.fd, want, start + self.offset)
+                if len(piece) != want:
+                    raise OSError("file shrank while it was sent")
+            self.offset += len(piece)
+            limit -= len(piece)
+            if self.offset >= size:
+                self.index += 1
+                self.offset = 0
+            pieces.append(piece)
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self.remaining -= len(data)
+        return data
+
+
+def _unacked(quic: ServerConnection, stream_id: int) -> int:
+    """Bytes of a stream aioquic still buffers (sent or not, not yet acknowledged).
+
+    aioquic exposes no send-buffer level, so this reads its stream's bounds.
+    """
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return 0
+    sender = stream.sender
+    return sender._buffer_stop - sender._buffer_start
+
+
+class HTTP3Connection:
+    __slots__ = (
+        "born",
+        "cids",
+        "client",
+        "closed",
+        "closing",
+        "ctx",
+        "deadline",
+        "discarding",
+        "draining",
+        "endpoint",
+        "established",
+        "goaway",
+        "grace_over",
+        "h3",
+        "incoming",
+        "listener",
+        "logging",
+        "loop",
+        "next_stream",
+        "outgoing",
+        "progress",
+        "quic",
+        "snap",
+        "timer",
+        "timer_at",
+    )
+
+    def __init__(self, endpoint: QuicEndpoint, quic: ServerConnection, addr: NetworkAddress) -> None:
+        self.endpoint = endpoint
+        self.ctx = ctx = endpoint.ctx
+        self.loop: asyncio.AbstractEventLoop = ctx.loop
+        self.listener = endpoint.runtime
+        self.quic = quic
+        self.h3: H3Connection | None = None
+        self.cids: list[bytes] = []
+        self.client = str(addr[0])
+        self.born = ctx.clock.now
+        self.established = False
+        self.draining = False
+        self.grace_over = False
+        self.closed = self.closing = False
+        self.goaway: int | None = None
+        self.next_stream = 0
+        self.incoming: dict[int, _Incoming] = {}
+        self.outgoing: dict[int, _Outgoing] = {}
+        self.discarding: set[int] = set()
+        self.progress = 0
+        self.snap = -1
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at: float | None = None
+        self.logging = ctx.access_log is not None
+        ctx.connections.add(self)
+        ctx.stats.connections_total += 1
+        if ctx.draining:
+            self.draining = self.grace_over = True
+
+    # I/O callbacks -------------------------------------------------------------
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        self.quic.receive_datagram(data, addr, now=self.loop.time())
+        self._process()
+        self.transmit()
+
+    def _on_timer(self) -> None:
+        timer_at = self.timer_at or 0.0
+        self.timer = self.timer_at = None
+        self.quic.handle_timer(now=max(timer_at, self.loop.time()))
+        self._process()
+        self.transmit()
+
+    def transmit(self) -> None:
+        if self.outgoing:
+            self._pump()
+        quic = self.quic
+        transport = self.endpoint.transport
+        for data, addr in quic.datagrams_to_send(now=self.loop.time()):
+            transport.sendto(data, addr)
+        self._process()  # sending may issue connection IDs, which must be routable before the peer uses them
+        if self.closed:
+            return
+        timer_at = quic.get_timer()
+        if self.timer is not None and self.timer_at != timer_at:
+            self.timer.cancel()
+            self.timer = None
+        if self.timer is None and timer_at is not None:
+            self.timer = self.loop.call_at(timer_at, self._on_timer)
+        self.timer_at = timer_at
+        if self.draining and self.grace_over:
+            self._close_if_done()
+
+    # QUIC and HTTP/3 events ---------------------------------------------------------
+    def _process(self) -> None:
+        quic = self.quic
+        event = quic.next_event()
+        while event is not None:
+            if isinstance(event, StreamDataReceived):
+                h3 = self.h3
+                if h3 is not None:
+                    for h3_event in h3.handle_event(event):
+                        if isinstance(h3_event, HeadersReceived):
+                            self._headers(h3_event)
+                        elif isinstance(h3_event, DataReceived):
+                            self._data(h3_event)
+            elif isinstance(event, ProtocolNegotiated):
+                self.h3 = H3Connection(quic)
+            elif isinstance(event, HandshakeCompleted):
+                self.established = True
+                stats = self.ctx.stats
+                count(stats, "handshakes")
+                if event.session_resumed:
+                    count(stats, "resumed")
+                if self.draining:
+                    self._send_goaway()
+            elif isinstance(event, ConnectionIdIssued):
+                self.endpoint.route(event.connection_id, self)
+            elif isinstance(event, ConnectionIdRetired):
+                self.endpoint.unroute(event.connection_id)
+            elif isinstance(event, StopSendingReceived | StreamReset):
+                if self.h3 is not None:
+                    self.h3.handle_event(event)
+                self._stream_gone(event.stream_id, isinstance(event, StopSendingReceived))
+            elif isinstance(event, ConnectionTerminated):
+                self._terminated()
+                return
+            event = quic.next_event()
+
+    def _headers(self, event: HeadersReceived) -> None:
+        stream_id = event.stream_id
+        pending = self.incoming.get(stream_id)
+        if pending is not None:  # trailers: nothing here reads them, but they may end the request
+            if event.stream_ended:
+                del self.incoming[stream_id]
+                self._complete(stream_id, pending)
+            return
+        if stream_id in self.discarding:
+            if event.stream_ended:
+                self.discarding.discard(stream_id)
+            return
+        if stream_id >= self.next_stream:
+            self.next_stream = stream_id + 4
+        if self.goaway is not None and stream_id >= self.goaway:
+            # RFC 9114 section 5.2: above the GOAWAY identifier nothing is processed, and the client may retry.
+            self.quic.reset_stream(stream_id, H3_REQUEST_REJECTED)
+            self._stop(stream_id, event.stream_ended, H3_REQUEST_REJECTED)
+            return
+        t0 = time.perf_counter() if self.logging else 0.0
+        try:
+            request = parse_request(event.headers, self.ctx.limits)
+        except ProtocolError as exc:
+            self.ctx.stats.protocol_errors += 1
+            self._refuse(stream_id, exc.status_hint, event.stream_ended, t0)
+            return
+        if not self.established and (request.method not in SAFE_METHODS or not self.listener.config.quic.early_data):
+            count(self.ctx.stats, "too_early")
+            self._refuse(stream_id, 425, event.stream_ended, t0, request)
+            return
+        if not self.established:
+            count(self.ctx.stats, "early_data")
+        if event.stream_ended:
+            self._respond(stream_id, request, t0)
+        else:
+            self.incoming[stream_id] = _Incoming(request, t0)
+
+    def _data(self, event: DataReceived) -> None:
+        stream_id = event.stream_id
+        pending = self.incoming.get(stream_id)
+        if pending is None:
+            if event.stream_ended:
+                self.discarding.discard(stream_id)
+            return
+        data = event.data
+        if data:
+            self.progress += 1
+            pending.size += len(data)
+            if pending.size > self.ctx.limits.max_body_bytes:
+                del self.incoming[stream_id]
+                self._refuse(stream_id, 413, event.stream_ended, pending.t0, pending.request)
+                return
+            pending.chunks.append(data)
+        if event.stream_ended:
+            del self.incoming[stream_id]
+            self._complete(stream_id, pending)
+
+    def _complete(self, stream_id: int, pending: _Incoming) -> None:
+        request = pending.request
+        if pending.chunks:
+            request.body = b"".join(pending.chunks)
+        self._respond(stream_id, request, pending.t0)
+
+    def _stream_gone(self, stream_id: int, stop_sending: bool) -> None:
+        """The peer reset its request or asked us to stop sending the response."""
+        self.incoming.pop(stream_id, None)
+        self.discarding.discard(stream_id)
+        if stop_sending:
+            self.outgoing.pop(stream_id, None)
+
+    # responses -------------------------------------------------------------
+    def _respond(self, stream_id: int, request: Request, t0: float) -> None:
+        response = self.listener.site.handle(request)
+        self._send(stream_id, request.method, response)
+        if self.logging:
+            self._log(request.method, request.path.decode("latin-1"), response, t0)
+
+    def _refuse(self, stream_id: int, status: int, ended: bool, t0: float, request: Request | None = None) -> None:
+        """Answer without running the request, and stop reading the rest of it (RFC 9114 section 4.1.2)."""
+        response = error_response(status)
+        method = request.method if request is not None else ""
+        self._send(stream_id, method, response)
+        self._stop(stream_id, ended, H3_MESSAGE_ERROR if status == 400 else H3_NO_ERROR)
+        if self.logging:
+            self._log(method, request.path.decode("latin-1") if request is not None else "", response, t0)
+
+    def _stop(self, stream_id: int, ended: bool, code: int) -> None:
+        if not ended:
+            with contextlib.suppress(ValueError):  # the stream is already gone
+                self.quic.stop_stream(stream_id, code)
+            self.discarding.add(stream_id)
+
+    def _send(self, stream_id: int, method: str, response: Response) -> None:
+        h3 = self.h3
+        assert h3 is not None  # requests only arrive once ALPN chose h3
+        clock = self.ctx.clock
+        fields = response_fields(response.status, response.headers, clock.date, clock.server_name)
+        body = response.body
+        try:
+            if method == "HEAD" or response.status in (204, 304) or not response.body_length:
+                h3.send_headers(stream_id, fields, end_stream=True)
+            elif isinstance(body, bytes):
+                h3.send_headers(stream_id, fields)
+                h3.send_data(stream_id, body, end_stream=True)
+            else:
+                h3.send_headers(stream_id, fields)
+                self.outgoing[stream_id] = _Outgoing(body)
+        except RuntimeError:
+            # STOP_SENDING arrived in the same packet as the request: aioquic has reset the
+            # stream's sending side already, and the event saying so is next in the queue.
+            return
+        self.ctx.stats.by_class[response.status // 100] += 1
+
+    def _pump(self) -> None:
+        """Top up file responses to their windows; more follows as the peer acknowledges."""
+        h3 = self.h3
+        quic = self.quic
+        assert h3 is not None
+        budget = CONNECTION_WINDOW
+        levels = {stream_id: _unacked(quic, stream_id) for stream_id in self.outgoing}
+        budget -= sum(levels.values())
+        for stream_id, out in list(self.outgoing.items()):
+            level = levels[stream_id]
+            if level >= STREAM_WINDOW // 2:
+                continue
+            room = min(STREAM_WINDOW - level, budget)
+            try:
+                while room > 0 and out.remaining:
+                    data = out.read(min(CHUNK, room))
+                    h3.send_data(stream_id, data, end_stream=not out.remaining)
+                    room -= len(data)
+                    budget -= len(data)
+                    self.progress += 1
+            except OSError:
+                # The file shrank under us: the promised length cannot be kept, so the response is cut.
+                quic.reset_stream(stream_id, H3_INTERNAL_ERROR)
+                del self.outgoing[stream_id]
+                continue
+            except RuntimeError:  # reset by the peer's STOP_SENDING
+                del self.outgoing[stream_id]
+                continue
+            if not out.remaining:
+                del self.outgoing[stream_id]
+            if budget <= 0:
+                break
+
+    def _log(self, method: str, path: str, response: Response, t0: float) -> None:
+        access_log = self.ctx.access_log
+        if access_log is None:
+            return
+        nbytes = response.body_length if method != "HEAD" else 0
+        duration = time.perf_counter() - t0
+        sni = self.quic.sni or ""
+        access_log.record(
+            (time.time(), self.client, method, path, response.status, nbytes, duration, "HTTP/3", "TLSv1.3", sni)
+        )
+
+    # lifecycle (called by the worker, not per request) ------------------------------
+    def sweep(self, now: float) -> None:
+        """Once a second: bound the handshake, and any response or request body that stopped moving."""
+        limits = self.ctx.limits
+        if not self.established:
+            if now - self.born >= limits.handshake_timeout:
+                self.abort()
+            return
+        if not (self.outgoing or self.incoming):
+            self.snap = -1
+            return
+        if self.progress != self.snap:
+            self.snap = self.progress
+            self.deadline = now + (limits.send_timeout if self.outgoing else limits.body_timeout)
+        elif now >= self.deadline:
+            self.abort()
+
+    def drain(self, grace: float) -> None:
+        """GOAWAY now; close once in-flight requests are answered and acknowledged, `grace` at the earliest."""
+        if self.draining:
+            return
+        self.draining = True
+        if self.established:
+            self._send_goaway()
+        self.loop.call_later(grace, self._grace_elapsed)
+        self.transmit()
+
+    def _send_goaway(self) -> None:
+        h3 = self.h3
+        if h3 is None or self.goaway is not None or self.closed:
+            return
+        control = h3._local_control_stream_id
+        assert control is not None  # opened when the H3Connection was made
+        self.goaway = self.next_stream
+        # aioquic has no GOAWAY API; the frame goes on its control stream.
+        self.quic.send_stream_data(control, goaway_frame(self.goaway))
+
+    def _grace_elapsed(self) -> None:
+        self.grace_over = True
+        if not self.closed:
+            self.transmit()
+
+    def _close_if_done(self) -> None:
+        if self.incoming or self.outgoing or self.closing:
+            return
+        for stream_id, stream in self.quic._streams.items():
+            if stream_id % 4 == 0 and not stream.sender.is_finished:
+                return  # a response still unacknowledged, or a request still arriving
+        self._close("drained")
+
+    def abort(self) -> None:
+        self._close("shutting down")
+
+    def _close(self, reason: str) -> None:
+        """CONNECTION_CLOSE now; aioquic keeps answering the peer for its closing period."""
+        if self.closing:
+            return
+        self.closing = True
+        self.quic.close(error_code=H3_NO_ERROR, reason_phrase=reason)
+        self.incoming.clear()
+        self.outgoing.clear()
+        self.ctx.connections.discard(self)
+        self.transmit()
+
+    def _terminated(self) -> None:
+        if self.closed:
+            return
+        self.closed = self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.incoming.clear()
+        self.outgoing.clear()
+        self.ctx.connections.discard(self)
+        self.endpoint.forget(self)

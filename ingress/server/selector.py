@@ -1,0 +1,80 @@
+"""Which protocol a new TCP connection speaks.
+
+On TLS the handshake has already settled it: ALPN `h2` means HTTP/2, and
+anything else (`http/1.1`, or a client that offered no ALPN) means
+HTTP/1.1. On a plain listener with h2c enabled, the first bytes decide: the
+HTTP/2 connection preface, or an HTTP/1.1 request line. Listeners without
+either never see this module's sniffing, so the HTTP/1.1 hot path is as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ingress.protocol.http2 import PREFACE
+from ingress.server.connection import HTTP1Connection
+from ingress.server.h2connection import HTTP2Connection
+
+if TYPE_CHECKING:
+    from ingress.server.runtime import ListenerRuntime, WorkerContext
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+
+def protocol_factory(ctx: WorkerContext, runtime: ListenerRuntime) -> ProtocolFactory:
+    """What the event loop calls for each accepted connection of this listener."""
+    config = runtime.config
+    if config.tls is not None and "h2" in config.tls.alpn:
+        return lambda: _ALPNChoice(ctx, runtime)
+    if config.tls is None and config.h2c:
+        return lambda: _PrefaceSniffer(ctx, runtime)
+    return lambda: HTTP1Connection(ctx, runtime)
+
+
+class _ALPNChoice(asyncio.Protocol):
+    """Stands in until the handshake is done, then hands the transport over."""
+
+    __slots__ = ("ctx", "runtime")
+
+    def __init__(self, ctx: WorkerContext, runtime: ListenerRuntime) -> None:
+        self.ctx = ctx
+        self.runtime = runtime
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sslobj = transport.get_extra_info("ssl_object")
+        chosen = sslobj.selected_alpn_protocol() if sslobj is not None else None
+        # http/1.1, or no ALPN at all, is HTTP/1.1.
+        kind = HTTP2Connection if chosen == "h2" else HTTP1Connection
+        proto: asyncio.Protocol = kind(self.ctx, self.runtime)
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+
+
+class _PrefaceSniffer(asyncio.Protocol):
+    """Holds the first bytes until they show the HTTP/2 preface or cannot be it."""
+
+    __slots__ = ("ctx", "runtime", "seen", "transport")
+
+    def __init__(self, ctx: WorkerContext, runtime: ListenerRuntime) -> None:
+        self.ctx = ctx
+        self.runtime = runtime
+        self.seen = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        seen = self.seen + data
+        if len(seen) < len(PREFACE) and PREFACE.startswith(seen):
+            self.seen = seen  # still could be either
+            return
+        kind = HTTP2Connection if seen.startswith(PREFACE) else HTTP1Connection
+        proto: asyncio.Protocol = kind(self.ctx, self.runtime)
+        self.transport.set_protocol(proto)
+        proto.connection_made(self.transport)
+        proto.data_received(seen)
+
+    def eof_received(self) -> bool | None:
+        return None

@@ -1,0 +1,128 @@
+"""TLS for QUIC: certificates by SNI, session tickets, 0-RTT policy.
+
+QUIC carries its own TLS 1.3 (aioquic's, not OpenSSL's), so the listener's
+SSLContext and its `sni_callback` play no part. aioquic has no SNI
+callback either: its server signs with whatever certificate the
+configuration held when the connection was created, before the ClientHello
+has been read. The narrowest hook is the ClientHello handler itself:
+`SNIContext` reads the server name from the hello, asks the listener's
+CertStore for the current chain and key, then lets aioquic continue. The
+CertStore is the same object the TCP side uses, so a hot-reloaded
+certificate is seen by the next QUIC handshake too.
+
+aioquic is pinned by the lock file. The private names used here
+(`_server_handle_hello`, `_initialize`, `_local_max_streams_bidi`,
+`_max_early_data`) have no public equivalent; the HTTP/3 tests exercise
+each of them (SNI, stream limit, 0-RTT), so an upgrade that moves one fails
+there rather than in production.
+"""
+
+from __future__ import annotations
+
+from aioquic import tls
+from aioquic._buffer import Buffer  # aioquic.buffer re-exports it without declaring so
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from ingress.config.model import QuicSettings
+from ingress.tls.sni import CertStore
+
+ALPN = ["h3"]
+MAX_TICKETS = 10000
+
+
+class SNIContext(tls.Context):
+    """aioquic's TLS context, choosing the certificate once the ClientHello names the server."""
+
+    certs: CertStore
+    early_data: bool
+    sni: str | None
+
+    def _server_handle_hello(self, input_buf: Buffer, initial_buf: Buffer, handshake_buf: Buffer) -> None:
+        start = input_buf.tell()
+        hello = tls.pull_client_hello(input_buf)
+        input_buf.seek(start)
+        self.sni = hello.server_name
+        chain, key = self.certs.quic_pair(hello.server_name)
+        self.certificate = chain[0]
+        self.certificate_chain = list(chain[1:])
+        self.certificate_private_key = key
+        if not self.early_data:
+            # Tickets issued from here on tell clients not to try 0-RTT.
+            self._max_early_data = None
+        super()._server_handle_hello(input_buf, initial_buf, handshake_buf)
+
+
+class ServerConnection(QuicConnection):
+    """A server-side QuicConnection whose TLS context picks its certificate by SNI."""
+
+    def __init__(
+        self,
+        certs: CertStore,
+        settings: QuicSettings,
+        tickets: TicketStore,
+        original_destination_connection_id: bytes,
+        retry_source_connection_id: bytes | None,
+    ) -> None:
+        chain, key = certs.quic_pair(None)  # a placeholder aioquic insists on; replaced per ClientHello
+        configuration = QuicConfiguration(
+            is_client=False,
+            alpn_protocols=ALPN,
+            idle_timeout=settings.idle_timeout,
+            congestion_control_algorithm="cubic",
+            certificate=chain[0],
+            certificate_chain=list(chain[1:]),
+            private_key=key,
+        )
+        super().__init__(
+            configuration=configuration,
+            original_destination_connection_id=original_destination_connection_id,
+            retry_source_connection_id=retry_source_connection_id,
+            session_ticket_fetcher=tickets.pop,
+            session_ticket_handler=tickets.add,
+        )
+        # aioquic grants 128 concurrent request streams and offers no setting; the
+        # limit is announced in the transport parameters, built in _initialize.
+        self._local_max_streams_bidi.value = settings.max_streams
+        self._certs = certs
+        self._early_data = settings.early_data
+
+    @property
+    def sni(self) -> str | None:
+        tls_ctx = getattr(self, "tls", None)
+        return tls_ctx.sni if isinstance(tls_ctx, SNIContext) else None
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        context = self.tls
+        context.__class__ = SNIContext
+        assert isinstance(context, SNIContext)
+        context.certs = self._certs
+        context.early_data = self._early_data
+        context.sni = None
+
+
+class TicketStore:
+    """Session tickets this worker issued, for resumption; bounded, and each ticket used once.
+
+    Single use is the 0-RTT replay defence RFC 8446 section 8.1 describes: a
+    replayed ClientHello finds its ticket gone and gets a full handshake, so
+    its early data is never processed twice. Clients receive a fresh ticket
+    on every connection, so honest ones always hold an unused one.
+    """
+
+    def __init__(self, capacity: int = MAX_TICKETS) -> None:
+        self.capacity = capacity
+        self._tickets: dict[bytes, tls.SessionTicket] = {}
+
+    def add(self, ticket: tls.SessionTicket) -> None:
+        tickets = self._tickets
+        if len(tickets) >= self.capacity:
+            del tickets[next(iter(tickets))]  # the oldest: dicts keep insertion order
+        tickets[ticket.ticket] = ticket
+
+    def pop(self, label: bytes) -> tls.SessionTicket | None:
+        return self._tickets.pop(label, None)
+
+    def __len__(self) -> int:
+        return len(self._tickets)
