@@ -4,6 +4,7 @@ import ssl
 import subprocess
 
 import httpx
+import pytest
 
 from tests.pki import CA
 from tests.server import Server
@@ -19,8 +20,9 @@ def test_https_and_plain_serve_the_same_file(server: Server, client_tls: ssl.SSL
     assert "strict-transport-security" not in plain.headers
 
 
-def test_curl_gets_file_over_tls(server: Server, ca: CA) -> None:
+@pytest.mark.parametrize(("flag", "version"), [("--http2", "2"), ("--http1.1", "1.1")])
+def test_curl_gets_file_over_tls(server: Server, ca: CA, flag: str, version: str) -> None:
     url = server.url("https", "/hello.txt")
-    cmd = ["curl", "-sS", "--cacert", str(ca.pem), "-o", "-", "-w", "\n%{http_code} %{http_version}", url]
+    cmd = ["curl", "-sS", flag, "--cacert", str(ca.pem), "-o", "-", "-w", "\n%{http_code} %{http_version}", url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True)
-    assert out.stdout == "hello world\n\n200 1.1"
+    assert out.stdout == f"hello world\n\n200 {version}"

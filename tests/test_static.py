@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from tests.conftest import base_config
+from tests.h3client import H3Transport
 from tests.pki import CA, Issued
 from tests.server import Server
 
@@ -54,11 +55,36 @@ def digest(data: bytes) -> str:
 # --- fixtures -------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def client(client_tls: ssl.SSLContext) -> Iterator[httpx.Client]:
-    with httpx.Client(verify=client_tls, timeout=10.0) as c:
+@pytest.fixture(params=["h1", "h2", "h3"])
+def client(request: pytest.FixtureRequest, ca: CA) -> Iterator[httpx.Client]:
+    """The behaviour suite's one client, run over each protocol version in turn.
+
+    Plain `http://` URLs have no h2 (no h2c on these listeners) and no h3, so
+    they go over HTTP/1.1 whatever the parameter; `https://` ones use the
+    version named, and `expect_version` checks that they really did.
+    """
+    version = request.param
+    if version == "h3":
+        c = httpx.Client(transport=H3Transport(str(ca.pem)), timeout=10.0)
+    else:
+        # A context of its own: httpx sets ALPN on it, which must not leak into raw-socket tests.
+        verify = ssl.create_default_context(cafile=str(ca.pem))
+        c = httpx.Client(verify=verify, timeout=10.0, http2=version == "h2")
+    with c:
         del c.headers["Accept-Encoding"]  # only the tests that negotiate send it
+        c.event_hooks["response"] = [_version_check(version)]
         yield c
+
+
+_VERSIONS = {"h1": "HTTP/1.1", "h2": "HTTP/2", "h3": "HTTP/3"}
+
+
+def _version_check(version: str) -> Callable[[httpx.Response], None]:
+    def check(response: httpx.Response) -> None:
+        if response.url.scheme == "https":
+            assert response.http_version == _VERSIONS[version], (response.url, response.http_version)
+
+    return check
 
 
 @pytest.fixture
@@ -890,7 +916,8 @@ def test_access_log_json_lines(custom: Callable[..., Server], tmp_path: Path, cl
     assert (out.returncode, out.stdout) == (0, HELLO), out.stderr
     assert client.get(srv.url("http", "/big.bin")).status_code == 200
     assert client.head(srv.url("http", "/hello.txt")).status_code == 200
-    assert client.get(srv.url("https", "/missing")).status_code == 404
+    missing_response = client.get(srv.url("https", "/missing"))
+    assert missing_response.status_code == 404
 
     def records() -> list[dict[str, Any]]:
         if not log_path.exists():
@@ -904,10 +931,12 @@ def test_access_log_json_lines(custom: Callable[..., Server], tmp_path: Path, cl
         assert set(entry) == LOG_KEYS
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
         assert entry["client"] == "127.0.0.1"
-        assert entry["protocol"] == "HTTP/1.1"
         assert isinstance(entry["duration_ms"], int | float)
         assert 0 <= entry["duration_ms"] < 5000
     tls, big, head, missing = entries
+    # curl here is pinned to HTTP/1.1; plain http is always HTTP/1.1; the client speaks its parameter's version.
+    protocols = [e["protocol"] for e in entries]
+    assert protocols == ["HTTP/1.1", "HTTP/1.1", "HTTP/1.1", missing_response.http_version]
     assert {k: tls[k] for k in ("method", "path", "status", "bytes", "tls", "sni")} == {
         "method": "GET",
         "path": "/hello.txt",

@@ -214,18 +214,52 @@ def test_tls13_suites(server: Server) -> None:
         assert hs.cipher == suite
 
 
-def test_alpn_http11(server: Server, ca: CA) -> None:
-    hs = s_client(server.address("https"), "-alpn", "h2,http/1.1", "-servername", "localhost")
+@pytest.mark.parametrize(
+    ("offered", "server_alpn", "selected", "version"),
+    [
+        ("h2,http/1.1", None, "h2", "2"),
+        ("http/1.1,h2", None, "h2", "2"),  # the server's preference wins
+        ("h2", None, "h2", "2"),
+        ("http/1.1", None, "http/1.1", "1.1"),
+        ("", None, None, "1.1"),  # no ALPN at all: HTTP/1.1
+        ("h2,http/1.1", ["http/1.1"], "http/1.1", "1.1"),  # h2 switched off on the listener
+        ("h2", ["http/1.1"], None, "1.1"),  # no overlap: no ALPN, and HTTP/1.1 still works
+    ],
+)
+def test_alpn_matrix(
+    start_server: StartServer,
+    site: Path,
+    localhost_cert: Issued,
+    ca: CA,
+    offered: str,
+    server_alpn: list[str] | None,
+    selected: str | None,
+    version: str,
+) -> None:
+    config = base_config(site, localhost_cert)
+    if server_alpn is not None:
+        config["listeners"][0]["tls"]["alpn"] = server_alpn
+    server = start_server(config)
+    args = ["-alpn", offered] if offered else []
+    hs = s_client(server.address("https"), *args, "-servername", "localhost")
     assert hs.ok, hs.output
-    assert hs.alpn == "http/1.1"
+    assert hs.alpn == selected
     ctx = ssl.create_default_context(cafile=str(ca.pem))
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
-    conn = Conn(server.address("https"), ctx)
-    try:
-        assert conn.sock.selected_alpn_protocol() == "http/1.1"
-        assert conn.get("/hello.txt")[0] == 200
-    finally:
-        conn.close()
+    if offered:
+        ctx.set_alpn_protocols(offered.split(","))
+    host, port = server.address("https")
+    with (
+        socket.create_connection((host, port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        assert tls.selected_alpn_protocol() == selected
+        if version == "2":
+            tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            head = tls.recv(9)
+            assert head[3] == 0x04  # the server's first frame is SETTINGS
+        else:
+            tls.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            assert tls.recv(4096).startswith(b"HTTP/1.1 200 ")
 
 
 # --------------------------------------------------------------------------- SNI
