@@ -1,6 +1,6 @@
 """edgeward benchmark harness: CLI and orchestration.
 
-    python bench/run.py [--rounds 3] [--duration 8] [--only WORKLOAD,..]
+    python bench/run.py [--rounds 3] [--duration 8] [--workloads WORKLOAD|GROUP,..]
                         [--peers nginx,granian,...] [--json bench/results/latest.json]
                         [--update-readme]
 
@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -54,7 +55,18 @@ from servers import (  # noqa: E402
     ServerError,
     stop_all,
 )
-from workloads import WORKLOADS, Metric, MetricSpec, Workload, WorkloadError, machine_busy  # noqa: E402
+from workloads import (  # noqa: E402
+    CLIENT_CPU,
+    H3LOAD,
+    WORKLOAD_GROUPS,
+    WORKLOADS,
+    Metric,
+    MetricSpec,
+    Workload,
+    WorkloadError,
+    machine_busy,
+    set_client_python,
+)
 
 REPO_DIR = BENCH_DIR.parent
 DEFAULT_INGRESS = REPO_DIR / ".venv" / "bin" / "ingress"
@@ -65,6 +77,26 @@ README_END = "<!-- results:end -->"
 REFERENCE = "edgeward"
 BUSY_THRESHOLD = 0.15
 """A core busier than this with nothing of ours running = foreign load."""
+FOREIGN_THRESHOLD = 0.25
+"""CPU-seconds per second used on the two cores during a measurement by
+neither the server nor the load generator, above which the measurement is
+reported as shared with foreign load (on a quiet machine it is within ±0.05)."""
+CLIENT_BOUND = 0.90
+"""A throughput cell whose load generator used at least this much of its core
+(CPU-seconds per second) while the server used less of its own is
+client-bound: the server can do at least the number shown (rendered "≥N")."""
+SERVER_CPU = "0"
+"""The core every server is pinned to (BenchEnv.server_cpu); the load
+generators use workloads.CLIENT_CPU."""
+TARGETS: list[tuple[str, str, float]] = [
+    ("h2_1k", "granian", 0.75),
+    ("h2_1k", "caddy", 2.0),
+    ("h2_1k", "hypercorn", 10.0),
+    ("h3_1k", "hypercorn", 3.0),
+]
+"""(metric, peer, minimum edgeward/peer ratio) the project aims for."""
+REPORTED_RATIOS: list[tuple[str, str]] = [("h3_1k", "caddy")]
+"""Ratios shown next to the targets without a target of their own."""
 DEFAULT_SERVERS = ["edgeward", "nginx", "caddy", "granian", "uvicorn", "hypercorn"]
 
 
@@ -147,7 +179,7 @@ def wait_quiet(timeout: float) -> dict[str, float]:
             return busy
 
 
-def tool_versions(servers: list[Server]) -> dict[str, str]:
+def tool_versions(servers: list[Server], client_python: Path | None = None) -> dict[str, str]:
     def first_line(argv: list[str]) -> str:
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
@@ -158,7 +190,12 @@ def tool_versions(servers: list[Server]) -> dict[str, str]:
 
     versions = {s.name: s.version() for s in servers}
     versions["wrk"] = first_line(["wrk", "--version"]) if shutil.which("wrk") else "not installed"
+    versions["h2load"] = first_line(["h2load", "--version"]) if shutil.which("h2load") else "not installed"
+    versions["curl"] = first_line(["curl", "--version"]) if shutil.which("curl") else "not installed"
     versions["openssl"] = first_line(["openssl", "version"])
+    if client_python is not None:
+        code = "import importlib.metadata as m; print('qh3', m.version('qh3'), '/ aioquic', m.version('aioquic'))"
+        versions["h3load"] = f"bench/{H3LOAD.name} on " + first_line([str(client_python), "-c", code])
     versions["python (harness)"] = platform.python_version()
     return versions
 
@@ -234,6 +271,57 @@ class Results:
             return None
         return ours.median / theirs.median
 
+    def spec(self, metric: str) -> MetricSpec | None:
+        return next((m for m in self.metrics if m.name == metric), None)
+
+    def util(self, metric: str, server: str, key: str) -> float | None:
+        """Median over rounds of a CPU-use figure from the details."""
+        c = self.cells.get((metric, server))
+        vals = [d[key] for d in c.details if key in d] if c else []
+        return statistics.median(vals) if vals else None
+
+    def client_bound(self, metric: str, server: str) -> bool:
+        """True if the load generator, not the server, was the limit: the
+        client process used (nearly) all of its core while the server did
+        not. Process CPU, not the cores' busy fractions: those include other
+        people's load on a shared machine, which the quiet-machine check
+        reports separately. Only for primary throughput metrics; the number
+        is then a lower bound of the server's capacity."""
+        spec = self.spec(metric)
+        if spec is None or not spec.higher_is_better or "." in metric or not spec.unit.endswith("/s"):
+            return False
+        client = self.util(metric, server, "client_cpu_util")
+        srv = self.util(metric, server, "server_cpu_util")
+        return client is not None and srv is not None and client >= CLIENT_BOUND and srv < CLIENT_BOUND
+
+    def ratio_text(self, metric: str, peer: str) -> str:
+        """Ratio of medians; ≥/≤ when one side is client-bound (then it is a
+        bound, not a measurement), * when both are."""
+        r = self.ratio(metric, peer)
+        if r is None:
+            return "—"
+        ours, theirs = self.client_bound(metric, REFERENCE), self.client_bound(metric, peer)
+        if ours and theirs:
+            return f"{r:.2f}*"
+        if ours:
+            return f"≥{r:.2f}"
+        if theirs:
+            return f"≤{r:.2f}"
+        return f"{r:.2f}"
+
+    def target_status(self, metric: str, peer: str, target: float) -> str:
+        r = self.ratio(metric, peer)
+        if r is None:
+            return "no data"
+        ours, theirs = self.client_bound(metric, REFERENCE), self.client_bound(metric, peer)
+        if ours and theirs:
+            return "inconclusive: both client-bound"
+        if ours:  # r is a lower bound
+            return "met (edgeward client-bound)" if r >= target else "inconclusive: edgeward client-bound"
+        if theirs:  # r is an upper bound
+            return "missed" if r < target else f"inconclusive: {peer} client-bound"
+        return "met" if r >= target else "missed"
+
     def to_json(self, meta: dict[str, Any]) -> dict[str, Any]:
         rows = []
         for spec in self.metrics:
@@ -249,6 +337,7 @@ class Results:
                         "unit": spec.unit,
                         "higher_is_better": spec.higher_is_better,
                         "median": c.median,
+                        "client_bound": self.client_bound(spec.name, server),
                         "values": c.values,
                         "errors": c.errors,
                         "details": c.details,
@@ -262,7 +351,31 @@ class Results:
             if REFERENCE in self.servers
             else {}
         )
-        return {"meta": meta, "results": rows, "ratios": ratios}
+        targets = [
+            {
+                "metric": metric,
+                "peer": peer,
+                "target": target,
+                "ratio": self.ratio(metric, peer),
+                "status": self.target_status(metric, peer, target),
+            }
+            for metric, peer, target in TARGETS
+            if self.spec(metric) and REFERENCE in self.servers and peer in self.servers
+        ]
+        return {"meta": meta, "results": rows, "ratios": ratios, "targets": targets}
+
+
+def foreign_load(detail: dict[str, Any]) -> float | None:
+    """Busy fraction of the two cores not explained by the server's and the
+    client's own CPU use during the measurement: someone else's load (a test
+    suite, a build) that took CPU from one of them mid-measurement."""
+    cores = detail.get("core_busy")
+    if not cores or "server_cpu_util" not in detail or "client_cpu_util" not in detail:
+        return None
+    ours = [cores.get(f"cpu{SERVER_CPU}"), cores.get(f"cpu{CLIENT_CPU}")]
+    if None in ours:
+        return None
+    return round(sum(ours) - detail["server_cpu_util"] - detail["client_cpu_util"], 3)
 
 
 def short_error(error: str) -> str:
@@ -299,6 +412,14 @@ def render_markdown(res: Results, meta: dict[str, Any]) -> str:
             f">{BUSY_THRESHOLD:.0%} busy with foreign load (see `busy_before` in the JSON); "
             "treat these numbers as noisy and re-run on a quiet machine.",
         ]
+    if meta.get("busy_during"):
+        cells = ", ".join(f"{b['workload']}/{b['server']} r{b['round']}" for b in meta["busy_during"])
+        lines += [
+            "",
+            f"**Warning:** {len(meta['busy_during'])} measurement(s) shared the cores with foreign load "
+            f"(> {FOREIGN_THRESHOLD:.2f} CPU used by neither server nor client; `busy_during` in the JSON): "
+            f"{cells}. Those numbers are low by an unknown amount.",
+        ]
     lines += [
         "",
         "| metric | unit | " + " | ".join(servers) + " |",
@@ -317,6 +438,8 @@ def render_markdown(res: Results, meta: dict[str, Any]) -> str:
                 row.append("ERR")
             else:
                 cellv = _fmt(c.median, spec.unit)
+                if res.client_bound(spec.name, server):
+                    cellv = "≥" + cellv
                 if c.errors:
                     cellv += f" ({len(c.errors)} ERR)"
                 row.append(cellv)
@@ -333,31 +456,75 @@ def render_markdown(res: Results, meta: dict[str, Any]) -> str:
             "|---|" + "---:|" * len(peers),
         ]
         for spec in res.metrics:
-            cells = []
-            for peer in peers:
-                r = res.ratio(spec.name, peer)
-                cells.append("—" if r is None else f"{r:.2f}")
+            cells = [res.ratio_text(spec.name, peer) for peer in peers]
             lines.append(f"| {spec.name} | " + " | ".join(cells) + " |")
+        if any(res.client_bound(spec.name, s) for spec in res.metrics for s in servers):
+            lines += [
+                "",
+                f"≥N in the first table: the load generator used ≥{CLIENT_BOUND:.0%} of its core while the "
+                "server used less of its own, so the server can do at least N. Ratios with such a cell are "
+                "bounds (≥, ≤); * = both sides client-bound, which compares the load generator, not the servers.",
+            ]
 
-    util_rows = []
-    for spec in res.metrics:
-        utils = []
-        for server in servers:
-            c = res.cells.get((spec.name, server))
-            u = [d["server_cpu_util"] for d in c.details if "server_cpu_util" in d] if c else []
-            utils.append(f"{statistics.median(u):.2f}" if u else "—")
-        if any(u != "—" for u in utils) and "." not in spec.name:
-            util_rows.append(f"| {spec.name} | " + " | ".join(utils) + " |")
-    if util_rows:
-        lines += [
-            "",
+    targets = [
+        (metric, peer, target)
+        for metric, peer, target in TARGETS
+        if res.spec(metric) and REFERENCE in servers and peer in servers
+    ]
+    reported = [(m, p) for m, p in REPORTED_RATIOS if res.spec(m) and REFERENCE in servers and p in servers]
+    if targets or reported:
+        lines += ["", "Targets (edgeward / peer, ratio of medians):", "", "| metric | peer | target | ratio | status |"]
+        lines.append("|---|---|---:|---:|---|")
+        for metric, peer, target in targets:
+            status = res.target_status(metric, peer, target)
+            lines.append(f"| {metric} | {peer} | ≥ {target:g} | {res.ratio_text(metric, peer)} | {status} |")
+        for metric, peer in reported:
+            lines.append(f"| {metric} | {peer} | (reported) | {res.ratio_text(metric, peer)} | — |")
+
+    tables: list[tuple[str, Callable[[str, str], float | None]]] = [
+        (
             "Server CPU use during the measurement (CPU-seconds per second, median; "
             "1.00 = the server's pinned core was saturated, well below = the client "
             "or latency was the limit):",
+            lambda metric, server: res.util(metric, server, "server_cpu_util"),
+        ),
+        (
+            f"Load generator CPU use on its own core (CPU {CLIENT_CPU}; same unit, median; near 1.00 "
+            "with the server well below = the client was the limit):",
+            lambda metric, server: res.util(metric, server, "client_cpu_util"),
+        ),
+    ]
+    for title, get in tables:
+        util_rows = []
+        for spec in res.metrics:
+            utils = []
+            for server in servers:
+                u = get(spec.name, server)
+                utils.append("—" if u is None else f"{u:.2f}")
+            if any(u != "—" for u in utils) and "." not in spec.name:
+                util_rows.append(f"| {spec.name} | " + " | ".join(utils) + " |")
+        if util_rows:
+            lines += [
+                "",
+                title,
+                "",
+                "| metric | " + " | ".join(servers) + " |",
+                "|---|" + "---:|" * len(servers),
+                *util_rows,
+            ]
+
+    ceilings = {
+        server: u
+        for server in servers
+        if (u := res.util("h3_1k", server, "client_requests_per_cpu_second")) is not None
+    }
+    if ceilings:
+        shown = ", ".join(f"{s} {v:,.0f}" for s, v in ceilings.items())
+        lines += [
             "",
-            "| metric | " + " | ".join(servers) + " |",
-            "|---|" + "---:|" * len(servers),
-            *util_rows,
+            "h3load's ceiling per h3_1k cell: requests per client CPU-second, i.e. the rate its one core "
+            f"could sustain at that server's packet pattern (median): {shown}. A cell close to its "
+            "ceiling was limited by the client.",
         ]
 
     if meta["rounds"] > 1:
@@ -393,7 +560,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
-    p.add_argument("--only", default="", help=f"comma list of workloads: {','.join(WORKLOADS)}")
+    p.add_argument(
+        "--workloads",
+        "--only",
+        dest="only",
+        default="",
+        metavar="W,..",
+        help=f"comma list of workloads ({','.join(WORKLOADS)}) and/or groups "
+        f"({', '.join(g + '=' + '+'.join(ws) for g, ws in WORKLOAD_GROUPS.items())}); default all",
+    )
     p.add_argument(
         "--peers",
         default="",
@@ -431,10 +606,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     def split(value: str) -> list[str]:
         return [x.strip() for x in value.split(",") if x.strip()]
 
-    args.workloads = split(args.only) or list(WORKLOADS)
-    bad = [w for w in args.workloads if w not in WORKLOADS]
-    if bad:
-        p.error(f"unknown workload(s) {bad}; known: {list(WORKLOADS)}")
+    wanted: list[str] = []
+    for name in split(args.only) or list(WORKLOADS):
+        for w in WORKLOAD_GROUPS.get(name, (name,)):
+            if w not in WORKLOADS:
+                p.error(f"unknown workload {name!r}; known: {list(WORKLOADS)}, groups: {list(WORKLOAD_GROUPS)}")
+            if w not in wanted:
+                wanted.append(w)
+    # Always in the canonical order, so a subset interleaves like a full run.
+    args.workloads = [w for w in WORKLOADS if w in wanted]
     peers = split(args.peers) or DEFAULT_SERVERS[1:]
     bad = [s for s in peers if s not in SERVER_CLASSES]
     if bad:
@@ -462,8 +642,12 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{tool} is required (apt-get install -y util-linux)")
     pinned = pin_self_to_client_cpu()
     nofile = raise_nofile()
-    if any(s in PYTHON_PEERS for s in args.servers) and not args.no_setup_peers:
+    # The peers venv also holds the HTTP/3 load generator's QUIC stack (qh3).
+    needs_h3_client = any(WORKLOADS[w].http == "h3" for w in args.workloads)
+    if (any(s in PYTHON_PEERS for s in args.servers) or needs_h3_client) and not args.no_setup_peers:
         ensure_peers_venv(args.peers_venv)
+    client_python = args.peers_venv.resolve() / "bin" / "python"
+    set_client_python(client_python)
 
     workdir = Path(tempfile.mkdtemp(prefix="edgeward-bench-"))
     workdir.chmod(0o755)  # nginx workers (user nobody) must traverse it
@@ -472,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         make_www(www)
         certs = make_certs(workdir / "tls")
         env = BenchEnv(
+            server_cpu=SERVER_CPU,
             workdir=workdir,
             www=www,
             certs=certs,
@@ -495,9 +680,11 @@ def main(argv: list[str] | None = None) -> int:
             "git_rev": git_rev(),
             "pinned": {"server_cpu": env.server_cpu, "client_cpu": "1" if pinned else None},
             "rlimit_nofile": list(nofile),
-            "versions": tool_versions(servers),
+            "versions": tool_versions(servers, client_python if needs_h3_client else None),
             "workloads": {w.name: w.description for w in workloads},
             "busy_before": [],
+            "busy_during": [],
+            "commands": {},
         }
         for name, version in meta["versions"].items():
             log(f"  {name}: {version}")
@@ -510,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
                 for server in servers:
                     n += 1
                     prefix = f"[{n}/{total}] round {rnd} {wl.name:<13} {server.name:<10}"
-                    if not server.supports(wl.mode):
+                    if not server.supports(wl.mode, wl.http):
                         for spec in wl.metrics:
                             results.not_applicable.add((spec.name, server.name))
                         continue
@@ -527,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         log(f"{prefix} warning: machine busy before start {busy}")
                     try:
-                        with server.start(wl.mode) as running:
+                        with server.start(wl.mode, wl.http) as running:
+                            meta["commands"][f"{server.name} {wl.mode}/{wl.http}"] = " ".join(map(str, running.argv))
                             metrics = wl.run(running, args.duration)
                     except (ServerError, WorkloadError, OSError, subprocess.SubprocessError) as exc:
                         err = f"{type(exc).__name__}: {exc}"
@@ -538,6 +726,14 @@ def main(argv: list[str] | None = None) -> int:
                     shown = ", ".join(f"{m.name}={_fmt(m.value, m.unit)} {m.unit}" for m in metrics)
                     if "server_cpu_util" in metrics[0].detail:
                         shown += f" (server cpu {metrics[0].detail['server_cpu_util']:.2f})"
+                    foreign = foreign_load(metrics[0].detail)
+                    if foreign is not None:
+                        metrics[0].detail["foreign_cpu_util"] = foreign
+                        if foreign > FOREIGN_THRESHOLD:
+                            meta["busy_during"].append(
+                                {"round": rnd, "workload": wl.name, "server": server.name, "foreign_cpu": foreign}
+                            )
+                            shown += f" warning: foreign load {foreign:.2f} CPU during the measurement"
                     log(f"{prefix} {shown}")
         meta["elapsed_seconds"] = round(time.monotonic() - t0, 1)
 

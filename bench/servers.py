@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -43,6 +44,9 @@ from certs import CertPaths
 from ingress.tls.contexts import INTERMEDIATE_CIPHERS
 
 Mode = Literal["http", "https"]
+HttpVersion = Literal["h1", "h2", "h3"]
+"""What a workload speaks: HTTP/1.1, HTTP/2 (over TLS, ALPN h2) or HTTP/3
+(QUIC on the UDP port with the same number as the TLS listener)."""
 
 READY_PATH = "/1k.bin"
 READY_LENGTH = 1024
@@ -149,6 +153,11 @@ class RunningServer:
     log_path: Path
     ca_file: Path
     www: Path
+    quic: bool = False
+    """True if the server was started with its HTTP/3 (QUIC) listener on
+    UDP ``ports["https"]``."""
+    argv: list[str] = field(default_factory=list)
+    """The command line it was started with (for the results' metadata)."""
     _seen_pids: set[int] = field(default_factory=set)
 
     @property
@@ -309,40 +318,53 @@ class Server(ABC):
     """True if one process serves plain and TLS listeners at once (then it is
     always started with both, like a real deployment); False if a start
     serves exactly one mode (the ASGI peers bind a single socket)."""
+    http_versions: ClassVar[frozenset[HttpVersion]] = frozenset({"h1"})
+    """Which HTTP versions the server takes part in. h2 is negotiated with
+    ALPN on the same TLS listener every start has; h3 needs a QUIC listener,
+    which is only started for h3 workloads (see :meth:`command`)."""
 
     def __init__(self, env: BenchEnv) -> None:
         self.env = env
         self._starts = 0
 
-    def supports(self, mode: Mode) -> bool:
-        return mode in self.protocols
+    def supports(self, mode: Mode, http: HttpVersion = "h1") -> bool:
+        return mode in self.protocols and http in self.http_versions
 
     @abstractmethod
     def unavailable(self) -> str | None:
         """Why this server can't run here (missing binary...), or None."""
 
     @abstractmethod
-    def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
-        """Write config files into *confdir*; return (argv without taskset, extra env)."""
+    def command(self, ports: dict[Mode, int], confdir: Path, quic: bool) -> tuple[list[str], dict[str, str]]:
+        """Write config files into *confdir*; return (argv without taskset, extra env).
+
+        *quic*: also serve HTTP/3 on UDP ``ports["https"]``. Only h3 workloads
+        ask for it; every other start runs without a QUIC listener, so that
+        memory and CPU are not charged for a listener nginx and the ASGI
+        peers do not run (edgeward and caddy enable HTTP/3 by default).
+        """
 
     def version(self) -> str:
         """Human-readable version string for the results metadata."""
         return "unknown"
 
-    def start(self, mode: Mode) -> RunningServer:
+    def start(self, mode: Mode, http: HttpVersion = "h1") -> RunningServer:
         """Start the server listening for *mode* (and the other mode too if
-        :attr:`serves_both`) and wait until it answers."""
+        :attr:`serves_both`) and wait until it answers on TCP. For
+        ``http="h3"`` the QUIC listener is started too; the workload checks
+        it (QUIC readiness needs an HTTP/3 client)."""
         reason = self.unavailable()
         if reason:
             raise ServerError(reason)
-        if not self.supports(mode):
-            raise ServerError(f"{self.name} does not take part in {mode} workloads")
+        if not self.supports(mode, http):
+            raise ServerError(f"{self.name} does not take part in {http} {mode} workloads")
+        quic = http == "h3"
         modes: list[Mode] = sorted(self.protocols) if self.serves_both else [mode]
         ports: dict[Mode, int] = {m: free_port() for m in modes}
         self._starts += 1
         confdir = self.env.workdir / "conf" / f"{self.name}-{self._starts}"
         confdir.mkdir(parents=True, exist_ok=True)
-        argv, extra_env = self.command(ports, confdir)
+        argv, extra_env = self.command(ports, confdir, quic)
         env = dict(os.environ)
         env.update(extra_env)
         log_path = self.env.workdir / "logs" / f"{self.name}-{self._starts}.log"
@@ -357,7 +379,9 @@ class Server(ABC):
                 env=env,
                 start_new_session=True,
             )
-        running = RunningServer(self.name, proc, ports, log_path, self.env.certs.ca_cert, self.env.www)
+        running = RunningServer(
+            self.name, proc, ports, log_path, self.env.certs.ca_cert, self.env.www, quic=quic, argv=proc.args
+        )
         _RUNNING.add(running)
         try:
             wait_ready(running, self.env.ready_timeout)
@@ -381,6 +405,27 @@ class Edgeward(Server):
 
     name = "edgeward"
     serves_both = True
+    http_versions = frozenset({"h1", "h2", "h3"})
+
+    def __init__(self, env: BenchEnv) -> None:
+        super().__init__(env)
+        self._listener_keys: frozenset[str] | None = None
+
+    def listener_keys(self) -> frozenset[str]:
+        """Keys ``[[listeners]]`` accepts, from ``ingress schema``: the
+        harness writes ``[listeners.quic]`` only where the binary knows it,
+        so it keeps working against builds from before HTTP/3."""
+        if self._listener_keys is None:
+            try:
+                out = subprocess.run(
+                    [str(self.env.ingress_bin), "schema"], capture_output=True, text=True, timeout=30, check=True
+                )
+                schema = json.loads(out.stdout)
+                props = schema["properties"]["listeners"]["items"]["properties"]
+                self._listener_keys = frozenset(props)
+            except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
+                self._listener_keys = frozenset()
+        return self._listener_keys
 
     def unavailable(self) -> str | None:
         if not os.access(self.env.ingress_bin, os.X_OK):
@@ -392,8 +437,15 @@ class Edgeward(Server):
             return "not installed"
         return _run_version([str(self.env.ingress_bin), "version"])
 
-    def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
+    def command(self, ports: dict[Mode, int], confdir: Path, quic: bool) -> tuple[list[str], dict[str, str]]:
         c = self.env.certs
+        if "quic" in self.listener_keys():
+            # Default is on; off unless this start is for an h3 workload.
+            quic_block = f"[listeners.quic]\nenabled = {'true' if quic else 'false'}\n"
+        elif quic:
+            raise ServerError(f"{self.env.ingress_bin} has no HTTP/3 (its config schema has no listeners[].quic)")
+        else:
+            quic_block = ""
         conf = confdir / "edgeward.toml"
         conf.write_text(
             f"""[server]
@@ -410,7 +462,7 @@ name = "https"
 address = "127.0.0.1:{ports["https"]}"
 [listeners.tls]
 certs = [{{ cert = "{c.cert}", key = "{c.key}" }}]
-
+{quic_block}
 [[listeners]]
 name = "http"
 address = "127.0.0.1:{ports["http"]}"
@@ -430,6 +482,8 @@ class Nginx(Server):
 
     name = "nginx"
     serves_both = True
+    # Debian 12's nginx 1.22 has no HTTP/3 module.
+    http_versions = frozenset({"h1", "h2"})
 
     def __init__(self, env: BenchEnv) -> None:
         super().__init__(env)
@@ -447,7 +501,7 @@ class Nginx(Server):
         m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", self.version())
         return tuple(int(x) for x in m.groups()) if m else (0,)
 
-    def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
+    def command(self, ports: dict[Mode, int], confdir: Path, quic: bool) -> tuple[list[str], dict[str, str]]:
         c = self.env.certs
         tmp = confdir / "tmp"
         tmp.mkdir(exist_ok=True)
@@ -519,6 +573,7 @@ class Caddy(Server):
 
     name = "caddy"
     protocols = frozenset({"https"})
+    http_versions = frozenset({"h1", "h2", "h3"})
 
     def __init__(self, env: BenchEnv) -> None:
         super().__init__(env)
@@ -532,11 +587,14 @@ class Caddy(Server):
     def version(self) -> str:
         return _run_version([self.binary, "version"])
 
-    def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
+    def command(self, ports: dict[Mode, int], confdir: Path, quic: bool) -> tuple[list[str], dict[str, str]]:
         c = self.env.certs
         conf = confdir / "Caddyfile"
-        # protocols h1 h2: no HTTP/3 UDP listener, matching nginx/edgeward's
-        # TCP-only setup (quic-go would add RSS that nobody else pays).
+        # protocols h1 h2: no HTTP/3 UDP listener outside the h3 workloads,
+        # matching the others' TCP-only setup (quic-go would add RSS that
+        # nobody else pays). With h3 the UDP socket binds 127.0.0.1 too
+        # (`bind` applies to both).
+        protocols = "h1 h2 h3" if quic else "h1 h2"
         conf.write_text(
             f"""{{
 	admin off
@@ -544,7 +602,7 @@ class Caddy(Server):
 	storage file_system {confdir}/storage
 	default_sni localhost
 	servers {{
-		protocols h1 h2
+		protocols {protocols}
 	}}
 }}
 
@@ -595,8 +653,11 @@ class AsgiPeer(Server):
 class Granian(AsgiPeer):
     name = "granian"
     package = "granian"
+    # --http auto (the default): with TLS, ALPN offers h2 and http/1.1, so
+    # the same start serves wrk (HTTP/1.1) and h2load (h2).
+    http_versions = frozenset({"h1", "h2"})
 
-    def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
+    def command(self, ports: dict[Mode, int], confdir: Path, quic: bool) -> tuple[list[str], dict[str, str]]:
         ((mode, port),) = ports.items()
         argv = [
             str(self.bin),
@@ -625,7 +686,7 @@ class Uvicorn(AsgiPeer):
     name = "uvicorn"
     package = "uvicorn"
 
-    def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
+    def command(self, ports: dict[Mode, int], confdir: Path, quic: bool) -> tuple[list[str], dict[str, str]]:
         ((mode, port),) = ports.items()
         argv = [
             str(self.bin),
@@ -657,8 +718,11 @@ class Uvicorn(AsgiPeer):
 class Hypercorn(AsgiPeer):
     name = "hypercorn"
     package = "hypercorn"
+    # h2 via ALPN on the TLS socket; h3 with --quic-bind (aioquic, from the
+    # hypercorn[h3] extra in the peers lock).
+    http_versions = frozenset({"h1", "h2", "h3"})
 
-    def command(self, ports: dict[Mode, int], confdir: Path) -> tuple[list[str], dict[str, str]]:
+    def command(self, ports: dict[Mode, int], confdir: Path, quic: bool) -> tuple[list[str], dict[str, str]]:
         ((mode, port),) = ports.items()
         argv = [
             str(self.bin),
@@ -680,6 +744,8 @@ class Hypercorn(AsgiPeer):
         if mode == "https":
             c = self.env.certs
             argv += ["--certfile", str(c.cert), "--keyfile", str(c.key)]
+            if quic:
+                argv += ["--quic-bind", f"127.0.0.1:{port}"]
         argv.append("asgi_static:app")
         return argv, self.app_env()
 

@@ -7,27 +7,39 @@ workload that cannot produce a trustworthy number raises
 :class:`WorkloadError`; the runner records that as an error for the cell.
 No number is ever estimated or filled in.
 
-Load generators (``wrk``, ``openssl s_time``) are pinned with
-``taskset -c <client_cpu>``, the other core from the server's.
+Load generators (``wrk``, ``openssl s_time``, ``h2load``, ``h3load``) are
+pinned with ``taskset -c <client_cpu>``, the other core from the server's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 import resource
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from servers import Mode, RunningServer, probe
+from servers import HttpVersion, Mode, RunningServer, probe
 
 CLIENT_CPU = "1"
 WARMUP_SECONDS = 1
+H3LOAD = Path(__file__).resolve().parent / "h3load.py"
+CLIENT_PYTHON: list[Path] = [Path(sys.executable)]
+"""Interpreter that runs h3load (needs qh3 + uvloop): the runner sets it to
+the peers venv's python with :func:`set_client_python`."""
+
+
+def set_client_python(python: Path) -> None:
+    CLIENT_PYTHON[0] = python
 
 
 class WorkloadError(RuntimeError):
@@ -62,6 +74,9 @@ class Workload:
     run: Callable[[RunningServer, float], list[Metric]]
     tools: tuple[str, ...] = ()
     description: str = ""
+    http: HttpVersion = "h1"
+    """HTTP version spoken; decides who takes part and whether the server
+    starts its QUIC listener (h3)."""
 
 
 def _require(tool: str) -> str:
@@ -342,6 +357,259 @@ def handshakes(server: RunningServer, duration: float) -> list[Metric]:
 
 
 # --------------------------------------------------------------------------
+# HTTP/2: h2load
+
+
+def _curl_check(server: RunningServer, path: str, http: str) -> dict[str, Any]:
+    """Fetch *path* once with ``curl --http2`` (certificate verified against
+    our CA) and check that h2 was negotiated and the answer is a 200 with
+    exactly the file's bytes. An independent client: h2load does not check
+    bodies, and curl tells which protocol the server picked."""
+    curl = _require("curl")
+    expected = (server.www / path.lstrip("/")).read_bytes()
+    url = server.url("https", path)
+    argv = [curl, "-sS", "--max-time", "10", "--cacert", str(server.ca_file), "--http2", url]
+    argv += ["-o", "-", "-w", "%{stderr}%{http_version} %{http_code}"]
+    proc = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+    if proc.returncode != 0:
+        raise WorkloadError(f"curl {http} GET {path} failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+    version, _, status = proc.stderr.decode(errors="replace").strip().rpartition("\n")[2].partition(" ")
+    if version != "2":
+        raise WorkloadError(f"server negotiated HTTP/{version} with curl --http2, not h2 (ALPN)")
+    if status != "200" or proc.stdout != expected:
+        raise WorkloadError(
+            f"h2 GET {path} -> {status}, {len(proc.stdout)} bytes "
+            f"(want 200 and the {len(expected)}-byte file{'' if status != '200' else ', content differs'})"
+        )
+    return {"http_version": version, "status": int(status)}
+
+
+def parse_h2load(output: str) -> dict[str, Any]:
+    """Numbers from h2load's summary. ``requests_per_sec`` is h2load's own
+    "finished in ..., N req/s" (succeeded requests / measured duration)."""
+    out: dict[str, Any] = {}
+    m = re.search(r"^finished in ([\d.]+)(\w+), ([\d.]+) req/s", output, re.M)
+    if not m:
+        raise WorkloadError(f"cannot parse h2load output:\n{output.strip()[-800:]}")
+    out["finished_in"] = f"{m.group(1)}{m.group(2)}"
+    out["requests_per_sec"] = float(m.group(3))
+    m = re.search(
+        r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, "
+        r"(\d+) timeout",
+        output,
+        re.M,
+    )
+    if not m:
+        raise WorkloadError(f"cannot parse h2load requests line:\n{output.strip()[-800:]}")
+    keys = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
+    out["requests"] = dict(zip(keys, map(int, m.groups()), strict=True))
+    m = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output, re.M)
+    if not m:
+        raise WorkloadError(f"cannot parse h2load status codes:\n{output.strip()[-800:]}")
+    out["status_codes"] = dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, m.groups()), strict=True))
+    m = re.search(r"^Application protocol: (\S+)", output, re.M)
+    out["protocol"] = m.group(1) if m else None
+    m = re.search(r"^time for request:\s+(\S+)\s+(\S+)\s+(\S+)", output, re.M)
+    if m:
+        out["request_time_min_max_mean"] = list(m.groups())
+    return out
+
+
+H2_CONNECTIONS = 16
+H2_STREAMS = 10
+
+
+def _h2load(url: str, duration: float) -> dict[str, Any]:
+    h2load = _require("h2load")
+    argv = [
+        "taskset",
+        "-c",
+        CLIENT_CPU,
+        h2load,
+        "-t1",
+        f"-c{H2_CONNECTIONS}",
+        f"-m{H2_STREAMS}",
+        f"-D{max(1, round(duration))}",
+        # h2 only: the default list ends in http/1.1, which would quietly
+        # benchmark HTTP/1.1 against a server without h2.
+        "--npn-list=h2",
+        url,
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
+    if proc.returncode != 0:
+        raise WorkloadError(f"h2load exited {proc.returncode}: {(proc.stdout + proc.stderr).strip()[-500:]}")
+    result = parse_h2load(proc.stdout)
+    result["argv"] = argv[3:]
+    return result
+
+
+def h2_1k(server: RunningServer, duration: float) -> list[Metric]:
+    """HTTP/2 over TLS: ``h2load -c16 -m10`` (16 connections x 10 concurrent
+    streams) fetching the 1 KiB file. Any failed, errored or timed-out
+    request, any non-2xx status, or a protocol other than h2 makes the cell
+    an error: nothing is averaged in with failures."""
+    path = "/1k.bin"
+    check = _curl_check(server, path, "h2")
+    url = server.url("https", path)
+    _h2load(url, WARMUP_SECONDS)
+    server.check_alive()
+    with ServerCpu(server) as cpu:
+        result = _h2load(url, duration)
+    server.check_alive()
+    result.update(cpu.detail())
+    result["preflight"] = check
+    if result["protocol"] != "h2":
+        raise WorkloadError(f"h2load negotiated {result['protocol'] or 'no protocol'}, not h2")
+    req, codes = result["requests"], result["status_codes"]
+    bad = {k: req[k] for k in ("failed", "errored", "timeout") if req[k]}
+    if bad:
+        raise WorkloadError(f"h2load: {bad} of {req['total']} requests ({result['requests_per_sec']:,.0f} req/s)")
+    non_2xx = {k: v for k, v in codes.items() if k != "2xx" and v}
+    if non_2xx:
+        raise WorkloadError(f"h2load: non-2xx responses {non_2xx} ({result['requests_per_sec']:,.0f} req/s)")
+    if req["succeeded"] == 0:
+        raise WorkloadError("h2load completed 0 requests")
+    _curl_check(server, path, "h2")
+    return [Metric("h2_1k", result["requests_per_sec"], "req/s", result)]
+
+
+# --------------------------------------------------------------------------
+# HTTP/3: bench/h3load.py (qh3)
+
+H3_CONNECTIONS = 16
+H3_STREAMS = 10
+H3_PROCESSES = 1
+"""One client process: the client has one core (CPU 1); more processes on
+that core only add scheduling (measured: -p2 was not faster than -p1)."""
+H3_READY_TIMEOUT = 10.0
+
+
+def _h3load_argv(server: RunningServer, path: str, *extra: str) -> list[str]:
+    return [
+        "taskset",
+        "-c",
+        CLIENT_CPU,
+        str(CLIENT_PYTHON[0]),
+        str(H3LOAD),
+        server.url("https", path),
+        "--cafile",
+        str(server.ca_file),
+        *extra,
+    ]
+
+
+def _h3_check(server: RunningServer, path: str, deadline: float) -> dict[str, Any]:
+    """One HTTP/3 GET (certificate verified against our CA) until it works or
+    *deadline* passes (the QUIC listener may come up after the TCP one);
+    then demand a 200 with exactly the file's bytes over ALPN h3."""
+    expected = (server.www / path.lstrip("/")).read_bytes()
+    while True:
+        server.check_alive()
+        proc = subprocess.run(
+            _h3load_argv(server, path, "--once", "--connect-timeout", "2"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        result = json.loads(lines[-1]) if lines else {"error": f"h3load: {proc.stderr.strip()[-300:]}"}
+        if "error" not in result:
+            break
+        if time.monotonic() > deadline:
+            raise WorkloadError(f"no HTTP/3 answer on udp/{server.ports['https']}: {result['error']}")
+        time.sleep(0.2)
+    if result.get("alpn") != ["h3"]:
+        raise WorkloadError(f"QUIC ALPN {result.get('alpn')}, not h3")
+    if result["status"] != 200 or result["sha256"] != hashlib.sha256(expected).hexdigest():
+        raise WorkloadError(
+            f"h3 GET {path} -> {result['status']}, {result['length']} bytes "
+            f"(want 200 and the {len(expected)}-byte file{'' if result['status'] != 200 else ', content differs'})"
+        )
+    return result
+
+
+def _udp_drops(port: int) -> int:
+    """Datagrams the kernel dropped (receive buffer full) on the UDP socket(s)
+    bound to local *port*, i.e. the server's QUIC socket; cumulative."""
+    total = 0
+    with open("/proc/net/udp", encoding="ascii") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                total += int(fields[-1])
+    return total
+
+
+def h3_1k(server: RunningServer, duration: float) -> list[Metric]:
+    """HTTP/3 over QUIC: bench/h3load.py, 16 connections x 10 concurrent
+    streams, GET /1k.bin. Handshakes and a 1 s warm-up on the same
+    connections happen before the counted window, and the server's CPU is
+    sampled over exactly that window. Any non-200, short body, reset stream
+    or lost connection makes the cell an error."""
+    path = "/1k.bin"
+    if not server.quic:
+        raise WorkloadError(f"{server.name} was started without QUIC")
+    check = _h3_check(server, path, time.monotonic() + H3_READY_TIMEOUT)
+    expected_len = len((server.www / path.lstrip("/")).read_bytes())
+    argv = _h3load_argv(
+        server,
+        path,
+        f"--connections={H3_CONNECTIONS}",
+        f"--streams={H3_STREAMS}",
+        f"--processes={H3_PROCESSES}",
+        f"--duration={duration}",
+        f"--warmup={WARMUP_SECONDS}",
+        f"--expect-length={expected_len}",
+    )
+    port = server.ports["https"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().strip()
+        if first != "go":
+            out, err = proc.communicate(timeout=60)
+            raise WorkloadError(f"h3load did not start: {(first + out + err).strip()[-500:]}")
+        # The workers count from WARMUP_SECONDS after "go" for `duration`
+        # seconds; sample the server over the same window.
+        time.sleep(WARMUP_SECONDS)
+        drops0 = _udp_drops(port)
+        with ServerCpu(server) as cpu:
+            time.sleep(duration)
+        drops1 = _udp_drops(port)
+        out, err = proc.communicate(timeout=duration + 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    server.check_alive()
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise WorkloadError(f"h3load exited {proc.returncode} without a result: {err.strip()[-500:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    client_util = result["client_cpu_util"]
+    result.update(cpu.detail())
+    # ServerCpu's client figure counts reaped children only; h3load measures
+    # its workers over the counted window itself.
+    result["client_cpu_util"] = round(client_util, 3)
+    result["server_socket_drops"] = drops1 - drops0
+    result["preflight"] = check
+    result["argv"] = argv[3:]
+    if result["errors"]:
+        raise WorkloadError(f"h3load: {'; '.join(result['errors'])[:400]}")
+    if result["alpn"] != ["h3"]:
+        raise WorkloadError(f"QUIC ALPN {result['alpn']}, not h3")
+    bad = {k: result[k] for k in ("non_2xx", "bad_length", "stream_reset", "conn_lost") if result[k]}
+    if bad:
+        raise WorkloadError(f"h3load: {bad} with {result['ok']} ok ({result['requests_per_sec']:,.0f} req/s)")
+    if result["ok"] == 0:
+        raise WorkloadError("h3load completed 0 requests")
+    _h3_check(server, path, time.monotonic() + 2)
+    return [Metric("h3_1k", result["requests_per_sec"], "req/s", result)]
+
+
+# --------------------------------------------------------------------------
 # RSS
 
 
@@ -528,5 +796,32 @@ WORKLOADS: dict[str, Workload] = {
             (),
             "RSS holding 1000 idle TLS keep-alive conns",
         ),
+        Workload(
+            "h2_1k",
+            "https",
+            (MetricSpec("h2_1k", "req/s", _RPS_HI),),
+            h2_1k,
+            ("h2load", "curl"),
+            f"h2load -c{H2_CONNECTIONS} -m{H2_STREAMS} --npn-list=h2, GET /1k.bin over TLS (HTTP/2)",
+            "h2",
+        ),
+        Workload(
+            "h3_1k",
+            "https",
+            (MetricSpec("h3_1k", "req/s", _RPS_HI),),
+            h3_1k,
+            (),
+            f"bench/h3load.py (qh3) -c{H3_CONNECTIONS} -m{H3_STREAMS} -p{H3_PROCESSES}, GET /1k.bin over QUIC (HTTP/3)",
+            "h3",
+        ),
     )
 }
+
+WORKLOAD_GROUPS: dict[str, tuple[str, ...]] = {
+    "h1": ("https_1k", "http_1k", "http_100k"),
+    "tls": ("https_1k", "handshakes", "rss_1000_tls"),
+    "rss": ("rss_idle", "rss_1000_tls"),
+    "h2": ("h2_1k",),
+    "h3": ("h3_1k",),
+}
+"""Shorthands for ``--workloads``."""
