@@ -13,6 +13,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ingress.config.model import Config, Listener, TLSSettings
 from ingress.config.semantics import parse_address
@@ -22,10 +23,12 @@ from ingress.routing import RouteEntry, Router
 from ingress.server import reload
 from ingress.server.filesend import ktls_status
 from ingress.server.listeners import listen
-from ingress.server.quic import QuicEndpoint
 from ingress.server.runtime import ListenerRuntime, WorkerContext, build_listener
 from ingress.server.selector import protocol_factory
 from ingress.tls.contexts import base_context, tls_policy
+
+if TYPE_CHECKING:
+    from ingress.server.quic import QuicEndpoint
 
 log = logging.getLogger("edgeward.worker")
 
@@ -128,6 +131,9 @@ class Worker:
                 self.quic[name] = await self._open_quic(sock, bound.runtime)
 
     async def _open_quic(self, sock: socket.socket, runtime: ListenerRuntime) -> QuicEndpoint:
+        # Imported here: aioquic costs every worker memory, and only worker 0 with QUIC needs it.
+        from ingress.server.quic import QuicEndpoint
+
         endpoint = QuicEndpoint(self.ctx, runtime)
         await self.loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
         return endpoint
