@@ -12,7 +12,7 @@ import os
 
 from ingress.config.model import Config
 from ingress.errors import Problem, TLSMaterialError
-from ingress.tls.material import load_pair
+from ingress.tls.material import load_ca_bundle, load_pair
 
 
 def verify_config(config: Config) -> list[Problem]:
@@ -26,6 +26,11 @@ def verify_config(config: Config) -> list[Problem]:
                 load_pair(pair.cert, pair.key)
             except TLSMaterialError as exc:
                 problems.append(Problem(src, f"listeners[{i}].tls.certs[{j}]", str(exc)))
+        for j, path in enumerate(listener.tls.client_ca):
+            try:
+                load_ca_bundle(path)
+            except TLSMaterialError as exc:
+                problems.append(Problem(src, f"listeners[{i}].tls.client_ca[{j}]", str(exc)))
     for i, route in enumerate(config.routes):
         if route.static is None:
             continue

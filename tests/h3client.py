@@ -85,10 +85,15 @@ class _Client(QuicConnectionProtocol):
         return await asyncio.wait_for(fut, 15)
 
 
-def h3_configuration(cafile: str, server_name: str = "localhost") -> QuicConfiguration:
+def h3_configuration(
+    cafile: str, server_name: str = "localhost", cert: str | None = None, key: str | None = None
+) -> QuicConfiguration:
+    """A client configuration trusting `cafile`; `cert`/`key` are presented when the server asks (mutual TLS)."""
     config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=server_name)
     config.verify_mode = ssl.CERT_REQUIRED
     config.load_verify_locations(cafile)
+    if cert is not None:
+        config.load_cert_chain(cert, key)
     return config
 
 
@@ -108,8 +113,9 @@ async def h3_request(
 
 
 class H3Transport(httpx.BaseTransport):
-    def __init__(self, cafile: str) -> None:
+    def __init__(self, cafile: str, cert: str | None = None, key: str | None = None) -> None:
         self.cafile = cafile
+        self.cert, self.key = cert, key
         self.plain = httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -118,7 +124,7 @@ class H3Transport(httpx.BaseTransport):
             return self.plain.handle_request(request)
         host = url.host
         port = url.port or 443
-        config = h3_configuration(self.cafile, host)
+        config = h3_configuration(self.cafile, host, self.cert, self.key)
         headers = [
             (k.lower(), v)
             for k, v in request.headers.raw

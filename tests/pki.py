@@ -52,7 +52,11 @@ class CA:
         key_type: str = "ecdsa",
         days: int = 10,
         not_before: dt.datetime | None = None,
+        client: bool = False,
+        uris: tuple[str, ...] = (),
+        emails: tuple[str, ...] = (),
     ) -> Issued:
+        """A leaf for `names` (the first is the CN); `client` makes it a client certificate (EKU clientAuth)."""
         key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
         key = rsa.generate_private_key(65537, 2048) if key_type == "rsa" else ec.generate_private_key(ec.SECP256R1())
         sans: list[x509.GeneralName] = []
@@ -61,6 +65,8 @@ class CA:
                 sans.append(x509.IPAddress(ipaddress.ip_address(n)))
             except ValueError:
                 sans.append(x509.DNSName(n))
+        sans += [x509.UniformResourceIdentifier(u) for u in uris] + [x509.RFC822Name(e) for e in emails]
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         cert = (
             x509.CertificateBuilder()
@@ -71,7 +77,7 @@ class CA:
             .not_valid_before(start)
             .not_valid_after(start + dt.timedelta(days=days))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .sign(self.key, hashes.SHA256())
         )
         cert_path, key_path = self.dir / f"{stem}.pem", self.dir / f"{stem}-key.pem"

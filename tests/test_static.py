@@ -899,7 +899,19 @@ def test_many_large_files_do_not_exhaust_file_descriptors(
 
 # --- access log ----------------------------------------------------------------------------------------------------
 
-LOG_KEYS = {"time", "client", "method", "path", "status", "bytes", "duration_ms", "protocol", "tls", "sni"}
+LOG_KEYS = {
+    "time",
+    "client",
+    "method",
+    "path",
+    "status",
+    "bytes",
+    "duration_ms",
+    "protocol",
+    "tls",
+    "sni",
+    "client_cert",
+}
 
 
 def test_access_log_json_lines(custom: Callable[..., Server], tmp_path: Path, client: httpx.Client, ca: CA) -> None:
@@ -931,6 +943,7 @@ def test_access_log_json_lines(custom: Callable[..., Server], tmp_path: Path, cl
         assert set(entry) == LOG_KEYS
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
         assert entry["client"] == "127.0.0.1"
+        assert entry["client_cert"] == ""  # no listener here asks for a client certificate
         assert isinstance(entry["duration_ms"], int | float)
         assert 0 <= entry["duration_ms"] < 5000
     tls, big, head, missing = entries

@@ -131,6 +131,18 @@ class TLSSettings:
         metadata=doc("ALPN protocols offered, in preference order; a client offering none gets HTTP/1.1."),
     )
     session_tickets: bool = field(default=True, metadata=doc("Offer TLS session tickets for resumption."))
+    client_auth: Literal["off", "optional", "required"] = field(
+        default="off",
+        metadata=doc(
+            "Request a client certificate in the handshake (mutual TLS, TCP and QUIC alike): `required`"
+            " refuses handshakes without a valid one, `optional` verifies one if sent. While it is on,"
+            " HTTP/3 issues no session tickets (no resumption, no 0-RTT)."
+        ),
+    )
+    client_ca: tuple[str, ...] = field(
+        default=(),
+        metadata=doc("PEM CA bundles that client certificates must chain to; needed when `client_auth` is on."),
+    )
 
 
 @dataclass(frozen=True)

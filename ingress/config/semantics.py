@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from ingress.config.model import Config, Route
+from ingress.config.model import Config, Route, TLSSettings
 from ingress.errors import Problem
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Z-]+$")
@@ -105,6 +105,7 @@ def semantic_problems(config: Config) -> list[Problem]:
                         "at least one certificate is required; add { cert = ..., key = ... }",
                     )
                 )
+            problems.extend(_client_auth_problems(src, at, listener.tls))
             for j, pair in enumerate(listener.tls.certs):
                 for k, name in enumerate(pair.names):
                     if name == "*" or not valid_host_pattern(name.lower()):
@@ -147,6 +148,29 @@ def semantic_problems(config: Config) -> list[Problem]:
                 break
             seen[key] = i
     return problems
+
+
+def _client_auth_problems(src: str, at: str, tls: TLSSettings) -> list[Problem]:
+    """Mutual TLS needs CAs to verify against; CAs without client_auth would look like mTLS and not be."""
+    if tls.client_auth != "off" and not tls.client_ca:
+        return [
+            Problem(
+                src,
+                f"{at}.tls.client_ca",
+                f'client_auth = "{tls.client_auth}" needs the CA bundles client certificates must chain to;'
+                ' add client_ca = ["/path/to/client-ca.pem"]',
+            )
+        ]
+    if tls.client_auth == "off" and tls.client_ca:
+        return [
+            Problem(
+                src,
+                f"{at}.tls.client_auth",
+                'client_ca is set but client_auth is "off", so no client certificate is asked for;'
+                ' set client_auth = "required" (or "optional"), or remove client_ca',
+            )
+        ]
+    return []
 
 
 def _route_problems(config: Config, i: int, route: Route, listeners: dict[str, int]) -> list[Problem]:

@@ -13,6 +13,12 @@ import contextlib
 import mmap
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # For annotations only: protocol/ must not import tls/ (they are siblings below routing),
+    # and the connection, not the protocol parser, attaches the identity.
+    from ingress.tls.identity import ClientIdentity
 
 
 class Request:
@@ -20,6 +26,7 @@ class Request:
         "body",
         "headers",
         "host",
+        "identity",
         "keep_alive",
         "method",
         "path",
@@ -39,6 +46,7 @@ class Request:
         keep_alive: bool,
         scheme: str,
         body: bytes = b"",
+        identity: ClientIdentity | None = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -49,6 +57,8 @@ class Request:
         self.keep_alive = keep_alive
         self.scheme = scheme
         self.body = body
+        # The verified client certificate (mutual TLS), shared by every request of its connection.
+        self.identity = identity
 
 
 class FileSource:

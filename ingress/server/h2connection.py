@@ -36,6 +36,7 @@ from ingress.protocol.http2 import (
     WindowOpened,
     encode_literal,
 )
+from ingress.tls.identity import ClientIdentity, identity_from_der
 
 if TYPE_CHECKING:
     from ingress.server.runtime import ListenerRuntime, WorkerContext
@@ -104,9 +105,11 @@ class HTTP2Connection(asyncio.Protocol):
     __slots__ = (
         "blocked_since",
         "client",
+        "client_cert",
         "closing",
         "ctx",
         "deadline",
+        "identity",
         "listener",
         "logging",
         "outbound",
@@ -129,7 +132,8 @@ class HTTP2Connection(asyncio.Protocol):
         self.closing = False
         self.write_paused = False
         self.blocked_since = 0.0
-        self.client = self.sni = self.tls_version = ""
+        self.client = self.sni = self.tls_version = self.client_cert = ""
+        self.identity: ClientIdentity | None = None
 
     # asyncio callbacks ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -142,10 +146,18 @@ class HTTP2Connection(asyncio.Protocol):
         ctx.connections.add(self)
         ctx.stats.connections_total += 1
         self.logging = ctx.access_log is not None
+        listener = self.listener
+        certs = listener.certs
+        mtls = certs is not None and certs.client_auth != "off"
+        sslobj = transport.get_extra_info("ssl_object") if listener.tls and (mtls or self.logging) else None
+        if mtls and sslobj is not None:
+            der = sslobj.getpeercert(binary_form=True)  # verified by OpenSSL in the handshake
+            if der:  # None: client_auth is optional and the client sent none
+                self.identity = identity = identity_from_der(der)
+                self.client_cert = identity.sha256
         if self.logging:
             peer = transport.get_extra_info("peername")
             self.client = peer[0] if peer else ""
-            sslobj = transport.get_extra_info("ssl_object")
             if sslobj is not None:
                 self.tls_version = sslobj.version() or ""
                 self.sni = getattr(sslobj, "edge_sni", None) or ""
@@ -216,6 +228,7 @@ class HTTP2Connection(asyncio.Protocol):
             return
         self.requests += 1
         t0 = time.perf_counter() if self.logging else 0.0
+        request.identity = self.identity
         response = self.listener.site.handle(request)
         self._answer(stream_id, request, response)
         if self.logging:
@@ -299,6 +312,7 @@ class HTTP2Connection(asyncio.Protocol):
                 "HTTP/2",
                 self.tls_version,
                 self.sni,
+                self.client_cert,
             )
         )
 

@@ -54,6 +54,7 @@ from ingress.protocol.http3 import (
     goaway_frame,
     parse_request,
 )
+from ingress.tls.identity import ClientIdentity
 from ingress.tls.quic import ServerConnection
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ class HTTP3Connection:
         "born",
         "cids",
         "client",
+        "client_cert",
         "closed",
         "closing",
         "ctx",
@@ -149,6 +151,7 @@ class HTTP3Connection:
         "goaway",
         "grace_over",
         "h3",
+        "identity",
         "incoming",
         "listener",
         "logging",
@@ -171,6 +174,8 @@ class HTTP3Connection:
         self.h3: H3Connection | None = None
         self.cids: list[bytes] = []
         self.client = str(addr[0])
+        self.identity: ClientIdentity | None = None
+        self.client_cert = ""
         self.born = ctx.clock.now
         self.established = False
         self.draining = False
@@ -242,6 +247,10 @@ class HTTP3Connection:
                 self.h3 = H3Connection(quic)
             elif isinstance(event, HandshakeCompleted):
                 self.established = True
+                identity = quic.identity  # verified in the handshake (tls/quic.py), as OpenSSL does on TCP
+                if identity is not None:
+                    self.identity = identity
+                    self.client_cert = identity.sha256
                 stats = self.ctx.stats
                 count(stats, "handshakes")
                 if event.session_resumed:
@@ -287,6 +296,7 @@ class HTTP3Connection:
             self.ctx.stats.protocol_errors += 1
             self._refuse(stream_id, exc.status_hint, event.stream_ended, t0)
             return
+        request.identity = self.identity
         if not self.established and (request.method not in SAFE_METHODS or not self.listener.config.quic.early_data):
             count(self.ctx.stats, "too_early")
             self._refuse(stream_id, 425, event.stream_ended, t0, request)
@@ -415,7 +425,19 @@ class HTTP3Connection:
         duration = time.perf_counter() - t0
         sni = self.quic.sni or ""
         access_log.record(
-            (time.time(), self.client, method, path, response.status, nbytes, duration, "HTTP/3", "TLSv1.3", sni)
+            (
+                time.time(),
+                self.client,
+                method,
+                path,
+                response.status,
+                nbytes,
+                duration,
+                "HTTP/3",
+                "TLSv1.3",
+                sni,
+                self.client_cert,
+            )
         )
 
     # lifecycle (called by the worker, not per request) ------------------------------

@@ -12,7 +12,8 @@ import json
 import os
 import time
 
-Record = tuple[float, str, str, str, int, int, float, str, str, str]
+# The last field, client_cert, is the SHA-256 fingerprint (hex) of the client certificate, "" without one.
+Record = tuple[float, str, str, str, int, int, float, str, str, str, str]
 
 _FIELDS = (
     "time",
@@ -25,6 +26,7 @@ _FIELDS = (
     "protocol",
     "tls",
     "sni",
+    "client_cert",
 )
 
 

@@ -91,3 +91,32 @@ def load_pair(cert_path: str, key_path: str) -> CertInfo:
         chain=tuple(chain),
         key=key,
     )
+
+
+def load_ca_bundle(path: str, now: dt.datetime | None = None) -> tuple[x509.Certificate, ...]:
+    """Parse a PEM bundle of CA certificates; raise TLSMaterialError naming the file and fix.
+
+    A bundle that parses but would refuse every client is an error too: a
+    certificate that is not a CA, or a CA that has expired, can only make
+    `client_auth` lock everyone out.
+    """
+    pem = _read(path, "client CA")
+    try:
+        cas = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise TLSMaterialError(f"client CA file {path} holds no PEM certificate") from None
+    now = now or dt.datetime.now(dt.UTC)
+    for ca in cas:
+        subject = ca.subject.rfc4514_string()
+        try:
+            is_ca = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
+            raise TLSMaterialError(
+                f"client CA file {path}: {subject!r} is not a CA certificate (no basicConstraints CA:TRUE);"
+                " list the CA that issues client certificates, not a client certificate"
+            )
+        if ca.not_valid_after_utc < now:
+            raise TLSMaterialError(f"client CA file {path}: {subject!r} expired on {ca.not_valid_after_utc:%Y-%m-%d}")
+    return tuple(cas)

@@ -10,33 +10,65 @@ CertStore for the current chain and key, then lets aioquic continue. The
 CertStore is the same object the TCP side uses, so a hot-reloaded
 certificate is seen by the next QUIC handshake too.
 
+Mutual TLS (`tls.client_auth`): aioquic's server asks for a client
+certificate only when its private `_request_client_certificate` flag is
+set, and of what the client sends it checks only the CertificateVerify
+signature, never the chain. `SNIContext` sets the flag and verifies the
+chain against `tls.client_ca` itself (ClientTrust, the same rules as
+OpenSSL's on TCP), failing the handshake with a TLS alert, which QUIC
+carries as CONNECTION_CLOSE error 0x100 + alert. aioquic requests client
+certificates only on full handshakes, and its session tickets do not carry
+the client's certificate: a resumed connection would have no identity, and
+0-RTT data would run before any certificate was seen. So while client
+authentication is on, no session tickets are issued or accepted, and every
+HTTP/3 connection makes a full, authenticated handshake.
+
 aioquic is pinned by the lock file. The private names used here
-(`_server_handle_hello`, `_initialize`, `_local_max_streams_bidi`,
-`_max_early_data`) have no public equivalent; the HTTP/3 tests exercise
-each of them (SNI, stream limit, 0-RTT), so an upgrade that moves one fails
-there rather than in production.
+(`_server_handle_hello`, `_server_handle_certificate`,
+`_server_handle_certificate_verify`, `_request_client_certificate`,
+`_peer_certificate`, `_peer_certificate_chain`, `_initialize`,
+`_local_max_streams_bidi`, `_max_early_data`) have no public equivalent;
+the HTTP/3 and mTLS tests exercise each of them (SNI, client certificates,
+stream limit, 0-RTT), so an upgrade that moves one fails there rather than
+in production.
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 from aioquic import tls
 from aioquic._buffer import Buffer  # aioquic.buffer re-exports it without declaring so
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from ingress.config.model import QuicSettings
+from ingress.tls.identity import ClientCertificateRefused, ClientIdentity, identity_from_der
 from ingress.tls.sni import CertStore
 
 ALPN = ["h3"]
 MAX_TICKETS = 10000
 
 
+class AlertCertificateRequired(tls.Alert):
+    """TLS 1.3's alert for a client that sent no certificate where one is required (RFC 8446 section 4.4.2.4)."""
+
+    description = tls.AlertDescription.certificate_required
+
+
 class SNIContext(tls.Context):
-    """aioquic's TLS context, choosing the certificate once the ClientHello names the server."""
+    """aioquic's TLS context, choosing the certificate once the ClientHello names the server.
+
+    With client authentication on, it also verifies the client's certificate
+    chain, which aioquic leaves to the application, and records who the
+    client is in `identity`.
+    """
 
     certs: CertStore
     early_data: bool
     sni: str | None
+    identity: ClientIdentity | None
 
     def _server_handle_hello(self, input_buf: Buffer, initial_buf: Buffer, handshake_buf: Buffer) -> None:
         start = input_buf.tell()
@@ -52,6 +84,35 @@ class SNIContext(tls.Context):
             self._max_early_data = None
         super()._server_handle_hello(input_buf, initial_buf, handshake_buf)
 
+    def _server_handle_certificate(self, input_buf: Buffer) -> None:
+        """The client's Certificate message: refuse it here, before any signature is checked."""
+        # (1) aioquic parses the message; a certificate that does not parse is bad_certificate.
+        super()._server_handle_certificate(input_buf)
+        leaf = self._peer_certificate
+        # (2) None sent: `optional` goes on without an identity, `required` ends the handshake.
+        if leaf is None:
+            if self.certs.client_auth == "required":
+                raise AlertCertificateRequired("client certificate required")
+            return
+        # (3) The chain must reach a client_ca CA, now, with clientAuth usage: the check aioquic never makes.
+        trust = self.certs.client_trust
+        assert trust is not None  # the flag that asked for a certificate is only set with a trust store
+        try:
+            trust.verify(leaf, self._peer_certificate_chain, dt.datetime.now(dt.UTC))
+        except ClientCertificateRefused as exc:
+            if exc.expired:
+                raise tls.AlertCertificateExpired("client certificate expired") from None
+            raise tls.AlertBadCertificate("client certificate not trusted") from None
+
+    def _server_handle_certificate_verify(self, input_buf: Buffer) -> None:
+        """The client's CertificateVerify: once it checks, the identity is the client's."""
+        # (4) aioquic checks the signature over the handshake transcript: the client holds the key.
+        super()._server_handle_certificate_verify(input_buf)
+        # (5) Only now is the certificate the client's own; the DER bytes are the ones it sent.
+        leaf = self._peer_certificate
+        assert leaf is not None  # CertificateVerify only follows a non-empty Certificate
+        self.identity = identity_from_der(leaf.public_bytes(Encoding.DER))
+
 
 class ServerConnection(QuicConnection):
     """A server-side QuicConnection whose TLS context picks its certificate by SNI."""
@@ -65,6 +126,8 @@ class ServerConnection(QuicConnection):
         retry_source_connection_id: bytes | None,
     ) -> None:
         chain, key = certs.quic_pair(None)  # a placeholder aioquic insists on; replaced per ClientHello
+        # No tickets with client authentication: see the module docstring.
+        resumable = certs.client_auth == "off"
         configuration = QuicConfiguration(
             is_client=False,
             alpn_protocols=ALPN,
@@ -78,8 +141,8 @@ class ServerConnection(QuicConnection):
             configuration=configuration,
             original_destination_connection_id=original_destination_connection_id,
             retry_source_connection_id=retry_source_connection_id,
-            session_ticket_fetcher=tickets.pop,
-            session_ticket_handler=tickets.add,
+            session_ticket_fetcher=tickets.pop if resumable else None,
+            session_ticket_handler=tickets.add if resumable else None,
         )
         # aioquic grants 128 concurrent request streams and offers no setting; the
         # limit is announced in the transport parameters, built in _initialize.
@@ -92,6 +155,12 @@ class ServerConnection(QuicConnection):
         tls_ctx = getattr(self, "tls", None)
         return tls_ctx.sni if isinstance(tls_ctx, SNIContext) else None
 
+    @property
+    def identity(self) -> ClientIdentity | None:
+        """The verified client certificate's identity, once the handshake has completed with one."""
+        tls_ctx = getattr(self, "tls", None)
+        return tls_ctx.identity if isinstance(tls_ctx, SNIContext) else None
+
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         context = self.tls
@@ -100,6 +169,8 @@ class ServerConnection(QuicConnection):
         context.certs = self._certs
         context.early_data = self._early_data
         context.sni = None
+        context.identity = None
+        context._request_client_certificate = self._certs.client_auth != "off"
 
 
 class TicketStore:

@@ -18,7 +18,8 @@ from cryptography import x509
 from ingress.config.model import CertPair, TLSSettings
 from ingress.errors import TLSMaterialError
 from ingress.tls.contexts import leaf_context
-from ingress.tls.material import CertInfo, PrivateKey, load_pair
+from ingress.tls.identity import ClientTrust
+from ingress.tls.material import CertInfo, PrivateKey, load_ca_bundle, load_pair
 
 log = logging.getLogger("edgeward.tls")
 
@@ -49,6 +50,11 @@ class CertStore:
         self.listener = listener
         self.settings = settings
         self.slots = [self._load(pair) for pair in settings.certs]
+        # QUIC verifies client chains against these; TCP's contexts load the same files (policy_context).
+        self.client_auth = settings.client_auth
+        self.client_trust: ClientTrust | None = None
+        if settings.client_auth != "off":
+            self.client_trust = ClientTrust([ca for path in settings.client_ca for ca in load_ca_bundle(path)])
         self.reloads = 0
         self.refusals = 0
         self._index()
