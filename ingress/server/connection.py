@@ -210,21 +210,8 @@ class HTTP1Connection(asyncio.Protocol):
 
     def _record(self, method: str, path: str, status: int, nbytes: int, protocol: str) -> None:
         assert self.ctx.access_log is not None
-        duration = time.perf_counter() - self.t0
-        self.ctx.access_log.record(
-            (
-                time.time(),
-                self.client,
-                method,
-                path,
-                status,
-                nbytes,
-                duration,
-                protocol,
-                self.tls_version,
-                self.sni,
-                self.client_cert,
-            )
+        self.ctx.access_log.request(
+            self.client, method, path, status, nbytes, self.t0, protocol, self.tls_version, self.sni, self.client_cert
         )
 
     def _reject(self, status: int, reason: str) -> None:

@@ -300,20 +300,17 @@ class HTTP2Connection(asyncio.Protocol):
     def _log(self, request: Request, response: Response, t0: float) -> None:
         assert self.ctx.access_log is not None
         nbytes = response.body_length if request.method != "HEAD" else 0
-        self.ctx.access_log.record(
-            (
-                time.time(),
-                self.client,
-                request.method,
-                request.path.decode("latin-1"),
-                response.status,
-                nbytes,
-                time.perf_counter() - t0,
-                "HTTP/2",
-                self.tls_version,
-                self.sni,
-                self.client_cert,
-            )
+        self.ctx.access_log.request(
+            self.client,
+            request.method,
+            request.path.decode("latin-1"),
+            response.status,
+            nbytes,
+            t0,
+            "HTTP/2",
+            self.tls_version,
+            self.sni,
+            self.client_cert,
         )
 
     # abuse and errors ---------------------------------------------------------

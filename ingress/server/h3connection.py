@@ -422,22 +422,9 @@ class HTTP3Connection:
         if access_log is None:
             return
         nbytes = response.body_length if method != "HEAD" else 0
-        duration = time.perf_counter() - t0
         sni = self.quic.sni or ""
-        access_log.record(
-            (
-                time.time(),
-                self.client,
-                method,
-                path,
-                response.status,
-                nbytes,
-                duration,
-                "HTTP/3",
-                "TLSv1.3",
-                sni,
-                self.client_cert,
-            )
+        access_log.request(
+            self.client, method, path, response.status, nbytes, t0, "HTTP/3", "TLSv1.3", sni, self.client_cert
         )
 
     # lifecycle (called by the worker, not per request) ------------------------------

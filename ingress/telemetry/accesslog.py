@@ -49,6 +49,23 @@ class AccessLog:
         else:
             self.dropped += 1
 
+    def request(
+        self,
+        client: str,
+        method: str,
+        path: str,
+        status: int,
+        nbytes: int,
+        t0: float,
+        protocol: str,
+        tls: str,
+        sni: str,
+        client_cert: str,
+    ) -> None:
+        """One answered request, whatever protocol carried it; `t0` is its `perf_counter` start."""
+        duration = time.perf_counter() - t0
+        self.record((time.time(), client, method, path, status, nbytes, duration, protocol, tls, sni, client_cert))
+
     def flush(self) -> None:
         if not self._buffer:
             return
