@@ -61,6 +61,24 @@ class Request:
         self.identity = identity
 
 
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is at the other end of a connection, learnt once when it is set up.
+
+    The same facts on every protocol version, so access logs (and later
+    telemetry and policy) read them in one shape.
+    """
+
+    client: str = ""
+    tls: str = ""
+    sni: str = ""
+    identity: ClientIdentity | None = None
+
+    @property
+    def client_cert(self) -> str:
+        return self.identity.sha256 if self.identity is not None else ""
+
+
 class FileSource:
     """An open file shared by every response that sends it.
 

@@ -22,7 +22,7 @@ from ingress.handlers.errors import error_response
 from ingress.protocol.events import FileBody, Request, Response
 from ingress.protocol.http1 import BODY, HEAD, IDLE, RequestParser, serialize_head
 from ingress.server.filesend import FileSender
-from ingress.tls.identity import ClientIdentity, identity_from_der
+from ingress.server.peer import tcp_peer
 
 if TYPE_CHECKING:
     from ingress.server.runtime import ListenerRuntime, WorkerContext
@@ -32,25 +32,21 @@ log = logging.getLogger("edgeward.http1")
 
 class HTTP1Connection(asyncio.Protocol):
     __slots__ = (
-        "client",
-        "client_cert",
         "closing",
         "ctx",
         "deadline",
         "final",
-        "identity",
         "listener",
         "logging",
         "parser",
+        "peer",
         "queue",
         "requests",
         "sender",
         "sent",
         "snap",
-        "sni",
         "sock_fd",
         "t0",
-        "tls_version",
         "transport",
         "write_paused",
     )
@@ -66,8 +62,6 @@ class HTTP1Connection(asyncio.Protocol):
         self.queue: deque[Request] = deque()
         self.t0 = 0.0
         self.sent = 0
-        self.client = self.sni = self.tls_version = self.client_cert = ""
-        self.identity: ClientIdentity | None = None
 
     # asyncio callbacks ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -79,23 +73,9 @@ class HTTP1Connection(asyncio.Protocol):
         ctx.connections.add(self)
         ctx.stats.connections_total += 1
         self.logging = ctx.access_log is not None
-        listener = self.listener
-        sock = transport.get_extra_info("socket") if not listener.tls else None
+        sock = transport.get_extra_info("socket") if not self.listener.tls else None
         self.sock_fd = sock.fileno() if sock is not None else -1
-        certs = listener.certs
-        mtls = certs is not None and certs.client_auth != "off"
-        sslobj = transport.get_extra_info("ssl_object") if listener.tls and (mtls or self.logging) else None
-        if mtls and sslobj is not None:
-            der = sslobj.getpeercert(binary_form=True)  # verified by OpenSSL in the handshake
-            if der:  # None: client_auth is optional and the client sent none
-                self.identity = identity = identity_from_der(der)
-                self.client_cert = identity.sha256
-        if self.logging:
-            peer = transport.get_extra_info("peername")
-            self.client = peer[0] if peer else ""
-            if sslobj is not None:
-                self.tls_version = sslobj.version() or ""
-                self.sni = getattr(sslobj, "edge_sni", None) or ""
+        self.peer = tcp_peer(transport, self.listener, self.logging)
         if ctx.draining:  # accepted from the backlog while the worker drains
             self.drain(ctx.config.server.drain_idle_grace)
 
@@ -137,7 +117,7 @@ class HTTP1Connection(asyncio.Protocol):
 
     # requests ---------------------------------------------------------------
     def request_received(self, request: Request) -> None:
-        request.identity = self.identity
+        request.identity = self.peer.identity
         self.requests += 1
         if self.sender is not None or self.queue:
             self.queue.append(request)
@@ -210,9 +190,7 @@ class HTTP1Connection(asyncio.Protocol):
 
     def _record(self, method: str, path: str, status: int, nbytes: int, protocol: str) -> None:
         assert self.ctx.access_log is not None
-        self.ctx.access_log.request(
-            self.client, method, path, status, nbytes, self.t0, protocol, self.tls_version, self.sni, self.client_cert
-        )
+        self.ctx.access_log.request(self.peer, method, path, status, nbytes, self.t0, protocol)
 
     def _reject(self, status: int, reason: str) -> None:
         """Answer a protocol violation and close: the framing can no longer be trusted."""

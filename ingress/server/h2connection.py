@@ -36,7 +36,7 @@ from ingress.protocol.http2 import (
     WindowOpened,
     encode_literal,
 )
-from ingress.tls.identity import ClientIdentity, identity_from_der
+from ingress.server.peer import tcp_peer
 
 if TYPE_CHECKING:
     from ingress.server.runtime import ListenerRuntime, WorkerContext
@@ -104,21 +104,17 @@ _NO_BODY = (204, 304)
 class HTTP2Connection(asyncio.Protocol):
     __slots__ = (
         "blocked_since",
-        "client",
-        "client_cert",
         "closing",
         "ctx",
         "deadline",
-        "identity",
         "listener",
         "logging",
         "outbound",
+        "peer",
         "progress",
         "requests",
         "session",
         "snap",
-        "sni",
-        "tls_version",
         "transport",
         "write_paused",
     )
@@ -132,8 +128,6 @@ class HTTP2Connection(asyncio.Protocol):
         self.closing = False
         self.write_paused = False
         self.blocked_since = 0.0
-        self.client = self.sni = self.tls_version = self.client_cert = ""
-        self.identity: ClientIdentity | None = None
 
     # asyncio callbacks ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -146,21 +140,7 @@ class HTTP2Connection(asyncio.Protocol):
         ctx.connections.add(self)
         ctx.stats.connections_total += 1
         self.logging = ctx.access_log is not None
-        listener = self.listener
-        certs = listener.certs
-        mtls = certs is not None and certs.client_auth != "off"
-        sslobj = transport.get_extra_info("ssl_object") if listener.tls and (mtls or self.logging) else None
-        if mtls and sslobj is not None:
-            der = sslobj.getpeercert(binary_form=True)  # verified by OpenSSL in the handshake
-            if der:  # None: client_auth is optional and the client sent none
-                self.identity = identity = identity_from_der(der)
-                self.client_cert = identity.sha256
-        if self.logging:
-            peer = transport.get_extra_info("peername")
-            self.client = peer[0] if peer else ""
-            if sslobj is not None:
-                self.tls_version = sslobj.version() or ""
-                self.sni = getattr(sslobj, "edge_sni", None) or ""
+        self.peer = tcp_peer(transport, self.listener, self.logging)
         self.transport.write(self.session.data_to_send())
         if ctx.draining:  # accepted from the backlog while the worker drains
             self.drain(ctx.config.server.drain_idle_grace)
@@ -228,7 +208,7 @@ class HTTP2Connection(asyncio.Protocol):
             return
         self.requests += 1
         t0 = time.perf_counter() if self.logging else 0.0
-        request.identity = self.identity
+        request.identity = self.peer.identity
         response = self.listener.site.handle(request)
         self._answer(stream_id, request, response)
         if self.logging:
@@ -301,16 +281,7 @@ class HTTP2Connection(asyncio.Protocol):
         assert self.ctx.access_log is not None
         nbytes = response.body_length if request.method != "HEAD" else 0
         self.ctx.access_log.request(
-            self.client,
-            request.method,
-            request.path.decode("latin-1"),
-            response.status,
-            nbytes,
-            t0,
-            "HTTP/2",
-            self.tls_version,
-            self.sni,
-            self.client_cert,
+            self.peer, request.method, request.path.decode("latin-1"), response.status, nbytes, t0, "HTTP/2"
         )
 
     # abuse and errors ---------------------------------------------------------
@@ -320,7 +291,7 @@ class HTTP2Connection(asyncio.Protocol):
         log.warning(
             "http2 %s flood from %s; connection closed with ENHANCE_YOUR_CALM",
             kind,
-            self.client or self.transport.get_extra_info("peername"),
+            self.peer.client or self.transport.get_extra_info("peername"),
             extra={"event": "http2.flood", "kind": kind},
         )
         self._close_now()

@@ -43,7 +43,7 @@ from aioquic.quic.events import (
 
 from ingress.errors import ProtocolError
 from ingress.handlers.errors import error_response
-from ingress.protocol.events import FileBody, Request, Response
+from ingress.protocol.events import FileBody, Peer, Request, Response
 from ingress.protocol.fields import response_fields
 from ingress.protocol.http3 import (
     H3_INTERNAL_ERROR,
@@ -54,7 +54,6 @@ from ingress.protocol.http3 import (
     goaway_frame,
     parse_request,
 )
-from ingress.tls.identity import ClientIdentity
 from ingress.tls.quic import ServerConnection
 
 if TYPE_CHECKING:
@@ -138,8 +137,6 @@ class HTTP3Connection:
     __slots__ = (
         "born",
         "cids",
-        "client",
-        "client_cert",
         "closed",
         "closing",
         "ctx",
@@ -151,13 +148,13 @@ class HTTP3Connection:
         "goaway",
         "grace_over",
         "h3",
-        "identity",
         "incoming",
         "listener",
         "logging",
         "loop",
         "next_stream",
         "outgoing",
+        "peer",
         "progress",
         "quic",
         "snap",
@@ -173,9 +170,7 @@ class HTTP3Connection:
         self.quic = quic
         self.h3: H3Connection | None = None
         self.cids: list[bytes] = []
-        self.client = str(addr[0])
-        self.identity: ClientIdentity | None = None
-        self.client_cert = ""
+        self.peer = Peer(str(addr[0]), "TLSv1.3")
         self.born = ctx.clock.now
         self.established = False
         self.draining = False
@@ -245,12 +240,11 @@ class HTTP3Connection:
                             self._data(h3_event)
             elif isinstance(event, ProtocolNegotiated):
                 self.h3 = H3Connection(quic)
+                self.peer = Peer(self.peer.client, "TLSv1.3", quic.sni or "")  # 0-RTT requests may come next
             elif isinstance(event, HandshakeCompleted):
                 self.established = True
-                identity = quic.identity  # verified in the handshake (tls/quic.py), as OpenSSL does on TCP
-                if identity is not None:
-                    self.identity = identity
-                    self.client_cert = identity.sha256
+                # The identity was verified in the handshake (tls/quic.py), as OpenSSL does on TCP.
+                self.peer = Peer(self.peer.client, "TLSv1.3", quic.sni or "", quic.identity)
                 stats = self.ctx.stats
                 count(stats, "handshakes")
                 if event.session_resumed:
@@ -296,7 +290,7 @@ class HTTP3Connection:
             self.ctx.stats.protocol_errors += 1
             self._refuse(stream_id, exc.status_hint, event.stream_ended, t0)
             return
-        request.identity = self.identity
+        request.identity = self.peer.identity
         if not self.established and (request.method not in SAFE_METHODS or not self.listener.config.quic.early_data):
             count(self.ctx.stats, "too_early")
             self._refuse(stream_id, 425, event.stream_ended, t0, request)
@@ -422,10 +416,7 @@ class HTTP3Connection:
         if access_log is None:
             return
         nbytes = response.body_length if method != "HEAD" else 0
-        sni = self.quic.sni or ""
-        access_log.request(
-            self.client, method, path, response.status, nbytes, t0, "HTTP/3", "TLSv1.3", sni, self.client_cert
-        )
+        access_log.request(self.peer, method, path, response.status, nbytes, t0, "HTTP/3")
 
     # lifecycle (called by the worker, not per request) ------------------------------
     def sweep(self, now: float) -> None:

@@ -12,6 +12,8 @@ import json
 import os
 import time
 
+from ingress.protocol.events import Peer
+
 # The last field, client_cert, is the SHA-256 fingerprint (hex) of the client certificate, "" without one.
 Record = tuple[float, str, str, str, int, int, float, str, str, str, str]
 
@@ -49,22 +51,24 @@ class AccessLog:
         else:
             self.dropped += 1
 
-    def request(
-        self,
-        client: str,
-        method: str,
-        path: str,
-        status: int,
-        nbytes: int,
-        t0: float,
-        protocol: str,
-        tls: str,
-        sni: str,
-        client_cert: str,
-    ) -> None:
+    def request(self, peer: Peer, method: str, path: str, status: int, nbytes: int, t0: float, protocol: str) -> None:
         """One answered request, whatever protocol carried it; `t0` is its `perf_counter` start."""
         duration = time.perf_counter() - t0
-        self.record((time.time(), client, method, path, status, nbytes, duration, protocol, tls, sni, client_cert))
+        self.record(
+            (
+                time.time(),
+                peer.client,
+                method,
+                path,
+                status,
+                nbytes,
+                duration,
+                protocol,
+                peer.tls,
+                peer.sni,
+                peer.client_cert,
+            )
+        )
 
     def flush(self) -> None:
         if not self._buffer:
