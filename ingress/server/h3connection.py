@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aioquic.h3.connection import H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
@@ -59,8 +59,26 @@ from ingress.tls.quic import ServerConnection
 if TYPE_CHECKING:
     import asyncio
 
-    from ingress.server.quic import QuicEndpoint
-    from ingress.server.runtime import Stats
+    from ingress.server.runtime import ListenerRuntime, Stats, WorkerContext
+
+
+class Endpoint(Protocol):
+    """What a connection needs of the UDP endpoint that owns it (server/quic.py).
+
+    Named here, rather than imported, so the endpoint depends on its
+    connections and not the other way round.
+    """
+
+    ctx: WorkerContext
+    runtime: ListenerRuntime
+    transport: asyncio.DatagramTransport
+
+    def route(self, cid: bytes, conn: HTTP3Connection) -> None: ...
+
+    def unroute(self, cid: bytes) -> None: ...
+
+    def forget(self, conn: HTTP3Connection) -> None: ...
+
 
 CHUNK = 64 * 1024
 STREAM_WINDOW = 256 * 1024
@@ -162,7 +180,7 @@ class HTTP3Connection:
         "timer_at",
     )
 
-    def __init__(self, endpoint: QuicEndpoint, quic: ServerConnection, addr: NetworkAddress) -> None:
+    def __init__(self, endpoint: Endpoint, quic: ServerConnection, addr: NetworkAddress) -> None:
         self.endpoint = endpoint
         self.ctx = ctx = endpoint.ctx
         self.loop: asyncio.AbstractEventLoop = ctx.loop
