@@ -158,3 +158,53 @@ def ktls_status() -> str:
     if not os.path.exists("/sys/module/tls"):
         return "unavailable: the kernel has no tls module loaded"
     return "kernel supports kTLS, but uvloop terminates TLS on memory BIOs, which kTLS cannot offload"
+
+
+class BodyCursor:
+    """Reads a response body piece by piece, as HTTP/2 and HTTP/3 flow control allows.
+
+    Those protocols frame every byte themselves, so a file cannot go out by
+    sendfile; it is read with `pread` one window at a time instead, and a
+    peer that stops granting credit stops the reads. A file that shrinks
+    under the cursor raises OSError: the promised length can no longer be kept.
+    """
+
+    __slots__ = ("body", "fd", "index", "offset", "parts", "remaining")
+
+    def __init__(self, body: bytes | FileBody) -> None:
+        self.body = body  # a FileBody holds its FileSource, and so its descriptor, open until sent
+        if isinstance(body, bytes):
+            self.parts: tuple[bytes | tuple[int, int], ...] = (body,)
+            self.fd = -1
+            self.remaining = len(body)
+        else:
+            self.parts = body.parts
+            self.fd = body.source.fd
+            self.remaining = body.length
+        self.index = 0
+        self.offset = 0
+
+    def read(self, limit: int) -> bytes:
+        """Up to `limit` next bytes; raises OSError if the file shrank under us."""
+        parts = self.parts
+        pieces: list[bytes] = []
+        while limit and self.index < len(parts):
+            part = parts[self.index]
+            if isinstance(part, bytes):
+                piece = part[self.offset : self.offset + limit]
+                size = len(part)
+            else:
+                start, size = part
+                want = min(limit, size - self.offset)
+                piece = os.pread(self.fd, want, start + self.offset)
+                if len(piece) != want:
+                    raise OSError("file shrank while it was sent")
+            self.offset += len(piece)
+            limit -= len(piece)
+            if self.offset >= size:
+                self.index += 1
+                self.offset = 0
+            pieces.append(piece)
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self.remaining -= len(data)
+        return data

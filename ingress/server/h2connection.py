@@ -2,7 +2,7 @@
 
 Requests reach the same `Site.handle` as HTTP/1.1. Responses are sent as
 far as the flow-control windows allow; the rest waits in a per-stream
-`_Outbound` until WINDOW_UPDATE (or the transport's resume) arrives. A file
+`BodyCursor` until WINDOW_UPDATE (or the transport's resume) arrives. A file
 is read with `pread` one window's worth at a time, so a large body never
 sits in memory and a reader that stops reading stops the reads.
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import typing
 from typing import TYPE_CHECKING
@@ -23,7 +22,7 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 
 from ingress.handlers.errors import error_response
-from ingress.protocol.events import FileBody, Request, Response
+from ingress.protocol.events import Request, Response
 from ingress.protocol.fields import STATUS_TEXT as _STATUS
 from ingress.protocol.fields import response_fields
 from ingress.protocol.http2 import (
@@ -36,6 +35,7 @@ from ingress.protocol.http2 import (
     WindowOpened,
     encode_literal,
 )
+from ingress.server.filesend import BodyCursor
 from ingress.server.peer import tcp_peer
 
 if TYPE_CHECKING:
@@ -45,57 +45,6 @@ log = logging.getLogger("edgeward.http2")
 
 # Largest single read from a file per send; bounded by the windows anyway.
 READ_MAX = 256 * 1024
-
-
-class _Outbound:
-    """The rest of one response body, waiting for flow-control credit."""
-
-    __slots__ = ("data", "fd", "length", "offset", "parts", "source")
-
-    def __init__(self, body: bytes | FileBody) -> None:
-        self.data = b""
-        self.fd = -1
-        self.offset = 0
-        self.length = 0
-        if isinstance(body, bytes):
-            self.parts: list[bytes | tuple[int, int]] = [body]
-            self.length = len(body)
-        else:
-            self.parts = list(body.parts)
-            self.fd = body.source.fd
-            self.length = body.length
-        self.source = body.source if isinstance(body, FileBody) else None  # keeps the fd open
-
-    def take(self, budget: int) -> bytes | None:
-        """Up to `budget` bytes of what is left; None if the file shrank under us."""
-        out: list[bytes] = []
-        while budget > 0 and (self.data or self.parts):
-            if not self.data:
-                part = self.parts.pop(0)
-                if isinstance(part, bytes):
-                    self.data = part
-                else:
-                    offset, length = part
-                    n = min(length, budget, READ_MAX)
-                    chunk = os.pread(self.fd, n, offset)
-                    if len(chunk) != n:
-                        return None
-                    if n < length:
-                        self.parts.insert(0, (offset + n, length - n))
-                    out.append(chunk)
-                    budget -= n
-                    continue
-            piece = self.data[:budget]
-            self.data = self.data[len(piece) :]
-            out.append(piece)
-            budget -= len(piece)
-        sent = b"".join(out)
-        self.length -= len(sent)
-        return sent
-
-    @property
-    def done(self) -> bool:
-        return self.length <= 0
 
 
 _NO_BODY = (204, 304)
@@ -122,7 +71,7 @@ class HTTP2Connection(asyncio.Protocol):
     def __init__(self, ctx: WorkerContext, listener: ListenerRuntime) -> None:
         self.ctx = ctx
         self.listener = listener
-        self.outbound: dict[int, _Outbound] = {}
+        self.outbound: dict[int, BodyCursor] = {}
         self.requests = 0
         self.progress = 0
         self.closing = False
@@ -235,31 +184,32 @@ class HTTP2Connection(asyncio.Protocol):
         if body.__class__ is bytes and not self.write_paused and session.send_whole(stream_id, block, body):
             return
         session.send_head(stream_id, _STATUS[status], block, False)
-        if body.__class__ is bytes and not self.write_paused and len(body) <= session.window(stream_id):
-            session.send_body(stream_id, body, True)
-            return
-        self.outbound[stream_id] = _Outbound(body)
+        self.outbound[stream_id] = BodyCursor(body)
         self._pump(stream_id)
 
     def _pump(self, stream_id: int) -> None:
+        """Send as much of the stream's body as its windows allow, READ_MAX bytes per read."""
         out = self.outbound.get(stream_id)
         if out is None or self.write_paused:
             return
         session = self.session
-        window = session.window(stream_id)
-        if window < 0:
-            self.outbound.pop(stream_id, None)
-            return
-        if window == 0:
-            return  # WINDOW_UPDATE pumps again; the sweep notices if it never comes
-        chunk = out.take(window)
-        if chunk is None:  # the file shrank: the response cannot be completed honestly
-            self.outbound.pop(stream_id, None)
-            session.refuse(stream_id, ErrorCodes.INTERNAL_ERROR)
-            return
-        session.send_body(stream_id, chunk, out.done)
-        if out.done:
-            del self.outbound[stream_id]
+        while True:
+            window = session.window(stream_id)
+            if window < 0:
+                self.outbound.pop(stream_id, None)
+                return
+            if window == 0:
+                return  # WINDOW_UPDATE pumps again; the sweep notices if it never comes
+            try:
+                chunk = out.read(min(window, READ_MAX))
+            except OSError:  # the file shrank: the response cannot be completed honestly
+                self.outbound.pop(stream_id, None)
+                session.refuse(stream_id, ErrorCodes.INTERNAL_ERROR)
+                return
+            session.send_body(stream_id, chunk, not out.remaining)
+            if not out.remaining:
+                del self.outbound[stream_id]
+                return
 
     def _pump_all(self) -> None:
         for stream_id in list(self.outbound):

@@ -23,7 +23,6 @@ the handshake has completed.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -43,7 +42,7 @@ from aioquic.quic.events import (
 
 from ingress.errors import ProtocolError
 from ingress.handlers.errors import error_response
-from ingress.protocol.events import FileBody, Peer, Request, Response
+from ingress.protocol.events import Peer, Request, Response
 from ingress.protocol.fields import response_fields
 from ingress.protocol.http3 import (
     H3_INTERNAL_ERROR,
@@ -54,6 +53,7 @@ from ingress.protocol.http3 import (
     goaway_frame,
     parse_request,
 )
+from ingress.server.filesend import BodyCursor
 from ingress.tls.quic import ServerConnection
 
 if TYPE_CHECKING:
@@ -100,43 +100,6 @@ class _Incoming:
         self.chunks: list[bytes] = []
         self.size = 0
         self.t0 = t0
-
-
-class _Outgoing:
-    """A cursor over the parts of a FileBody still to be sent."""
-
-    __slots__ = ("body", "index", "offset", "remaining")
-
-    def __init__(self, body: FileBody) -> None:
-        self.body = body  # holds the FileSource, and so its descriptor, open until sent
-        self.index = 0
-        self.offset = 0
-        self.remaining = body.length
-
-    def read(self, limit: int) -> bytes:
-        """Up to `limit` next bytes; raises OSError if the file shrank under us."""
-        parts = self.body.parts
-        pieces: list[bytes] = []
-        while limit and self.index < len(parts):
-            part = parts[self.index]
-            if isinstance(part, bytes):
-                piece = part[self.offset : self.offset + limit]
-                size = len(part)
-            else:
-                start, size = part
-                want = min(limit, size - self.offset)
-                piece = os.pread(self.body.source.fd, want, start + self.offset)
-                if len(piece) != want:
-                    raise OSError("file shrank while it was sent")
-            self.offset += len(piece)
-            limit -= len(piece)
-            if self.offset >= size:
-                self.index += 1
-                self.offset = 0
-            pieces.append(piece)
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        self.remaining -= len(data)
-        return data
 
 
 def _unacked(quic: ServerConnection, stream_id: int) -> int:
@@ -197,7 +160,7 @@ class HTTP3Connection:
         self.goaway: int | None = None
         self.next_stream = 0
         self.incoming: dict[int, _Incoming] = {}
-        self.outgoing: dict[int, _Outgoing] = {}
+        self.outgoing: dict[int, BodyCursor] = {}
         self.discarding: set[int] = set()
         self.progress = 0
         self.snap = -1
@@ -389,7 +352,7 @@ class HTTP3Connection:
                 h3.send_data(stream_id, body, end_stream=True)
             else:
                 h3.send_headers(stream_id, fields)
-                self.outgoing[stream_id] = _Outgoing(body)
+                self.outgoing[stream_id] = BodyCursor(body)
         except RuntimeError:
             # STOP_SENDING arrived in the same packet as the request: aioquic has reset the
             # stream's sending side already, and the event saying so is next in the queue.
