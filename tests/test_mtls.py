@@ -446,7 +446,7 @@ def test_identity_memo_is_bounded_and_unparsable_der_keeps_its_fingerprint(monke
 
 def test_request_identity_defaults_to_none() -> None:
     request = Request("GET", b"/", b"", {}, "localhost", "1.1", True, "https")
-    assert request.identity is None
+    assert request.peer.identity is None
 
 
 def test_client_trust_matches_openssl_rules(ca: CA, clients: Clients) -> None:

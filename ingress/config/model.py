@@ -8,12 +8,10 @@ validation cannot drift apart. Sizes are bytes, durations are seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-
-def doc(text: str, **extra: Any) -> dict[str, Any]:
-    """Field metadata: `text` documents the key; `minimum`/`maximum`/`pattern` bound it."""
-    return {"doc": text, **extra}
+from ingress.config.meta import doc
+from ingress.config.policy import Policy
 
 
 @dataclass(frozen=True)
@@ -141,7 +139,17 @@ class TLSSettings:
     )
     client_ca: tuple[str, ...] = field(
         default=(),
-        metadata=doc("PEM CA bundles that client certificates must chain to; needed when `client_auth` is on."),
+        metadata=doc(
+            "PEM CA bundles that client certificates must chain to; needed when `client_auth` is on."
+            " Reloaded when the files change, like certificates."
+        ),
+    )
+    client_crl: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "CRL files (PEM or DER) checked for every client certificate; with any set, each CA that issues"
+            " client certificates needs a current CRL. Reloaded when the files change."
+        ),
     )
 
 
@@ -182,6 +190,17 @@ class Listener:
     )
     quic: QuicSettings = field(
         default_factory=QuicSettings, metadata=doc("HTTP/3 on the same port; TLS listeners only.")
+    )
+    proxy_protocol: Literal["off", "v1", "v2", "any"] = field(
+        default="off",
+        metadata=doc(
+            "Expect a PROXY protocol header (HAProxy v1 text, v2 binary, or either) before anything else on"
+            " each connection, and use the client address it carries everywhere after."
+        ),
+    )
+    proxy_from: tuple[str, ...] = field(
+        default=(),
+        metadata=doc("CIDRs of the L4 balancers allowed to send PROXY headers; needed with `proxy_protocol`."),
     )
 
 
@@ -276,4 +295,7 @@ class Config:
     )
     access_log: AccessLog = field(default_factory=AccessLog, metadata=doc("Access log."))
     admin: Admin = field(default_factory=Admin, metadata=doc("Admin listener."))
+    policy: Policy = field(
+        default_factory=Policy, metadata=doc("Access policy: network rules, mTLS, JWT, roles and rate limits.")
+    )
     source: str = field(default="", metadata=doc("Where this config came from (set by the loader).", internal=True))

@@ -21,46 +21,6 @@ if TYPE_CHECKING:
     from ingress.tls.identity import ClientIdentity
 
 
-class Request:
-    __slots__ = (
-        "body",
-        "headers",
-        "host",
-        "identity",
-        "keep_alive",
-        "method",
-        "path",
-        "query",
-        "scheme",
-        "version",
-    )
-
-    def __init__(
-        self,
-        method: str,
-        path: bytes,
-        query: bytes,
-        headers: dict[bytes, bytes],
-        host: str,
-        version: str,
-        keep_alive: bool,
-        scheme: str,
-        body: bytes = b"",
-        identity: ClientIdentity | None = None,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers
-        self.host = host
-        self.version = version
-        self.keep_alive = keep_alive
-        self.scheme = scheme
-        self.body = body
-        # The verified client certificate (mutual TLS), shared by every request of its connection.
-        self.identity = identity
-
-
 @dataclass(frozen=True, slots=True)
 class Peer:
     """Who is at the other end of a connection, learnt once when it is set up.
@@ -77,6 +37,67 @@ class Peer:
     @property
     def client_cert(self) -> str:
         return self.identity.sha256 if self.identity is not None else ""
+
+
+ANONYMOUS = Peer()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the access policy decided about one request, and why.
+
+    `outcome` is one of a small fixed set (allowed, denied_ip, denied_mtls,
+    denied_jwt, denied_rbac, rate_limited) so it can label metrics; `reason`
+    says which check decided (e.g. "expired", "no grant for DELETE") and is
+    for logs and audit only, never for the client.
+    """
+
+    outcome: str
+    reason: str
+    rule: str = ""
+    subject: str = ""
+
+
+class Request:
+    __slots__ = (
+        "body",
+        "decision",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "path",
+        "peer",
+        "query",
+        "scheme",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: bytes,
+        query: bytes,
+        headers: dict[bytes, bytes],
+        host: str,
+        version: str,
+        keep_alive: bool,
+        scheme: str,
+        body: bytes = b"",
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.host = host
+        self.version = version
+        self.keep_alive = keep_alive
+        self.scheme = scheme
+        self.body = body
+        # Who sent it (address, TLS, verified client certificate): the connection's, set by the connection.
+        self.peer = ANONYMOUS
+        # What the access policy decided and why, for logs and telemetry; None when no policy ran.
+        self.decision: Decision | None = None
 
 
 class FileSource:

@@ -117,7 +117,7 @@ class HTTP1Connection(asyncio.Protocol):
 
     # requests ---------------------------------------------------------------
     def request_received(self, request: Request) -> None:
-        request.identity = self.peer.identity
+        request.peer = self.peer
         self.requests += 1
         if self.sender is not None or self.queue:
             self.queue.append(request)

@@ -157,7 +157,7 @@ class HTTP2Connection(asyncio.Protocol):
             return
         self.requests += 1
         t0 = time.perf_counter() if self.logging else 0.0
-        request.identity = self.peer.identity
+        request.peer = self.peer
         response = self.listener.site.handle(request)
         self._answer(stream_id, request, response)
         if self.logging:

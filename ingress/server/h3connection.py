@@ -271,7 +271,7 @@ class HTTP3Connection:
             self.ctx.stats.protocol_errors += 1
             self._refuse(stream_id, exc.status_hint, event.stream_ended, t0)
             return
-        request.identity = self.peer.identity
+        request.peer = self.peer
         if not self.established and (request.method not in SAFE_METHODS or not self.listener.config.quic.early_data):
             count(self.ctx.stats, "too_early")
             self._refuse(stream_id, 425, event.stream_ended, t0, request)
