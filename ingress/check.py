@@ -12,7 +12,8 @@ import os
 
 from ingress.config.model import Config
 from ingress.errors import Problem, TLSMaterialError
-from ingress.tls.material import load_ca_bundle, load_pair
+from ingress.policy.keys import PolicyMaterialError, load_static_keys
+from ingress.tls.material import client_material, load_pair
 
 
 def verify_config(config: Config) -> list[Problem]:
@@ -26,11 +27,11 @@ def verify_config(config: Config) -> list[Problem]:
                 load_pair(pair.cert, pair.key)
             except TLSMaterialError as exc:
                 problems.append(Problem(src, f"listeners[{i}].tls.certs[{j}]", str(exc)))
-        for j, path in enumerate(listener.tls.client_ca):
-            try:
-                load_ca_bundle(path)
-            except TLSMaterialError as exc:
-                problems.append(Problem(src, f"listeners[{i}].tls.client_ca[{j}]", str(exc)))
+        # Client CAs and CRLs are checked together: a CRL must be signed by one of the CAs, and with any
+        # CRL every CA needs one.
+        if listener.tls.client_ca or listener.tls.client_crl:
+            _, found = client_material(listener.tls.client_ca, listener.tls.client_crl)
+            problems.extend(Problem(src, f"listeners[{i}].tls.{key}", message) for key, message in found)
     for i, route in enumerate(config.routes):
         if route.static is None:
             continue
@@ -40,4 +41,13 @@ def verify_config(config: Config) -> list[Problem]:
             problems.append(Problem(src, f"routes[{i}].static.root", f"{root} {why}"))
         elif not os.access(root, os.R_OK | os.X_OK):
             problems.append(Problem(src, f"routes[{i}].static.root", f"{root} is not readable by this user"))
+    for i, provider in enumerate(config.policy.jwt):
+        at = f"policy.jwt[{i}]"
+        try:
+            load_static_keys(provider, at)
+        except PolicyMaterialError as exc:
+            problems.append(Problem(src, exc.path, exc.message))
+        jwks = provider.jwks
+        if jwks is not None and jwks.ca and not os.path.isfile(jwks.ca):
+            problems.append(Problem(src, f"{at}.jwks.ca", f"{jwks.ca} does not exist"))
     return problems

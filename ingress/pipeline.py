@@ -1,8 +1,9 @@
 """The one place a request goes from protocol event to response.
 
-Order: normalise the path, route by host and path, check the method, run
-the handler. Later stages (policy, telemetry) slot in here, so every
-protocol version gets them by calling `Site.handle`.
+Order: the access gate (policy), then normalise the path, route by host
+and path, check the method, run the handler. Every protocol version gets
+all of it by calling `Site.handle`, and a request the gate refuses never
+reaches routing, let alone a handler.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ingress.errors import ProtocolError
 from ingress.handlers.errors import error_response
 from ingress.handlers.redirect import RedirectHandler
 from ingress.handlers.static import StaticHandler
+from ingress.policy.gate import Gate
 from ingress.protocol.events import Request, Response
 from ingress.routing import RouteEntry, RouteGroup, Router, normalize_path
 
@@ -37,10 +39,16 @@ def _allow(methods: tuple[str, ...]) -> bytes:
 class Site:
     """Everything one listener serves."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, gate: Gate | None = None) -> None:
         self.router = router
+        self.gate = gate
 
     def handle(self, request: Request) -> Response:
+        gate = self.gate
+        if gate is not None:
+            refused = gate.check(request)
+            if refused is not None:
+                return refused
         group = self.router.group(request.host)
         hit = group.paths.get(request.path) if group is not None else None
         if hit is None:
@@ -75,8 +83,13 @@ def _method_not_allowed(request: Request, entry: RouteEntry) -> Response:
     return error_response(405, [(b"Allow", entry.allow)])
 
 
-def build_site(config: Config, listener: str, tls: bool, clock: Clock, alt_svc: bytes = b"") -> Site:
-    """`alt_svc` advertises HTTP/3; it rides with the security headers, so pre-serialised responses carry it free."""
+def build_site(
+    config: Config, listener: str, tls: bool, clock: Clock, alt_svc: bytes = b"", gate: Gate | None = None
+) -> Site:
+    """`alt_svc` advertises HTTP/3; it rides with the security headers, so pre-serialised responses carry it free.
+
+    `gate` is the worker's access policy, shared by its listeners so rate limits count across them.
+    """
     router = Router()
     for route in config.routes:
         if route.listeners and listener not in route.listeners:
@@ -92,4 +105,4 @@ def build_site(config: Config, listener: str, tls: bool, clock: Clock, alt_svc: 
             continue
         methods = frozenset(route.methods) | ({"HEAD"} if "GET" in route.methods else set())
         router.add(route.host, RouteEntry(route.path, methods, _allow(route.methods), handle))
-    return Site(router)
+    return Site(router, gate)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,10 @@ class Issued:
     cert: Path
     key: Path
     fingerprint: bytes
+
+    @property
+    def serial(self) -> int:
+        return x509.load_pem_x509_certificate(self.cert.read_bytes()).serial_number
 
 
 class CA:
@@ -89,6 +94,31 @@ class CA:
             ),
         )
         return Issued(cert_path, key_path, cert.fingerprint(hashes.SHA256()))
+
+    def crl(
+        self,
+        revoked: Iterable[int] = (),
+        next_update: dt.datetime | None = None,
+        last_update: dt.datetime | None = None,
+        der: bool = False,
+        extensions: Iterable[tuple[x509.ExtensionType, bool]] = (),
+    ) -> bytes:
+        """A CRL from this CA revoking `revoked` serials (PEM, or DER); valid for a day unless told otherwise."""
+        now = dt.datetime.now(dt.UTC)
+        last = last_update or now - dt.timedelta(minutes=5)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(last)
+            .next_update(next_update or now + dt.timedelta(days=1))
+        )
+        for serial in revoked:
+            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(last).build()
+            builder = builder.add_revoked_certificate(entry)
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical)
+        signed = builder.sign(self.key, hashes.SHA256())
+        return signed.public_bytes(serialization.Encoding.DER if der else serialization.Encoding.PEM)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

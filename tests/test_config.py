@@ -724,6 +724,15 @@ def test_schema_matches_model(schema: dict[str, Any]) -> None:
         "SecurityHeaders",
         "HTTP2Settings",
         "QuicSettings",
+        "Policy",
+        "NetworkPolicy",
+        "JWTProvider",
+        "JWTKey",
+        "JWKSSource",
+        "IdentityRoles",
+        "RateLimit",
+        "PolicyRule",
+        "Grant",
     }
 
 

@@ -911,6 +911,8 @@ LOG_KEYS = {
     "tls",
     "sni",
     "client_cert",
+    "auth",
+    "auth_reason",
 }
 
 
@@ -944,6 +946,7 @@ def test_access_log_json_lines(custom: Callable[..., Server], tmp_path: Path, cl
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
         assert entry["client"] == "127.0.0.1"
         assert entry["client_cert"] == ""  # no listener here asks for a client certificate
+        assert (entry["auth"], entry["auth_reason"]) == ("", "")  # no [policy]: no gate ran
         assert isinstance(entry["duration_ms"], int | float)
         assert 0 <= entry["duration_ms"] < 5000
     tls, big, head, missing = entries

@@ -9,7 +9,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from ingress.config.model import Config, Route, TLSSettings
+from ingress.config.cidr import parse_cidr
+from ingress.config.model import Config, Listener, Route, TLSSettings
+from ingress.config.policy_semantics import policy_problems
 from ingress.errors import Problem
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Z-]+$")
@@ -147,11 +149,71 @@ def semantic_problems(config: Config) -> list[Problem]:
                 )
                 break
             seen[key] = i
+    for i, listener in enumerate(config.listeners):
+        problems.extend(_proxy_problems(src, f"listeners[{i}]", listener))
+    problems.extend(_policy_address_problems(config))
+    problems.extend(policy_problems(config))
     return problems
 
 
+def _cidr_problems(src: str, at: str, cidrs: tuple[str, ...]) -> list[Problem]:
+    """Each entry must be a network or an address (see ingress.config.cidr.parse_cidr)."""
+    out = []
+    for j, text in enumerate(cidrs):
+        try:
+            parse_cidr(text)
+        except ValueError as exc:
+            out.append(Problem(src, f"{at}[{j}]", str(exc)))
+    return out
+
+
+def _proxy_problems(src: str, at: str, listener: Listener) -> list[Problem]:
+    """A PROXY header is believed only from listed balancers, and there is none on UDP."""
+    out = _cidr_problems(src, f"{at}.proxy_from", listener.proxy_from)
+    mode = listener.proxy_protocol
+    if mode != "off" and not listener.proxy_from:
+        out.append(
+            Problem(
+                src,
+                f"{at}.proxy_from",
+                f'proxy_protocol = "{mode}" lets the sender choose the client address, so it needs the'
+                ' balancers allowed to send it; add proxy_from = ["10.0.0.0/24"] (your balancers\' addresses)',
+            )
+        )
+    if mode == "off" and listener.proxy_from:
+        out.append(
+            Problem(
+                src,
+                f"{at}.proxy_from",
+                'proxy_from is set but proxy_protocol is "off", so no PROXY header is read;'
+                ' set proxy_protocol = "v2" (or "v1", "any"), or remove proxy_from',
+            )
+        )
+    if mode != "off" and listener.tls is not None and listener.quic.enabled:
+        out.append(
+            Problem(
+                src,
+                f"{at}.quic.enabled",
+                "HTTP/3 runs over UDP, where no PROXY header arrives, so its clients would appear with the"
+                " balancer's address and bypass address rules; set quic.enabled = false on this listener",
+            )
+        )
+    return out
+
+
+def _policy_address_problems(config: Config) -> list[Problem]:
+    src, network = config.source, config.policy.network
+    out = _cidr_problems(src, "policy.network.allow", network.allow)
+    out += _cidr_problems(src, "policy.network.deny", network.deny)
+    out += _cidr_problems(src, "policy.network.trusted_proxies", network.trusted_proxies)
+    for i, rule in enumerate(config.policy.rules):
+        out += _cidr_problems(src, f"policy.rules[{i}].allow", rule.allow)
+        out += _cidr_problems(src, f"policy.rules[{i}].deny", rule.deny)
+    return out
+
+
 def _client_auth_problems(src: str, at: str, tls: TLSSettings) -> list[Problem]:
-    """Mutual TLS needs CAs to verify against; CAs without client_auth would look like mTLS and not be."""
+    """Mutual TLS needs CAs to verify against; CAs or CRLs without client_auth would look like mTLS and not be."""
     if tls.client_auth != "off" and not tls.client_ca:
         return [
             Problem(
@@ -161,16 +223,26 @@ def _client_auth_problems(src: str, at: str, tls: TLSSettings) -> list[Problem]:
                 ' add client_ca = ["/path/to/client-ca.pem"]',
             )
         ]
+    problems = []
     if tls.client_auth == "off" and tls.client_ca:
-        return [
+        problems.append(
             Problem(
                 src,
                 f"{at}.tls.client_auth",
                 'client_ca is set but client_auth is "off", so no client certificate is asked for;'
                 ' set client_auth = "required" (or "optional"), or remove client_ca',
             )
-        ]
-    return []
+        )
+    if tls.client_auth == "off" and tls.client_crl:
+        problems.append(
+            Problem(
+                src,
+                f"{at}.tls.client_crl",
+                'client_crl is set but client_auth is "off", so no client certificate is asked for or checked'
+                ' against it; set client_auth = "required" (or "optional") with client_ca, or remove client_crl',
+            )
+        )
+    return problems
 
 
 def _route_problems(config: Config, i: int, route: Route, listeners: dict[str, int]) -> list[Problem]:

@@ -32,7 +32,9 @@ log = logging.getLogger("edgeward.http1")
 
 class HTTP1Connection(asyncio.Protocol):
     __slots__ = (
+        "client",
         "closing",
+        "counted",
         "ctx",
         "deadline",
         "final",
@@ -51,9 +53,12 @@ class HTTP1Connection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, ctx: WorkerContext, listener: ListenerRuntime) -> None:
+    def __init__(self, ctx: WorkerContext, listener: ListenerRuntime, client: str = "") -> None:
+        """`client`: the address a PROXY protocol header named, "" to use the socket's."""
         self.ctx = ctx
         self.listener = listener
+        self.client = client
+        self.counted = False
         self.requests = 0
         self.closing = False
         self.final = False
@@ -67,20 +72,27 @@ class HTTP1Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)
         ctx = self.ctx
+        self.logging = ctx.access_log is not None
+        self.peer = tcp_peer(transport, self.listener, self.logging, self.client)
+        if ctx.ip_cap and self.listener.capped:
+            if not ctx.admit(self.peer.client):
+                self.transport.abort()  # no further callback but connection_lost
+                return
+            self.counted = True
         self.parser = RequestParser(self, ctx.limits, "https" if self.listener.tls else "http")
         self.snap = (IDLE, 0, 0)
         self.deadline = ctx.clock.now + ctx.limits.header_timeout
         ctx.connections.add(self)
         ctx.stats.connections_total += 1
-        self.logging = ctx.access_log is not None
         sock = transport.get_extra_info("socket") if not self.listener.tls else None
         self.sock_fd = sock.fileno() if sock is not None else -1
-        self.peer = tcp_peer(transport, self.listener, self.logging)
         if ctx.draining:  # accepted from the backlog while the worker drains
             self.drain(ctx.config.server.drain_idle_grace)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
+        if self.counted:
+            self.ctx.release(self.peer.client)
         if self.sender is not None:
             self.sender.close()
             self.sender = None
@@ -186,7 +198,17 @@ class HTTP1Connection(asyncio.Protocol):
 
     def _log(self, request: Request, response: Response) -> None:
         nbytes = response.body_length if request.method != "HEAD" else 0
-        self._record(request.method, request.path.decode("latin-1"), response.status, nbytes, "HTTP/" + request.version)
+        assert self.ctx.access_log is not None
+        self.ctx.access_log.request(
+            request.peer,
+            request.method,
+            request.path.decode("latin-1"),
+            response.status,
+            nbytes,
+            self.t0,
+            "HTTP/" + request.version,
+            request.decision,
+        )
 
     def _record(self, method: str, path: str, status: int, nbytes: int, protocol: str) -> None:
         assert self.ctx.access_log is not None

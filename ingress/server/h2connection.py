@@ -53,7 +53,9 @@ _NO_BODY = (204, 304)
 class HTTP2Connection(asyncio.Protocol):
     __slots__ = (
         "blocked_since",
+        "client",
         "closing",
+        "counted",
         "ctx",
         "deadline",
         "listener",
@@ -68,9 +70,12 @@ class HTTP2Connection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, ctx: WorkerContext, listener: ListenerRuntime) -> None:
+    def __init__(self, ctx: WorkerContext, listener: ListenerRuntime, client: str = "") -> None:
+        """`client`: the address a PROXY protocol header named, "" to use the socket's."""
         self.ctx = ctx
         self.listener = listener
+        self.client = client
+        self.counted = False
         self.outbound: dict[int, BodyCursor] = {}
         self.requests = 0
         self.progress = 0
@@ -82,20 +87,27 @@ class HTTP2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)
         ctx = self.ctx
+        self.logging = ctx.access_log is not None
+        self.peer = tcp_peer(transport, self.listener, self.logging, self.client)
+        if ctx.ip_cap and self.listener.capped:
+            if not ctx.admit(self.peer.client):
+                self.transport.abort()  # no further callback but connection_lost
+                return
+            self.counted = True
         self.session = H2Session(ctx.config.http2, ctx.limits)
         self.session.initiate()
         self.snap = (-1, -1)
         self.deadline = ctx.clock.now + ctx.limits.idle_timeout
         ctx.connections.add(self)
         ctx.stats.connections_total += 1
-        self.logging = ctx.access_log is not None
-        self.peer = tcp_peer(transport, self.listener, self.logging)
         self.transport.write(self.session.data_to_send())
         if ctx.draining:  # accepted from the backlog while the worker drains
             self.drain(ctx.config.server.drain_idle_grace)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
+        if self.counted:
+            self.ctx.release(self.peer.client)
         self.outbound.clear()
 
     def data_received(self, data: bytes) -> None:
@@ -231,7 +243,14 @@ class HTTP2Connection(asyncio.Protocol):
         assert self.ctx.access_log is not None
         nbytes = response.body_length if request.method != "HEAD" else 0
         self.ctx.access_log.request(
-            self.peer, request.method, request.path.decode("latin-1"), response.status, nbytes, t0, "HTTP/2"
+            request.peer,
+            request.method,
+            request.path.decode("latin-1"),
+            response.status,
+            nbytes,
+            t0,
+            "HTTP/2",
+            request.decision,
         )
 
     # abuse and errors ---------------------------------------------------------

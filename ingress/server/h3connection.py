@@ -321,7 +321,7 @@ class HTTP3Connection:
         response = self.listener.site.handle(request)
         self._send(stream_id, request.method, response)
         if self.logging:
-            self._log(request.method, request.path.decode("latin-1"), response, t0)
+            self._log(request.method, request.path.decode("latin-1"), response, t0, request)
 
     def _refuse(self, stream_id: int, status: int, ended: bool, t0: float, request: Request | None = None) -> None:
         """Answer without running the request, and stop reading the rest of it (RFC 9114 section 4.1.2)."""
@@ -392,12 +392,13 @@ class HTTP3Connection:
             if budget <= 0:
                 break
 
-    def _log(self, method: str, path: str, response: Response, t0: float) -> None:
+    def _log(self, method: str, path: str, response: Response, t0: float, request: Request | None = None) -> None:
         access_log = self.ctx.access_log
         if access_log is None:
             return
         nbytes = response.body_length if method != "HEAD" else 0
-        access_log.request(self.peer, method, path, response.status, nbytes, t0, "HTTP/3")
+        peer, decision = (request.peer, request.decision) if request is not None else (self.peer, None)
+        access_log.request(peer, method, path, response.status, nbytes, t0, "HTTP/3", decision)
 
     # lifecycle (called by the worker, not per request) ------------------------------
     def sweep(self, now: float) -> None:

@@ -14,8 +14,14 @@ from typing import Protocol
 from ingress.clock import Clock
 from ingress.config.model import Config, Limits, Listener
 from ingress.pipeline import Site, build_site
+from ingress.policy.gate import Gate, build_gate
 from ingress.telemetry.accesslog import AccessLog
 from ingress.tls.sni import CertStore
+
+# Why a connection was closed before it could send a request (edgeward_connections_refused_total).
+REFUSALS = ("per_ip_cap", "proxy_from")
+# Why a PROXY protocol header was not accepted (edgeward_proxy_protocol_errors_total).
+PROXY_ERRORS = ("malformed", "timeout", "truncated")
 
 
 @dataclass
@@ -27,6 +33,9 @@ class Stats:
     by_class: list[int] = field(default_factory=lambda: [0] * 6)
     floods: dict[str, int] = field(default_factory=dict)
     quic: dict[str, int] = field(default_factory=dict)  # handshakes, resumed, early_data, too_early, retry
+    auth: dict[str, int] = field(default_factory=dict)  # access decisions by outcome (policy.gate.OUTCOMES)
+    refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))  # connections, by reason
+    proxy_errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PROXY_ERRORS, 0))  # by reason
 
 
 class Connection(Protocol):
@@ -50,6 +59,9 @@ class ListenerRuntime:
     site: Site
     tls: bool
     certs: CertStore | None = None
+    # Subject to policy.network.max_connections_per_ip; the admin listener is not, so that a
+    # client at the cap (or a balancer carrying many) cannot lock monitoring and health checks out.
+    capped: bool = True
 
 
 class WorkerContext:
@@ -62,24 +74,63 @@ class WorkerContext:
         self.draining = False
         self.access_log: AccessLog | None = None
         self.clock = Clock(config.server.server_header)
+        self.gate: Gate | None = None
+        # Open connections per client address, for policy.network.max_connections_per_ip.
+        # An entry exists only while its count is above zero, so this is bounded by open connections.
+        self.per_ip: dict[str, int] = {}
         self.apply(config)
 
     def apply(self, config: Config) -> None:
-        """Adopt the process-wide parts of a (re)loaded config."""
+        """Adopt the process-wide parts of a (re)loaded config.
+
+        The gate is built first: it reads key files, and if that fails
+        (raising EdgewardError) nothing has changed yet.
+        """
+        previous = self.gate
+        gate = build_gate(config.policy, self.stats.auth, previous)
+        if gate is not None:
+            gate.start(self.loop, previous)
+        elif previous is not None:
+            previous.stop()
+        self.gate = gate
         self.config = config
         self.limits: Limits = config.limits
+        # 0: no cap, and connections skip the counting entirely. A reload that sets a cap
+        # counts only connections opened after it; one that lifts it still releases the counted.
+        self.ip_cap = config.policy.network.max_connections_per_ip
         self.clock.set_server(config.server.server_header)
         old = self.access_log
         self.access_log = AccessLog(config.access_log.path) if config.access_log.enabled else None
         if old is not None:
             old.close()
 
+    def admit(self, client: str) -> bool:
+        """Count a new connection from `client`, or refuse it: the client already holds `ip_cap`."""
+        per_ip = self.per_ip
+        held = per_ip.get(client, 0)
+        if held >= self.ip_cap:
+            self.stats.refused["per_ip_cap"] += 1
+            return False
+        per_ip[client] = held + 1
+        return True
 
-def build_listener(config: Config, listener: Listener, clock: Clock, quic_port: int = 0) -> ListenerRuntime:
+    def release(self, client: str) -> None:
+        """A counted connection closed; the entry goes at zero, so idle addresses cost no memory."""
+        per_ip = self.per_ip
+        held = per_ip.get(client, 0)
+        if held > 1:
+            per_ip[client] = held - 1
+        else:
+            per_ip.pop(client, None)
+
+
+def build_listener(
+    config: Config, listener: Listener, clock: Clock, quic_port: int = 0, gate: Gate | None = None
+) -> ListenerRuntime:
     """`quic_port`: the UDP port serving HTTP/3 for this listener, 0 when none does."""
     tls = listener.tls is not None
     certs = CertStore(listener.name, listener.tls) if listener.tls is not None else None
     alt_svc = b""
     if quic_port and tls and listener.quic.enabled:
         alt_svc = b'h3=":%d"; ma=%d' % (quic_port, listener.quic.alt_svc_max_age)
-    return ListenerRuntime(listener, build_site(config, listener.name, tls, clock, alt_svc), tls, certs)
+    return ListenerRuntime(listener, build_site(config, listener.name, tls, clock, alt_svc, gate), tls, certs)

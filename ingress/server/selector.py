@@ -23,31 +23,36 @@ if TYPE_CHECKING:
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 
-def protocol_factory(ctx: WorkerContext, runtime: ListenerRuntime) -> ProtocolFactory:
-    """What the event loop calls for each accepted connection of this listener."""
+def protocol_factory(ctx: WorkerContext, runtime: ListenerRuntime, client: str = "") -> ProtocolFactory:
+    """What the event loop calls for each accepted connection of this listener.
+
+    `client` is the address a PROXY protocol header named (a factory made for
+    one connection, see ingress.server.proxied); "" uses the socket's.
+    """
     config = runtime.config
     if config.tls is not None and "h2" in config.tls.alpn:
-        return lambda: _ALPNChoice(ctx, runtime)
+        return lambda: _ALPNChoice(ctx, runtime, client)
     if config.tls is None and config.h2c:
-        return lambda: _PrefaceSniffer(ctx, runtime)
-    return lambda: HTTP1Connection(ctx, runtime)
+        return lambda: _PrefaceSniffer(ctx, runtime, client)
+    return lambda: HTTP1Connection(ctx, runtime, client)
 
 
 class _ALPNChoice(asyncio.Protocol):
     """Stands in until the handshake is done, then hands the transport over."""
 
-    __slots__ = ("ctx", "runtime")
+    __slots__ = ("client", "ctx", "runtime")
 
-    def __init__(self, ctx: WorkerContext, runtime: ListenerRuntime) -> None:
+    def __init__(self, ctx: WorkerContext, runtime: ListenerRuntime, client: str) -> None:
         self.ctx = ctx
         self.runtime = runtime
+        self.client = client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sslobj = transport.get_extra_info("ssl_object")
         chosen = sslobj.selected_alpn_protocol() if sslobj is not None else None
         # http/1.1, or no ALPN at all, is HTTP/1.1.
         kind = HTTP2Connection if chosen == "h2" else HTTP1Connection
-        proto: asyncio.Protocol = kind(self.ctx, self.runtime)
+        proto: asyncio.Protocol = kind(self.ctx, self.runtime, self.client)
         transport.set_protocol(proto)
         proto.connection_made(transport)
 
@@ -55,11 +60,12 @@ class _ALPNChoice(asyncio.Protocol):
 class _PrefaceSniffer(asyncio.Protocol):
     """Holds the first bytes until they show the HTTP/2 preface or cannot be it."""
 
-    __slots__ = ("ctx", "runtime", "seen", "transport")
+    __slots__ = ("client", "ctx", "runtime", "seen", "transport")
 
-    def __init__(self, ctx: WorkerContext, runtime: ListenerRuntime) -> None:
+    def __init__(self, ctx: WorkerContext, runtime: ListenerRuntime, client: str) -> None:
         self.ctx = ctx
         self.runtime = runtime
+        self.client = client
         self.seen = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -71,10 +77,11 @@ class _PrefaceSniffer(asyncio.Protocol):
             self.seen = seen  # still could be either
             return
         kind = HTTP2Connection if seen.startswith(PREFACE) else HTTP1Connection
-        proto: asyncio.Protocol = kind(self.ctx, self.runtime)
+        proto: asyncio.Protocol = kind(self.ctx, self.runtime, self.client)
         self.transport.set_protocol(proto)
         proto.connection_made(self.transport)
-        proto.data_received(seen)
+        if not self.transport.is_closing():  # refused (over the per-address cap): nothing more to read
+            proto.data_received(seen)
 
     def eof_received(self) -> bool | None:
         return None

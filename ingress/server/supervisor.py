@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import uvloop
 
+from ingress.check import verify_config
 from ingress.config.model import Config
 from ingress.errors import EdgewardError
 from ingress.server import reload
@@ -219,7 +220,7 @@ class Supervisor:
             self._write_state()
 
     def _reload(self) -> None:
-        config = reload.attempt(self.load, lambda new: reload.restart_problems(self.config, new))
+        config = reload.attempt(self.load, lambda new: reload.restart_problems(self.config, new) + verify_config(new))
         if config is None:
             return
         self.config = config

@@ -15,14 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ingress.check import verify_config
 from ingress.config.model import Config, Listener, TLSSettings
 from ingress.config.semantics import parse_address
+from ingress.errors import EdgewardError
 from ingress.handlers.admin import AdminHandler
 from ingress.pipeline import Site
 from ingress.routing import RouteEntry, Router
 from ingress.server import reload
 from ingress.server.filesend import ktls_status
 from ingress.server.listeners import listen
+from ingress.server.proxied import ProxiedServer
 from ingress.server.runtime import ListenerRuntime, WorkerContext, build_listener
 from ingress.server.selector import protocol_factory
 from ingress.tls.contexts import base_context, tls_policy
@@ -42,7 +45,7 @@ SNICallback = Callable[[ssl.SSLObject, "str | None", ssl.SSLContext], None]
 @dataclass
 class _Bound:
     runtime: ListenerRuntime
-    server: asyncio.AbstractServer
+    server: asyncio.AbstractServer | ProxiedServer  # the latter for listeners with proxy_protocol
     address: tuple[str, int]
     sock: socket.socket
     ssl: ssl.SSLContext | None
@@ -77,7 +80,7 @@ class Worker:
         self.done = loop.create_future()
         for listener in self.config.listeners:
             quic_port = self.quic_ports.get(listener.name, 0)
-            await self._bind(listener, build_listener(self.config, listener, self.ctx.clock, quic_port))
+            await self._bind(listener, build_listener(self.config, listener, self.ctx.clock, quic_port, self.ctx.gate))
         await self._serve_quic()
         if self.config.admin.enabled:
             await self._bind_admin()
@@ -95,6 +98,8 @@ class Worker:
             )
         ready()
         await self.done
+        if self.ctx.gate is not None:
+            self.ctx.gate.stop()
         if self.ctx.access_log is not None:
             self.ctx.access_log.close()
 
@@ -107,12 +112,17 @@ class Worker:
             ssl_ctx = base_context(listener.name, listener.tls)
             ssl_ctx.sni_callback = _sni_callback(runtime)
         limits = self.ctx.limits
-        server = await self.loop.create_server(
-            protocol_factory(self.ctx, runtime),
-            sock=sock,
-            ssl=ssl_ctx,
-            ssl_handshake_timeout=limits.handshake_timeout if ssl_ctx else None,
-        )
+        server: asyncio.AbstractServer | ProxiedServer
+        if listener.proxy_protocol != "off":
+            server = ProxiedServer(self.ctx, runtime, sock, ssl_ctx)
+            server.start()
+        else:
+            server = await self.loop.create_server(
+                protocol_factory(self.ctx, runtime),
+                sock=sock,
+                ssl=ssl_ctx,
+                ssl_handshake_timeout=limits.handshake_timeout if ssl_ctx else None,
+            )
         old = self.bound.get(listener.name)
         self.bound[listener.name] = _Bound(runtime, server, (host, port), sock, ssl_ctx)
         if old is not None:
@@ -143,7 +153,7 @@ class Worker:
         handler = AdminHandler(lambda: not self.ctx.draining, self._metrics)
         router.add("*", RouteEntry("/", frozenset({"GET", "HEAD"}), b"GET, HEAD, OPTIONS", handler.handle))
         admin_listener = Listener(name=ADMIN, address=self.config.admin.address)
-        runtime = ListenerRuntime(admin_listener, Site(router), tls=False)
+        runtime = ListenerRuntime(admin_listener, Site(router), tls=False, capped=False)
         await self._bind(admin_listener, runtime)
 
     # periodic work -----------------------------------------------------------
@@ -185,6 +195,10 @@ class Worker:
             if bound.runtime.certs is not None:
                 lines.append(f'edgeward_cert_reloads_total{{listener="{name}"}} {bound.runtime.certs.reloads}')
                 lines.append(f'edgeward_cert_refusals_total{{listener="{name}"}} {bound.runtime.certs.refusals}')
+                lines.extend(bound.runtime.certs.metric_lines())
+        from ingress.tls import failures
+
+        lines.extend(failures.metric_lines(self.index))
         lines.append("# TYPE edgeward_http2_floods_total counter")
         for kind, n in sorted(s.floods.items()):
             lines.append(f'edgeward_http2_floods_total{{worker="{self.index}",kind="{kind}"}} {n}')
@@ -195,6 +209,18 @@ class Worker:
             lines.append("# TYPE edgeward_quic_connections_open gauge")
             for name, endpoint in self.quic.items():
                 lines.append(f'edgeward_quic_connections_open{{listener="{name}"}} {len(endpoint.connections)}')
+        if s.auth:
+            lines.append("# TYPE edgeward_auth_decisions_total counter")
+            for outcome, n in sorted(s.auth.items()):
+                lines.append(f'edgeward_auth_decisions_total{{worker="{self.index}",outcome="{outcome}"}} {n}')
+        lines.append("# HELP edgeward_connections_refused_total Connections closed before any request, by reason.")
+        lines.append("# TYPE edgeward_connections_refused_total counter")
+        for reason, n in s.refused.items():
+            lines.append(f'edgeward_connections_refused_total{{worker="{self.index}",reason="{reason}"}} {n}')
+        if any(b.runtime.config.proxy_protocol != "off" for b in self.bound.values()):
+            lines.append("# TYPE edgeward_proxy_protocol_errors_total counter")
+            for reason, n in s.proxy_errors.items():
+                lines.append(f'edgeward_proxy_protocol_errors_total{{worker="{self.index}",reason="{reason}"}} {n}')
         if self.ctx.access_log is not None:
             lines.append(f"edgeward_access_log_dropped_total {self.ctx.access_log.dropped}")
         return "\n".join(lines) + "\n"
@@ -207,23 +233,34 @@ class Worker:
 
     # reload and drain --------------------------------------------------------
     def reload(self) -> None:
-        config = reload.attempt(self.reload_config)
+        config = reload.attempt(self.reload_config, verify_config)
         if config is not None:
             self.loop.create_task(self._apply(config))
 
     async def _apply(self, config: Config) -> None:
+        try:
+            self.ctx.apply(config)
+        except EdgewardError as exc:
+            log.error(
+                "reload refused; still serving the previous config:\n%s",
+                exc,
+                extra={"event": "config.reload_refused"},
+            )
+            return
         self.config = config
-        self.ctx.apply(config)
         wanted = {listener.name for listener in config.listeners}
         for listener in config.listeners:
-            fresh = build_listener(config, listener, self.ctx.clock, self.quic_ports.get(listener.name, 0))
+            fresh = build_listener(
+                config, listener, self.ctx.clock, self.quic_ports.get(listener.name, 0), self.ctx.gate
+            )
             old = self.bound.get(listener.name)
             # Certificates are picked per handshake from runtime.certs, so only a new
-            # address or TLS policy needs a new socket; anything else is swapped in place.
+            # address, TLS policy or PROXY mode needs a new socket; anything else is swapped in place.
             if (
                 old is not None
                 and old.runtime.config.address == listener.address
                 and _policy(old.runtime.config) == _policy(listener)
+                and old.runtime.config.proxy_protocol == listener.proxy_protocol
             ):
                 old.runtime.site = fresh.site
                 old.runtime.certs = fresh.certs
@@ -284,6 +321,9 @@ class Worker:
         first reconnect to a worker that drains a moment later. Accepting them
         here leaves only the instant between the last accept and the close.
         """
+        if isinstance(bound.server, ProxiedServer):
+            bound.server.accept_backlog()  # through its own path: each still starts with a header
+            return
         while True:
             try:
                 conn, _ = bound.sock.accept()
@@ -306,9 +346,13 @@ class Worker:
         finally:
             self.adopting -= 1
 
+    def _proxied_pending(self) -> int:
+        """Connections a PROXY listener accepted and is still setting up (header, TLS handshake)."""
+        return sum(b.server.pending for b in self.bound.values() if isinstance(b.server, ProxiedServer))
+
     def _check_drained(self) -> None:
         ctx = self.ctx
-        if (ctx.connections or self.adopting) and self.loop.time() < self._deadline:
+        if (ctx.connections or self.adopting or self._proxied_pending()) and self.loop.time() < self._deadline:
             self.loop.call_later(0.05, self._check_drained)
             return
         if ctx.connections:

@@ -12,10 +12,13 @@ import json
 import os
 import time
 
-from ingress.protocol.events import Peer
+from ingress.protocol.events import Decision, Peer
 
-# The last field, client_cert, is the SHA-256 fingerprint (hex) of the client certificate, "" without one.
-Record = tuple[float, str, str, str, int, int, float, str, str, str, str]
+# client_cert is the SHA-256 fingerprint (hex) of the client certificate, "" without one; auth and
+# auth_reason are the access policy's outcome and why ("" when no policy ran). The token subject and
+# certificate names stay out of the access log: they are personal data, and the fingerprint suffices
+# to correlate with the audit trail.
+Record = tuple[float, str, str, str, int, int, float, str, str, str, str, str, str]
 
 _FIELDS = (
     "time",
@@ -29,6 +32,8 @@ _FIELDS = (
     "tls",
     "sni",
     "client_cert",
+    "auth",
+    "auth_reason",
 )
 
 
@@ -51,7 +56,17 @@ class AccessLog:
         else:
             self.dropped += 1
 
-    def request(self, peer: Peer, method: str, path: str, status: int, nbytes: int, t0: float, protocol: str) -> None:
+    def request(
+        self,
+        peer: Peer,
+        method: str,
+        path: str,
+        status: int,
+        nbytes: int,
+        t0: float,
+        protocol: str,
+        decision: Decision | None = None,
+    ) -> None:
         """One answered request, whatever protocol carried it; `t0` is its `perf_counter` start."""
         duration = time.perf_counter() - t0
         self.record(
@@ -67,6 +82,8 @@ class AccessLog:
                 peer.tls,
                 peer.sni,
                 peer.client_cert,
+                decision.outcome if decision is not None else "",
+                decision.reason if decision is not None else "",
             )
         )
 

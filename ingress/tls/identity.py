@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
@@ -30,6 +32,7 @@ from cryptography.x509.verification import (
 )
 
 from ingress.errors import EdgewardError
+from ingress.tls.material import IssuedCRL
 
 MEMO_SIZE = 1024
 
@@ -103,12 +106,23 @@ def _parse(der: bytes) -> ClientIdentity:
 
 
 class ClientCertificateRefused(EdgewardError):
-    """A client chain that does not verify; `expired` says the leaf is outside its validity period."""
+    """A client certificate that does not verify; `kind` says why, finely enough to pick OpenSSL's TLS alert.
 
-    def __init__(self, reason: str, expired: bool = False) -> None:
+    Kinds: `expired`, `not_yet_valid`, `unknown_ca` (no chain to a client
+    CA, or a bad signature), `wrong_usage` (extendedKeyUsage without
+    clientAuth), `bad_cert` (any other profile failure), `revoked`, and,
+    with CRLs configured, `crl_missing`, `crl_expired`, `crl_not_yet_valid`
+    and `crl_scope` for a CA without a CRL that applies now.
+    """
+
+    def __init__(self, reason: str, kind: str = "unknown_ca") -> None:
         self.reason = reason
-        self.expired = expired
+        self.kind = kind
         super().__init__(reason)
+
+    @property
+    def expired(self) -> bool:
+        return self.kind == "expired"
 
 
 def _ca_key_usage(policy: Policy, cert: x509.Certificate, usage: x509.KeyUsage | None) -> None:
@@ -130,19 +144,213 @@ _EE_POLICY = (
 )
 
 
-class ClientTrust:
-    """The CAs a listener trusts for client certificates, for handshakes OpenSSL does not verify (QUIC)."""
+# Extension profiles relaxed to what a chain needs to exist at all: telling "no chain to a client CA"
+# from "a chain, but the certificate is not fit for client authentication" when verification fails.
+_ANY_CA = ExtensionPolicy.permit_all().require_present(x509.BasicConstraints, Criticality.AGNOSTIC, None)
+_ANY_EE = ExtensionPolicy.permit_all()
 
-    def __init__(self, cas: Sequence[x509.Certificate]) -> None:
+
+class ClientTrust:
+    """The CAs (and CRLs) a listener trusts for client certificates.
+
+    QUIC verifies every client chain with it (OpenSSL does not see those
+    handshakes), and TCP asks it about resumed sessions, which OpenSSL lets
+    through without verifying anything (check_resumed).
+
+    `retired` names CAs this listener trusted before a hot reload and no
+    longer does: their certificates' sessions must not resume.
+    """
+
+    def __init__(
+        self,
+        cas: Sequence[x509.Certificate],
+        crls: Sequence[IssuedCRL] = (),
+        retired: frozenset[str] = frozenset(),
+    ) -> None:
+        # TCP's contexts load these same objects (contexts.policy_context), so both stacks trust one set.
+        self.cas = tuple(cas)
+        self.crls = tuple(crls)
+        self.revocations = Revocations(crls) if crls else None
+        self.retired = retired - {ca.subject.rfc4514_string() for ca in cas}
         self._store = Store(list(cas))
+        self._resumed: dict[bytes, _Resumed] = {}
 
     def verify(self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate], now: dt.datetime) -> None:
-        """Raise ClientCertificateRefused unless `leaf` chains, at `now`, to one of the CAs."""
+        """Raise ClientCertificateRefused unless `leaf` chains, at `now`, to one of the CAs, and is not revoked."""
         builder = (
             PolicyBuilder().store(self._store).time(now).extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
         )
         try:
-            builder.build_client_verifier().verify(leaf, list(intermediates))
+            chain = builder.build_client_verifier().verify(leaf, list(intermediates)).chain
         except VerificationError as exc:
-            expired = not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc
-            raise ClientCertificateRefused(str(exc), expired) from None
+            raise ClientCertificateRefused(str(exc), self._why(leaf, intermediates, now)) from None
+        if self.revocations is not None:
+            # Only the leaf is checked against a CRL, as OpenSSL's VERIFY_CRL_CHECK_LEAF does on TCP.
+            self.revocations.check(chain[1] if len(chain) > 1 else chain[0], leaf, now)
+
+    def check_resumed(self, der: bytes, now: dt.datetime) -> None:
+        """Raise ClientCertificateRefused if a resumed session's certificate would now be refused.
+
+        A resumed TCP session (a TLS 1.2 session ID or ticket, a TLS 1.3
+        PSK) skips certificate verification: OpenSSL trusts what the
+        session's full handshake verified, possibly against CAs or CRLs
+        that a hot reload has since replaced. The session keeps the leaf
+        but not its chain, so this decides from the leaf alone:
+
+        (1) it must not have expired since;
+        (2) if its issuer's name is a current client CA's, that CA's key
+            must have signed it (a CA replaced under the same name does
+            not vouch for the old one's certificates), and its CA's CRL,
+            if any, must be current and not list it;
+        (3) if its issuer is no current client CA: with CRLs, its full
+            handshake would now fail (no CRL for its issuer), and a CA that
+            was trusted and has been removed no longer vouches for it;
+            otherwise it may have come through an intermediate the client
+            sent, which the session does not record, and it resumes.
+
+        The signature check runs once per certificate and trust set
+        (memoised); the rest is a few comparisons and a set lookup.
+        """
+        found = self._resumed.get(der)
+        if found is None:
+            found = self._resumable(der)
+            if len(self._resumed) >= MEMO_SIZE:
+                del self._resumed[next(iter(self._resumed))]
+            self._resumed[der] = found
+        leaf, issuer, refused = found
+        if refused is not None:
+            raise ClientCertificateRefused(f"resumed session refused: {refused}", refused)
+        assert leaf is not None
+        if now > leaf.not_valid_after_utc:  # (1)
+            raise ClientCertificateRefused("resumed session of an expired certificate", "expired")
+        if issuer is not None and self.revocations is not None:  # (2)
+            self.revocations.check(issuer, leaf, now)
+
+    def _resumable(self, der: bytes) -> _Resumed:
+        try:
+            leaf = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return None, None, "bad_cert"
+        candidates = [ca for ca in self.cas if ca.subject == leaf.issuer]
+        for ca in candidates:  # (2)
+            try:
+                leaf.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return leaf, ca, None
+        if candidates or self.revocations is not None or leaf.issuer.rfc4514_string() in self.retired:  # (3)
+            return leaf, None, "unknown_ca"
+        return leaf, None, None
+
+    def _why(self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate], now: dt.datetime) -> str:
+        """Why verification failed, as OpenSSL would report it; runs only on the failure path."""
+        if now > leaf.not_valid_after_utc:
+            return "expired"
+        if now < leaf.not_valid_before_utc:
+            return "not_yet_valid"
+        relaxed = PolicyBuilder().store(self._store).time(now).extension_policies(ca_policy=_ANY_CA, ee_policy=_ANY_EE)
+        try:
+            relaxed.build_client_verifier().verify(leaf, list(intermediates))
+        except VerificationError:
+            return "unknown_ca"
+        try:
+            usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except (x509.ExtensionNotFound, ValueError):
+            return "bad_cert"
+        return "bad_cert" if ExtendedKeyUsageOID.CLIENT_AUTH in usages else "wrong_usage"
+
+
+# A resumed session's leaf, the client CA that signed it (None: none of them), and why it is refused whatever the time.
+_Resumed = tuple[x509.Certificate | None, x509.Certificate | None, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _CRL:
+    """One CRL reduced to what a handshake asks of it."""
+
+    revoked: frozenset[int]
+    last_update: dt.datetime
+    next_update: dt.datetime | None
+    scope: tuple[x509.GeneralName, ...]  # issuingDistributionPoint fullName; empty: every certificate of the CA
+
+    def current(self, now: dt.datetime) -> bool:
+        # OpenSSL's X509_cmp_time: a CRL has expired at its nextUpdate itself, and is valid from its lastUpdate.
+        return self.last_update <= now and (self.next_update is None or now < self.next_update)
+
+    def covers(self, leaf: x509.Certificate) -> bool:
+        """Whether the CRL's scope includes `leaf`, as OpenSSL's crl_crldp_check decides."""
+        if not self.scope:
+            return True
+        try:
+            points = leaf.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        except (x509.ExtensionNotFound, ValueError):
+            return False
+        return any(
+            point.crl_issuer is None and point.full_name is not None and set(point.full_name) & set(self.scope)
+            for point in points
+        )
+
+
+def _reduce(crl: x509.CertificateRevocationList) -> _CRL:
+    revoked = set()
+    for entry in crl:
+        try:
+            reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        except (x509.ExtensionNotFound, ValueError):
+            reason = None
+        if reason is not x509.ReasonFlags.remove_from_crl:  # an entry taken back off a delta CRL revokes nothing
+            revoked.add(entry.serial_number)
+    try:
+        idp = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
+        scope = tuple(idp.full_name or ())
+    except x509.ExtensionNotFound:
+        scope = ()
+    return _CRL(frozenset(revoked), crl.last_update_utc, crl.next_update_utc, scope)
+
+
+class Revocations:
+    """The CRLs of the client CAs, indexed for the handshake: a dict lookup and a set membership.
+
+    Signatures were verified when the CRLs were loaded (material.crl_issuer),
+    against the CA each is filed under here, so nothing is verified per
+    handshake. When a CA has several CRLs, the one OpenSSL would choose is
+    used: in scope first, then current, then the newest.
+    """
+
+    def __init__(self, crls: Sequence[IssuedCRL]) -> None:
+        by_ca: dict[x509.Certificate, list[_CRL]] = {}
+        for item in sorted(crls, key=lambda c: c.crl.last_update_utc, reverse=True):
+            by_ca.setdefault(item.ca, []).append(_reduce(item.crl))
+        self._by_ca = by_ca
+        self.next_update = min((c.next_update for cs in by_ca.values() for c in cs if c.next_update), default=None)
+
+    def check(self, issuer: x509.Certificate, leaf: x509.Certificate, now: dt.datetime) -> None:
+        """Raise ClientCertificateRefused if `leaf`, issued by `issuer`, is revoked or has no CRL that applies now."""
+        # (1) A CRL of the leaf's issuer: none is what OpenSSL calls "unable to get CRL".
+        candidates = self._by_ca.get(issuer)
+        if not candidates:
+            raise ClientCertificateRefused("no CRL for the client certificate's CA", "crl_missing")
+        # (2) OpenSSL's choice among several: in scope, then current, then newest (the list is newest first).
+        best, score = candidates[0], -1
+        for crl in candidates:
+            points = 2 * crl.covers(leaf) + crl.current(now)
+            if points > score:
+                best, score = crl, points
+        # (3) The CRL must apply: to this certificate, and now.
+        if not best.covers(leaf):
+            raise ClientCertificateRefused("the CA's CRL does not cover this certificate", "crl_scope")
+        if now < best.last_update:
+            raise ClientCertificateRefused("the CA's CRL is not valid yet", "crl_not_yet_valid")
+        if best.next_update is not None and now >= best.next_update:
+            raise ClientCertificateRefused(
+                f"the CA's CRL expired at {best.next_update:%Y-%m-%d %H:%M} UTC", "crl_expired"
+            )
+        # (4) The serial is on it.
+        if leaf.serial_number in best.revoked:
+            raise ClientCertificateRefused(f"serial {leaf.serial_number:x} is revoked", "revoked")
+
+    def stale(self, now: dt.datetime) -> list[str]:
+        """The client CAs (RFC 4514 subjects) none of whose CRLs is current at `now`."""
+        return [
+            ca.subject.rfc4514_string() for ca, crls in self._by_ca.items() if not any(c.current(now) for c in crls)
+        ]

@@ -14,9 +14,10 @@ Mutual TLS (`tls.client_auth`): aioquic's server asks for a client
 certificate only when its private `_request_client_certificate` flag is
 set, and of what the client sends it checks only the CertificateVerify
 signature, never the chain. `SNIContext` sets the flag and verifies the
-chain against `tls.client_ca` itself (ClientTrust, the same rules as
-OpenSSL's on TCP), failing the handshake with a TLS alert, which QUIC
-carries as CONNECTION_CLOSE error 0x100 + alert. aioquic requests client
+chain against `tls.client_ca`, and the leaf against `tls.client_crl`,
+itself (ClientTrust, the same rules as OpenSSL's on TCP), failing the
+handshake with the TLS alert OpenSSL would send, which QUIC carries as
+CONNECTION_CLOSE error 0x100 + alert. aioquic requests client
 certificates only on full handshakes, and its session tickets do not carry
 the client's certificate: a resumed connection would have no identity, and
 0-RTT data would run before any certificate was seen. So while client
@@ -44,6 +45,7 @@ from aioquic.quic.connection import QuicConnection
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ingress.config.model import QuicSettings
+from ingress.tls import failures
 from ingress.tls.identity import ClientCertificateRefused, ClientIdentity, identity_from_der
 from ingress.tls.sni import CertStore
 
@@ -55,6 +57,40 @@ class AlertCertificateRequired(tls.Alert):
     """TLS 1.3's alert for a client that sent no certificate where one is required (RFC 8446 section 4.4.2.4)."""
 
     description = tls.AlertDescription.certificate_required
+
+
+class AlertCertificateRefused(tls.Alert):
+    """A client certificate ClientTrust refused: the alert OpenSSL would send, and the failure counter's reason."""
+
+    def __init__(self, refused: ClientCertificateRefused) -> None:
+        self.description = _REFUSALS[refused.kind]
+        self.reason = failures.KIND_REASONS[refused.kind]
+        super().__init__(f"client certificate refused: {refused.reason}")
+
+
+_Alert = tls.AlertDescription
+# ClientCertificateRefused.kind -> the alert OpenSSL sends for the same X509_V_ERR (ssl_x509err2alert).
+_REFUSALS = {
+    "expired": _Alert.certificate_expired,
+    "not_yet_valid": _Alert.bad_certificate,
+    "unknown_ca": _Alert.unknown_ca,
+    "wrong_usage": _Alert.unsupported_certificate,
+    "bad_cert": _Alert.bad_certificate,
+    "revoked": _Alert.certificate_revoked,
+    "crl_missing": _Alert.unknown_ca,
+    "crl_expired": _Alert.certificate_expired,
+    "crl_not_yet_valid": _Alert.bad_certificate,
+    "crl_scope": _Alert.certificate_unknown,
+}
+# Any other alert aioquic raises in a server handshake -> failure reason.
+_ALERT_REASONS = {
+    _Alert.certificate_required: "no_client_cert",
+    _Alert.bad_certificate: "bad_cert",
+    _Alert.unsupported_certificate: "bad_cert",
+    _Alert.certificate_expired: "cert_expired",
+    _Alert.protocol_version: "protocol_version",
+    _Alert.handshake_failure: "no_shared_cipher",  # aioquic: no cipher suite or signature algorithm in common
+}
 
 
 class SNIContext(tls.Context):
@@ -69,6 +105,14 @@ class SNIContext(tls.Context):
     early_data: bool
     sni: str | None
     identity: ClientIdentity | None
+
+    def handle_message(self, input_data: bytes, output_buf: dict[tls.Epoch, Buffer]) -> None:
+        """Count a handshake that fails, by reason, as AlertingSSLObject does for TCP; the alert goes on as raised."""
+        try:
+            super().handle_message(input_data, output_buf)
+        except tls.Alert as exc:
+            failures.count(getattr(exc, "reason", None) or _ALERT_REASONS.get(exc.description, "other"))
+            raise
 
     def _server_handle_hello(self, input_buf: Buffer, initial_buf: Buffer, handshake_buf: Buffer) -> None:
         start = input_buf.tell()
@@ -94,15 +138,14 @@ class SNIContext(tls.Context):
             if self.certs.client_auth == "required":
                 raise AlertCertificateRequired("client certificate required")
             return
-        # (3) The chain must reach a client_ca CA, now, with clientAuth usage: the check aioquic never makes.
+        # (3) The chain must reach a client_ca CA, now, with clientAuth usage, and the leaf must not be
+        # revoked: the checks aioquic never makes. Refused, the alert is the one OpenSSL sends on TCP.
         trust = self.certs.client_trust
         assert trust is not None  # the flag that asked for a certificate is only set with a trust store
         try:
             trust.verify(leaf, self._peer_certificate_chain, dt.datetime.now(dt.UTC))
         except ClientCertificateRefused as exc:
-            if exc.expired:
-                raise tls.AlertCertificateExpired("client certificate expired") from None
-            raise tls.AlertBadCertificate("client certificate not trusted") from None
+            raise AlertCertificateRefused(exc) from None
 
     def _server_handle_certificate_verify(self, input_buf: Buffer) -> None:
         """The client's CertificateVerify: once it checks, the identity is the client's."""

@@ -1,0 +1,1 @@
+"""Access policy: who may reach what, decided before any backend work."""
