@@ -15,6 +15,7 @@ same kind of file shows the watcher does see work when there is some.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import signal
 import ssl
@@ -81,13 +82,19 @@ def thumbprint(issued: Issued) -> str:
 class Certs:
     deployer: Issued  # SPIFFE ID mapped to role "ops"
     alice: Issued  # trusted, but mapped to no role
+    rogue: Issued  # from a CA the edge does not trust: refused in the handshake
+    expired: Issued
 
 
 @pytest.fixture(scope="module")
-def certs(ca: CA) -> Certs:
+def certs(ca: CA, tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    rogue_ca = CA(tmp_path_factory.mktemp("rogue-ca"), name="rogue CA")
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
     return Certs(
         deployer=ca.issue("deployer", ["deployer.clients.test"], client=True, uris=(SPIFFE_OPS,)),
         alice=ca.issue("alice-client", ["alice.clients.test"], client=True),
+        rogue=rogue_ca.issue("rogue", ["rogue.clients.test"], client=True, uris=(SPIFFE_OPS,)),
+        expired=ca.issue("expired-ops", ["old.clients.test"], client=True, days=1, not_before=long_ago),
     )
 
 
@@ -304,11 +311,16 @@ def test_refused_requests_reach_nothing(
         # Files are made (which the watcher sees) before any refused request is sent.
         targets = [edge.fresh(directory)[0] for _, directory, _, _ in refusals]
         served = edge.fresh("payments")[0]
+        bad_certs = [edge.fresh("ops")[0] for _ in (certs.rogue, certs.expired)]
         time.sleep(0.1)
         watch.drain()
         for (client, directory, headers, status), target in zip(refusals, targets, strict=True):
             response = client.get(edge.url(target), headers=headers)
             assert response.status_code == status, (directory, headers)
+        # A bad certificate never gets as far as a request: the handshake fails.
+        for cert, target in zip((certs.rogue, certs.expired), bad_certs, strict=True):
+            with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, ConnectionError)):
+                proto(cert).get(edge.url(target))
         time.sleep(0.2)
         assert watch.drain() == []
         # The watcher does see work when a request is let through.
