@@ -404,3 +404,51 @@ def test_policy_reload_applies_and_bad_keys_are_refused(edge: Edge, keys: Keys, 
     assert str(bad) in edge.server.log()
     admin = bearer(mint(keys, roles=["payments.admin"]))
     assert httpx.get(edge.url(edge.fresh("payments")[0]), headers=admin, verify=verify).status_code == 200
+
+
+# --------------------------------------------------------------------------- remote JWKS, end to end
+
+
+def _jwk(private: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+    return {**jwk, "kid": kid, "alg": "ES256", "use": "sig"}
+
+
+def test_remote_jwks_is_fetched_in_the_background_and_rotated(
+    start_server: StartServer, site: Path, localhost_cert: Issued, ca: CA, keys: Keys
+) -> None:
+    """The server fetches its keys itself over HTTPS; a token naming a new kid triggers an early refresh."""
+    from tests.test_jwt import JWKSServer
+
+    idp = JWKSServer(localhost_cert)
+    try:
+        idp.document = json.dumps({"keys": [_jwk(keys.private, "k1")]}).encode()
+        log = site.parent / "jwks.log"
+        config = policy_config(site, localhost_cert, ca, keys, log)
+        provider = config["policy"]["jwt"][0]
+        del provider["keys"]
+        provider["jwks"] = {"url": idp.url, "ca": str(ca.pem), "algorithms": ["ES256"], "min_refresh_interval": 1.0}
+        edge = Edge(start_server(config), log, site)
+        client = httpx.Client(verify=ssl.create_default_context(cafile=str(ca.pem)), timeout=10)
+        with client:
+            token = bearer(mint(keys, roles=["payments.read"]))
+            wait_for(
+                lambda: client.get(edge.url(edge.fresh("payments")[0]), headers=token).status_code == 200,
+                10.0,
+                "the first fetch",
+            )
+            # The issuer rotates to a new key; the first token naming it is refused (never waits on a fetch) ...
+            idp.document = json.dumps({"keys": [_jwk(keys.private, "k1"), _jwk(keys.other, "k2")]}).encode()
+            rotated = bearer(mint(keys, keys.other, kid="k2", roles=["payments.read"]))
+            fetched = idp.requests
+            first = client.get(edge.url(edge.fresh("payments")[0]), headers=rotated)
+            assert first.status_code == 401
+            # ... and asks for an early refresh, after which the new key verifies.
+            wait_for(
+                lambda: client.get(edge.url(edge.fresh("payments")[0]), headers=rotated).status_code == 200,
+                10.0,
+                "the refresh",
+            )
+            assert idp.requests > fetched
+    finally:
+        idp.stop()
