@@ -348,6 +348,7 @@ def test_decisions_are_logged_and_counted(edge: Edge, proto: Callable[..., httpx
     text = edge.metrics()
     assert 'outcome="denied_jwt"} 2' in text
     assert 'outcome="allowed"} 2' in text
+    assert 'edgeward_jwt_verifications_total{worker="0",provider="idp",result="checked"} 2' in text
 
 
 # --------------------------------------------------------------------------- addressing through proxies

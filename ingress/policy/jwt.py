@@ -182,6 +182,11 @@ class JWTVerifier:
 
     cert_thumbprint = staticmethod(cert_thumbprint)
 
+    @property
+    def remote(self) -> RemoteJWKS | None:
+        """The background key fetcher, if keys come from a JWKS URL (its counters go to /metrics)."""
+        return self._remote
+
     def _keys_changed(self) -> None:
         """A key removed from the JWKS must stop verifying at once, including tokens already cached.
 

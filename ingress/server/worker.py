@@ -213,6 +213,17 @@ class Worker:
             lines.append("# TYPE edgeward_auth_decisions_total counter")
             for outcome, n in sorted(s.auth.items()):
                 lines.append(f'edgeward_auth_decisions_total{{worker="{self.index}",outcome="{outcome}"}} {n}')
+        gate = self.ctx.gate
+        if gate is not None and gate.verifiers:
+            lines.append("# TYPE edgeward_jwt_verifications_total counter")
+            for name, verifier in sorted(gate.verifiers.items()):
+                labels = f'worker="{self.index}",provider="{name}"'
+                for result, n in (("cached", verifier.cache_hits), ("checked", verifier.cache_misses)):
+                    lines.append(f'edgeward_jwt_verifications_total{{{labels},result="{result}"}} {n}')
+                remote = verifier.remote
+                if remote is not None:
+                    lines.append(f"edgeward_jwks_fetches_total{{{labels}}} {remote.fetches}")
+                    lines.append(f"edgeward_jwks_fetch_failures_total{{{labels}}} {remote.failures}")
         lines.append("# HELP edgeward_connections_refused_total Connections closed before any request, by reason.")
         lines.append("# TYPE edgeward_connections_refused_total counter")
         for reason, n in s.refused.items():
