@@ -68,6 +68,14 @@ class BenchEnv:
     ingress_bin: Path
     server_cpu: str = "0"
     ready_timeout: float = 20.0
+    client_cert: Path | None = None
+    """PEM chain (leaf first) the readiness probes present over TLS, for
+    servers that require client certificates (mTLS); None = no certificate."""
+    client_key: Path | None = None
+    """Private key of :attr:`client_cert`."""
+    probe_headers: tuple[tuple[str, str], ...] = ()
+    """Extra request headers of the readiness probes and preflight checks
+    (e.g. an ``Authorization`` bearer token for a route behind a policy)."""
 
 
 def free_port() -> int:
@@ -158,6 +166,10 @@ class RunningServer:
     UDP ``ports["https"]``."""
     argv: list[str] = field(default_factory=list)
     """The command line it was started with (for the results' metadata)."""
+    client_cert: tuple[Path, Path] | None = None
+    """(chain, key) the probes present over TLS (see BenchEnv.client_cert)."""
+    probe_headers: tuple[tuple[str, str], ...] = ()
+    """Extra headers the probes send (see BenchEnv.probe_headers)."""
     _seen_pids: set[int] = field(default_factory=set)
 
     @property
@@ -253,9 +265,11 @@ atexit.register(stop_all)
 # Readiness
 
 
-def _ssl_client_context(ca_file: Path) -> ssl.SSLContext:
+def _ssl_client_context(ca_file: Path, client_cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(ca_file))
     ctx.set_alpn_protocols(["http/1.1"])
+    if client_cert is not None:
+        ctx.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
     return ctx
 
 
@@ -264,11 +278,12 @@ def probe(server: RunningServer, mode: Mode, path: str = READY_PATH) -> tuple[in
     port = server.ports[mode]
     conn: http.client.HTTPConnection
     if mode == "https":
-        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=3, context=_ssl_client_context(server.ca_file))
+        ctx = _ssl_client_context(server.ca_file, server.client_cert)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=3, context=ctx)
     else:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=dict(server.probe_headers))
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -379,8 +394,22 @@ class Server(ABC):
                 env=env,
                 start_new_session=True,
             )
+        client_cert = (
+            (self.env.client_cert, self.env.client_key)
+            if self.env.client_cert is not None and self.env.client_key is not None
+            else None
+        )
         running = RunningServer(
-            self.name, proc, ports, log_path, self.env.certs.ca_cert, self.env.www, quic=quic, argv=proc.args
+            self.name,
+            proc,
+            ports,
+            log_path,
+            self.env.certs.ca_cert,
+            self.env.www,
+            quic=quic,
+            argv=proc.args,
+            client_cert=client_cert,
+            probe_headers=self.env.probe_headers,
         )
         _RUNNING.add(running)
         try:
@@ -407,9 +436,14 @@ class Edgeward(Server):
     serves_both = True
     http_versions = frozenset({"h1", "h2", "h3"})
 
-    def __init__(self, env: BenchEnv) -> None:
+    def __init__(self, env: BenchEnv, *, tls_extra: str = "", extra_config: str = "") -> None:
         super().__init__(env)
         self._listener_keys: frozenset[str] | None = None
+        self.tls_extra = tls_extra
+        """TOML lines appended to the HTTPS listener's ``[listeners.tls]``
+        table (e.g. ``client_auth``/``client_ca`` for mTLS)."""
+        self.extra_config = extra_config
+        """TOML appended at the end of the config (e.g. a ``[policy]`` table)."""
 
     def listener_keys(self) -> frozenset[str]:
         """Keys ``[[listeners]]`` accepts, from ``ingress schema``: the
@@ -446,6 +480,11 @@ class Edgeward(Server):
             raise ServerError(f"{self.env.ingress_bin} has no HTTP/3 (its config schema has no listeners[].quic)")
         else:
             quic_block = ""
+        tls_extra = self.tls_extra.strip() + "\n" if self.tls_extra.strip() else ""
+        # A subclass serving only "https" (protocols) gets no plain listener.
+        http_block = (
+            f'\n[[listeners]]\nname = "http"\naddress = "127.0.0.1:{ports["http"]}"\n' if "http" in ports else ""
+        )
         conf = confdir / "edgeward.toml"
         conf.write_text(
             f"""[server]
@@ -462,16 +501,12 @@ name = "https"
 address = "127.0.0.1:{ports["https"]}"
 [listeners.tls]
 certs = [{{ cert = "{c.cert}", key = "{c.key}" }}]
-{quic_block}
-[[listeners]]
-name = "http"
-address = "127.0.0.1:{ports["http"]}"
-
+{tls_extra}{quic_block}{http_block}
 [[routes]]
 path = "/"
 [routes.static]
 root = "{self.env.www}"
-"""
+{self.extra_config}"""
         )
         argv = [str(self.env.ingress_bin), "serve", "--config", str(conf), "--workers", "1"]
         return argv, {}
@@ -488,6 +523,8 @@ class Nginx(Server):
     def __init__(self, env: BenchEnv) -> None:
         super().__init__(env)
         self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.tls_server_extra = ""
+        """Directives added to the TLS ``server`` block (see NginxMTLS)."""
 
     def unavailable(self) -> str | None:
         if not os.access(self.binary, os.X_OK):
@@ -511,6 +548,17 @@ class Nginx(Server):
             tls_listen = f"listen 127.0.0.1:{ports['https']} ssl;\n        http2 on;"
         else:
             tls_listen = f"listen 127.0.0.1:{ports['https']} ssl http2;"
+        # A subclass serving only "https" (protocols) gets no plain server.
+        plain_server = (
+            f"""    server {{
+        listen 127.0.0.1:{ports["http"]};
+        root {self.env.www};
+    }}
+"""
+            if "http" in ports
+            else ""
+        )
+        tls_extra = "".join(f"\n        {line.strip()}" for line in self.tls_server_extra.splitlines() if line.strip())
         conf = confdir / "nginx.conf"
         conf.write_text(
             f"""worker_processes 1;
@@ -549,16 +597,12 @@ http {{
     ssl_session_timeout 1d;
     ssl_session_tickets off;
 
-    server {{
-        listen 127.0.0.1:{ports["http"]};
-        root {self.env.www};
-    }}
-
+{plain_server}
     server {{
         {tls_listen}
         ssl_certificate {c.cert};
         ssl_certificate_key {c.key};
-        root {self.env.www};
+        root {self.env.www};{tls_extra}
     }}
 }}
 """
@@ -566,6 +610,20 @@ http {{
         # -e: keep even the pre-config startup error log out of /var/log.
         argv = [self.binary, "-p", str(confdir), "-c", str(conf), "-e", str(confdir / "error.log")]
         return argv, {}
+
+
+class NginxMTLS(Nginx):
+    """nginx requiring a client certificate on its only (TLS) listener:
+    ``ssl_verify_client on`` with ``ssl_client_certificate`` = *client_ca*.
+    Used by bench/policy.py; not one of run.py's peers."""
+
+    name = "nginx-mtls"
+    protocols = frozenset({"https"})
+    http_versions = frozenset({"h1"})
+
+    def __init__(self, env: BenchEnv, client_ca: Path) -> None:
+        super().__init__(env)
+        self.tls_server_extra = f"ssl_verify_client on;\nssl_client_certificate {client_ca};"
 
 
 class Caddy(Server):

@@ -23,7 +23,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,6 +210,10 @@ def parse_wrk(output: str) -> dict[str, Any]:
     )
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     out["non_2xx"] = int(m.group(1)) if m else 0
+    # Lines a wrk Lua script (-s) prints as "bench.NAME=VALUE" (e.g. from done()).
+    script = dict(re.findall(r"^bench\.(\w+)=(\S+)$", output, re.M))
+    if script:
+        out["script"] = script
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.M)
         if m:
@@ -217,7 +221,18 @@ def parse_wrk(output: str) -> dict[str, Any]:
     return out
 
 
-def _wrk(url: str, duration: float, connections: int = 64) -> dict[str, Any]:
+def _wrk(
+    url: str,
+    duration: float,
+    connections: int = 64,
+    *,
+    extra_args: Sequence[str] = (),
+    script_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run wrk once. *extra_args* go before the URL (``-H``, ``-s script``),
+    *script_args* after it (``-- args`` for the Lua script), and *env*
+    replaces the environment (e.g. with an LD_PRELOAD)."""
     wrk = _require("wrk")
     argv = [
         "taskset",
@@ -228,9 +243,13 @@ def _wrk(url: str, duration: float, connections: int = 64) -> dict[str, Any]:
         f"-c{connections}",
         f"-d{max(1, round(duration))}s",
         "--latency",
+        *extra_args,
         url,
+        *script_args,
     ]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=duration + 60, check=False, env=dict(env) if env else None
+    )
     if proc.returncode != 0:
         raise WorkloadError(f"wrk exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
     return parse_wrk(proc.stdout)
@@ -304,7 +323,11 @@ def parse_s_time(output: str) -> dict[str, Any]:
     return out
 
 
-def _s_time(port: int, seconds: int) -> dict[str, Any]:
+def _s_time(
+    port: int, seconds: int, *, extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Run ``openssl s_time -new`` once; *extra_args* are added to its
+    options (e.g. ``-cert``/``-key`` for mTLS), *env* replaces the environment."""
     openssl = _require("openssl")
     argv = [
         "taskset",
@@ -317,9 +340,12 @@ def _s_time(port: int, seconds: int) -> dict[str, Any]:
         "-new",
         "-time",
         str(seconds),
+        *extra_args,
     ]
     start = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=seconds + 60, check=False, env=dict(env) if env else None
+    )
     wall = time.monotonic() - start
     if proc.returncode != 0:
         raise WorkloadError(f"openssl s_time exited {proc.returncode}: {(proc.stdout + proc.stderr).strip()[-500:]}")
