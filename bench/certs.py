@@ -1,4 +1,4 @@
-"""Throw-away PKI for the benchmark: one ECDSA P-256 CA and one server cert.
+"""Throw-away PKI for the benchmark: one ECDSA P-256 CA and server cert, and a client CA and cert for mTLS.
 
 Every TLS server in a run is handed the *same* certificate and key so that the
 handshake cost (signature algorithm, chain length, key size) is identical
@@ -50,106 +50,113 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def make_certs(directory: Path) -> CertPaths:
-    """Create the CA and server certificate in *directory* and return paths.
+_KEY_USAGE_OFF = dict.fromkeys(
+    (
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "encipher_only",
+        "decipher_only",
+    ),
+    False,
+)
 
-    Validity starts a day in the past so that a slightly skewed clock never
-    makes a server reject its own certificate mid-benchmark.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
+
+def _window() -> tuple[dt.datetime, dt.datetime]:
+    """Validity from a day ago, so a slightly skewed clock never makes a server reject its own certificate."""
     now = dt.datetime.now(dt.UTC)
-    not_before = now - dt.timedelta(days=1)
-    not_after = now + dt.timedelta(days=30)
+    return now - dt.timedelta(days=1), now + dt.timedelta(days=30)
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("edgeward bench CA")
-    ca_cert = (
+
+def _ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    not_before, not_after = _window()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(common_name)
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, **_KEY_USAGE_OFF), critical=True
         )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
     )
+    return key, cert
 
+
+def _leaf(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+    names: list[x509.GeneralName],
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A P-256 leaf for `usage` (serverAuth or clientAuth) with `names` as its (non-critical) SAN."""
+    not_before, not_after = _window()
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca_name)
+        .subject_name(_name(common_name))
+        .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+            x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False, **_KEY_USAGE_OFF), critical=True
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
-                    x509.DNSName("localhost"),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return key, cert
 
+
+def _write(
+    cert: x509.Certificate, cert_path: Path, key: ec.EllipticCurvePrivateKey | None = None, key_path: Path | None = None
+) -> None:
     pem = serialization.Encoding.PEM
+    cert_path.write_bytes(cert.public_bytes(pem))
+    cert_path.chmod(0o644)
+    if key is not None and key_path is not None:
+        key_path.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        # Readable by unprivileged server workers (nginx drops to nobody); a throw-away key in a private temp dir.
+        key_path.chmod(0o644)
+
+
+def make_certs(directory: Path) -> CertPaths:
+    """Create the CA and server certificate in *directory* and return paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca = _ca("edgeward bench CA")
+    names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")), x509.DNSName("localhost")]
+    key, cert = _leaf(ca_key, ca, "localhost", ExtendedKeyUsageOID.SERVER_AUTH, names)
     paths = CertPaths(
         ca_cert=(directory / "ca.pem").resolve(),
         cert=(directory / "server.pem").resolve(),
         key=(directory / "server-key.pem").resolve(),
     )
-    paths.ca_cert.write_bytes(ca_cert.public_bytes(pem))
-    paths.cert.write_bytes(cert.public_bytes(pem))
-    paths.key.write_bytes(
-        key.private_bytes(
-            pem,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    # Readable by unprivileged server workers (nginx drops to nobody); this is
-    # a throw-away key in a private temp directory.
-    paths.key.chmod(0o644)
+    _write(ca, paths.ca_cert)
+    _write(cert, paths.cert, key, paths.key)
     return paths
+
+
+def make_client_certs(directory: Path, uri: str) -> tuple[Path, Path, Path]:
+    """A client CA and one client certificate it issues (EKU clientAuth, URI SAN `uri`): (ca, cert, key)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca = _ca("edgeward bench client CA")
+    key, cert = _leaf(
+        ca_key, ca, "bench-client", ExtendedKeyUsageOID.CLIENT_AUTH, [x509.UniformResourceIdentifier(uri)]
+    )
+    ca_path, cert_path, key_path = directory / "client-ca.pem", directory / "client.pem", directory / "client-key.pem"
+    _write(ca, ca_path)
+    _write(cert, cert_path, key, key_path)
+    return ca_path.resolve(), cert_path.resolve(), key_path.resolve()
