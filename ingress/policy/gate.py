@@ -30,7 +30,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from ingress.config.policy import JWTProvider, Policy, PolicyRule, RateLimit
+from ingress.config.policy import JWKSSource, JWTProvider, Policy, PolicyRule, RateLimit
 from ingress.policy.answers import Answers
 from ingress.policy.jwt import JWTVerifier, TokenRefused
 from ingress.policy.keys import RemoteJWKS, load_static_keys
@@ -93,7 +93,8 @@ class Gate:
         self.limits: dict[str, _Limit] = {spec.name: _limit(spec, kept.get(spec.name)) for spec in policy.rate_limits}
         self.global_limits = tuple(self.limits[name] for name in policy.global_rate_limits)
         kept_remote = previous.remote if previous is not None else {}
-        self.remote: dict[str, RemoteJWKS] = {}
+        # Keyed by the source's settings: a reload that keeps them keeps the fetcher and its keys.
+        self.remote: dict[JWKSSource, RemoteJWKS] = {}
         self.verifiers = {
             provider.name: self._verifier(i, provider, kept_remote) for i, provider in enumerate(policy.jwt)
         }
@@ -102,15 +103,15 @@ class Gate:
         # Address rules and global limits apply to every request; without them the gate only looks up rules.
         self.screens = bool(self.allow or self.deny or self.global_limits)
 
-    def _verifier(self, i: int, provider: JWTProvider, kept: dict[str, RemoteJWKS]) -> JWTVerifier:
+    def _verifier(self, i: int, provider: JWTProvider, kept: dict[JWKSSource, RemoteJWKS]) -> JWTVerifier:
         at = f"policy.jwt[{i}]"
         remote = None
-        if provider.jwks is not None and provider.jwks.url:
-            key = f"{provider.jwks}"
-            remote = kept.get(key)
+        source = provider.jwks
+        if source is not None and source.url:
+            remote = kept.get(source)
             if remote is None:
-                remote = RemoteJWKS(provider.jwks, f"{at}.jwks")
-            self.remote[key] = remote
+                remote = RemoteJWKS(source, f"{at}.jwks")
+            self.remote[source] = remote
         return JWTVerifier(provider, load_static_keys(provider, at), remote)
 
     def _rule(self, rule: PolicyRule) -> _Rule:
