@@ -543,3 +543,14 @@ def test_check_reports_unusable_client_ca_files(
     if os.geteuid() != 0:  # root reads any file
         expected.append(f"listeners[0].tls.client_ca[4]: client CA file {unreadable} cannot be read: Permission denied")
     assert got == expected
+
+
+def test_client_auth_listeners_issue_one_tls13_ticket_per_handshake(ca: CA, localhost_cert: Issued) -> None:
+    """A ticket carrying a client certificate is costly to issue; one per handshake is enough to resume."""
+    from ingress.config.model import CertPair, TLSSettings
+    from ingress.tls.contexts import policy_context
+
+    pair = (CertPair(cert=str(localhost_cert.cert), key=str(localhost_cert.key)),)
+    plain = policy_context(TLSSettings(certs=pair))
+    mtls = policy_context(TLSSettings(certs=pair, client_auth="required", client_ca=(str(ca.pem),)))
+    assert (plain.num_tickets, mtls.num_tickets) == (2, 1)
