@@ -768,3 +768,22 @@ def test_access_log_records_http2(custom: Callable[..., Server], connect: Connec
         "",
     )
     assert plain["client"] == "127.0.0.1"
+
+
+def test_h2c_connection_that_never_decides_is_closed_at_the_header_timeout(
+    start_server: Callable[..., Server], site: Path, localhost_cert: Issued
+) -> None:
+    """Before its first bytes show which protocol it speaks, an h2c connection still has a deadline."""
+    server = start_server(h2_config(site, localhost_cert, h2c=True, limits={"header_timeout": 1.0}))
+    host, port = server.address("http")
+    silent = socket.create_connection((host, port), timeout=10)
+    partial = socket.create_connection((host, port), timeout=10)
+    try:
+        partial.sendall(PREFACE[:8])  # could still be either protocol
+        started = time.monotonic()
+        assert silent.recv(1) == b""  # closed by the server, not by our timeout
+        assert partial.recv(1) == b""
+        assert time.monotonic() - started < 5.0
+    finally:
+        silent.close()
+        partial.close()

@@ -10,6 +10,7 @@ either never see this module's sniffing, so the HTTP/1.1 hot path is as it was.
 from __future__ import annotations
 
 import asyncio
+import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -58,26 +59,41 @@ class _ALPNChoice(asyncio.Protocol):
 
 
 class _PrefaceSniffer(asyncio.Protocol):
-    """Holds the first bytes until they show the HTTP/2 preface or cannot be it."""
+    """Holds the first bytes until they show the HTTP/2 preface or cannot be it.
 
-    __slots__ = ("client", "ctx", "runtime", "seen", "transport")
+    Until then it is a connection like any other (in `ctx.connections`), so
+    a client that connects and sends nothing is closed at the header
+    timeout, and a draining worker closes it, as it would an idle HTTP/1.1
+    connection.
+    """
+
+    __slots__ = ("client", "ctx", "deadline", "listener", "seen", "transport")
 
     def __init__(self, ctx: WorkerContext, runtime: ListenerRuntime, client: str) -> None:
         self.ctx = ctx
-        self.runtime = runtime
+        self.listener = runtime
         self.client = client
         self.seen = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = typing.cast(asyncio.Transport, transport)
+        ctx = self.ctx
+        self.deadline = ctx.clock.now + ctx.limits.header_timeout
+        ctx.connections.add(self)
+        if ctx.draining:
+            self.drain(ctx.config.server.drain_idle_grace)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
         seen = self.seen + data
         if len(seen) < len(PREFACE) and PREFACE.startswith(seen):
             self.seen = seen  # still could be either
             return
+        self.ctx.connections.discard(self)  # the real connection takes over from here
         kind = HTTP2Connection if seen.startswith(PREFACE) else HTTP1Connection
-        proto: asyncio.Protocol = kind(self.ctx, self.runtime, self.client)
+        proto: asyncio.Protocol = kind(self.ctx, self.listener, self.client)
         self.transport.set_protocol(proto)
         proto.connection_made(self.transport)
         if not self.transport.is_closing():  # refused (over the per-address cap): nothing more to read
@@ -85,3 +101,18 @@ class _PrefaceSniffer(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         return None
+
+    # the worker's Connection interface -----------------------------------------
+    def sweep(self, now: float) -> None:
+        if now >= self.deadline:
+            self.transport.close()
+
+    def drain(self, grace: float) -> None:
+        self.ctx.loop.call_later(grace, self._close_if_undecided)
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    def _close_if_undecided(self) -> None:
+        if self in self.ctx.connections:
+            self.transport.close()
