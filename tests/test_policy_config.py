@@ -160,6 +160,11 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
         ["policy.jwt[0].keys: no verification keys; add [[...keys]] entries or a jwks source"],
     ),
     (
+        "rule-host-not-a-name",
+        lambda p: rule(p, host="api.*.test"),
+        ["policy.rules[0].host: 'api.*.test' is not `*`, a DNS name or a *.domain wildcard"],
+    ),
+    (
         "rule-path-not-normalised",
         lambda p: rule(p, path="/api/../admin"),
         ["policy.rules[0].path: '/api/../admin' must be a normalised path without //, . or .. segments"],

@@ -13,9 +13,9 @@ import re
 
 from ingress.config.model import Config
 from ingress.config.policy import JWTProvider, Policy, PolicyRule
+from ingress.config.semantics import method_token, normalised_path, path_message, valid_host_pattern
 from ingress.errors import Problem
 
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Z-]+$")
 _SYMMETRIC = ("HS256", "HS384", "HS512")
 
 
@@ -112,8 +112,10 @@ def _rule_problems(
     out: list[Problem] = []
     providers = {provider.name for provider in policy.jwt}
     limits = {limit.name: limit for limit in policy.rate_limits}
-    if "//" in rule.path or "/../" in rule.path + "/" or "/./" in rule.path + "/":
-        out.append(Problem(src, f"{at}.path", f"{rule.path!r} must be a normalised path without //, . or .. segments"))
+    if not normalised_path(rule.path):
+        out.append(Problem(src, f"{at}.path", path_message(rule.path)))
+    if not valid_host_pattern(rule.host.lower()):
+        out.append(Problem(src, f"{at}.host", f"{rule.host!r} is not `*`, a DNS name or a *.domain wildcard"))
     if rule.jwt and rule.jwt not in providers:
         known = ", ".join(sorted(providers)) or "none defined"
         out.append(Problem(src, f"{at}.jwt", f"no JWT provider named {rule.jwt!r} (providers: {known})"))
@@ -155,7 +157,7 @@ def _rule_problems(
     for j, grant in enumerate(rule.grants):
         out.extend(_unknown_roles(src, f"{at}.grants[{j}].roles", grant.roles, roles))
         for k, method in enumerate(grant.methods):
-            if not _TOKEN.match(method) or method != method.upper():
+            if not method_token(method):
                 out.append(
                     Problem(src, f"{at}.grants[{j}].methods[{k}]", f"{method!r} is not an upper-case HTTP method")
                 )

@@ -11,7 +11,6 @@ import re
 
 from ingress.config.cidr import parse_cidr
 from ingress.config.model import Config, Listener, Route, TLSSettings
-from ingress.config.policy_semantics import policy_problems
 from ingress.errors import Problem
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Z-]+$")
@@ -45,6 +44,20 @@ def bind_key(host: str, port: int) -> tuple[str, int]:
     if host == "localhost":
         return "127.0.0.1", port
     return str(ipaddress.ip_address(host)), port
+
+
+def normalised_path(path: str) -> bool:
+    """No `//`, `.` or `..` segments: routes and policy rules are matched against normalised request paths."""
+    return "//" not in path and "/../" not in path + "/" and "/./" not in path + "/"
+
+
+def path_message(path: str) -> str:
+    return f"{path!r} must be a normalised path without //, . or .. segments"
+
+
+def method_token(method: str) -> bool:
+    """An upper-case RFC 9110 token, as methods are compared case-sensitively."""
+    return bool(_TOKEN.match(method)) and method == method.upper()
 
 
 def valid_host_pattern(pattern: str) -> bool:
@@ -152,7 +165,6 @@ def semantic_problems(config: Config) -> list[Problem]:
     for i, listener in enumerate(config.listeners):
         problems.extend(_proxy_problems(src, f"listeners[{i}]", listener))
     problems.extend(_policy_address_problems(config))
-    problems.extend(policy_problems(config))
     return problems
 
 
@@ -254,14 +266,8 @@ def _route_problems(config: Config, i: int, route: Route, listeners: dict[str, i
         out.append(Problem(src, at, f"needs exactly one handler (static or redirect), has {what}"))
     if not valid_host_pattern(route.host.lower()):
         out.append(Problem(src, f"{at}.host", f"{route.host!r} is not `*`, a DNS name or a *.domain wildcard"))
-    if "//" in route.path or "/../" in route.path + "/" or "/./" in route.path + "/":
-        out.append(
-            Problem(
-                src,
-                f"{at}.path",
-                f"{route.path!r} must be a normalised path without //, . or .. segments",
-            )
-        )
+    if not normalised_path(route.path):
+        out.append(Problem(src, f"{at}.path", path_message(route.path)))
     for j, name in enumerate(route.listeners):
         if name not in listeners:
             out.append(
@@ -272,7 +278,7 @@ def _route_problems(config: Config, i: int, route: Route, listeners: dict[str, i
                 )
             )
     for j, method in enumerate(route.methods):
-        if not _TOKEN.match(method) or method != method.upper():
+        if not method_token(method):
             out.append(Problem(src, f"{at}.methods[{j}]", f"{method!r} is not an upper-case HTTP method token"))
     if route.static is not None and set(route.methods) - {"GET", "HEAD"}:
         extra = sorted(set(route.methods) - {"GET", "HEAD"})
