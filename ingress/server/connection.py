@@ -74,11 +74,11 @@ class HTTP1Connection(asyncio.Protocol):
         ctx = self.ctx
         self.logging = ctx.access_log is not None
         self.peer = tcp_peer(transport, self.listener, self.logging, self.client)
-        if ctx.ip_cap and self.listener.capped:
-            if not ctx.admit(self.peer.client):
-                self.transport.abort()  # no further callback but connection_lost
-                return
-            self.counted = True
+        counted = ctx.admit(self.listener, self.peer.client)
+        if counted is None:
+            self.transport.abort()  # over the per-address cap; no further callback but connection_lost
+            return
+        self.counted = counted
         self.parser = RequestParser(self, ctx.limits, "https" if self.listener.tls else "http")
         self.snap = (IDLE, 0, 0)
         self.deadline = ctx.clock.now + ctx.limits.header_timeout

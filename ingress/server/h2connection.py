@@ -89,11 +89,11 @@ class HTTP2Connection(asyncio.Protocol):
         ctx = self.ctx
         self.logging = ctx.access_log is not None
         self.peer = tcp_peer(transport, self.listener, self.logging, self.client)
-        if ctx.ip_cap and self.listener.capped:
-            if not ctx.admit(self.peer.client):
-                self.transport.abort()  # no further callback but connection_lost
-                return
-            self.counted = True
+        counted = ctx.admit(self.listener, self.peer.client)
+        if counted is None:
+            self.transport.abort()  # over the per-address cap; no further callback but connection_lost
+            return
+        self.counted = counted
         self.session = H2Session(ctx.config.http2, ctx.limits)
         self.session.initiate()
         self.snap = (-1, -1)

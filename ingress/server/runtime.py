@@ -104,13 +104,19 @@ class WorkerContext:
         if old is not None:
             old.close()
 
-    def admit(self, client: str) -> bool:
-        """Count a new connection from `client`, or refuse it: the client already holds `ip_cap`."""
+    def admit(self, listener: ListenerRuntime, client: str) -> bool | None:
+        """Count a new connection against policy.network.max_connections_per_ip.
+
+        True: counted (release it when it closes); False: no cap applies, nothing counted;
+        None: refused, `client` already holds the cap.
+        """
+        if not (self.ip_cap and listener.capped):
+            return False
         per_ip = self.per_ip
         held = per_ip.get(client, 0)
         if held >= self.ip_cap:
             self.stats.refused["per_ip_cap"] += 1
-            return False
+            return None
         per_ip[client] = held + 1
         return True
 
