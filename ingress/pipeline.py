@@ -16,7 +16,7 @@ from ingress.handlers.redirect import RedirectHandler
 from ingress.handlers.static import StaticHandler
 from ingress.policy.gate import Gate
 from ingress.protocol.events import Request, Response
-from ingress.routing import RouteEntry, RouteGroup, Router, normalize_path
+from ingress.routing import Outcome, RouteEntry, RouteGroup, Router, normalize_path
 
 
 def _security_headers(route: Route, tls: bool) -> list[tuple[bytes, bytes]]:
@@ -39,11 +39,34 @@ def _allow(methods: tuple[str, ...]) -> bytes:
 class Site:
     """Everything one listener serves."""
 
-    def __init__(self, router: Router, gate: Gate | None = None) -> None:
+    def __init__(self, router: Router, gate: Gate | None = None, streaming: bool = False) -> None:
         self.router = router
         self.gate = gate
+        self.streaming = streaming
 
-    def handle(self, request: Request) -> Response:
+    def streams(self, request: Request) -> bool:
+        """Whether the request's body should reach its handler as it arrives rather than whole.
+
+        Asked by the protocols when a head announces a body. Only a proxied route
+        streams; everything else keeps the body gathered (and its framing fully
+        checked) before the request is dispatched.
+        """
+        if not self.streaming:
+            return False
+        group = self.router.group(request.host)
+        if group is None:
+            return False
+        hit = group.paths.get(request.path)
+        if hit is not None:
+            return hit[0].streams
+        try:
+            path = normalize_path(request.path)
+        except ProtocolError:
+            return False
+        entry = group.match(path)
+        return entry is not None and entry.streams
+
+    def handle(self, request: Request) -> Outcome:
         gate = self.gate
         if gate is not None:
             refused = gate.check(request)
@@ -58,7 +81,7 @@ class Site:
             return _method_not_allowed(request, entry)
         return entry.handle(request, path)
 
-    def _first_sight(self, request: Request, group: RouteGroup | None) -> Response:
+    def _first_sight(self, request: Request, group: RouteGroup | None) -> Outcome:
         """A path not seen before on this host: normalise, match, remember."""
         if request.path == b"*":
             if request.method == "OPTIONS":
@@ -77,7 +100,7 @@ class Site:
         return entry.handle(request, path)
 
 
-def _method_not_allowed(request: Request, entry: RouteEntry) -> Response:
+def _method_not_allowed(request: Request, entry: RouteEntry) -> Outcome:
     if request.method == "OPTIONS":
         return Response(204, [(b"Allow", entry.allow)])
     return error_response(405, [(b"Allow", entry.allow)])

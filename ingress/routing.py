@@ -7,6 +7,7 @@ attached to a route cannot be bypassed by spelling the path differently.
 
 from __future__ import annotations
 
+import asyncio
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 from ingress.errors import ProtocolError
 from ingress.protocol.events import Request, Response
 
-Handler = Callable[[Request, str], Response]
+# What a handler gives back: the answer, or (a proxied request) a Future of it.
+Outcome = Response | asyncio.Future[Response]
+Handler = Callable[[Request, str], Outcome]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +26,8 @@ class RouteEntry:
     methods: frozenset[str]
     allow: bytes
     handle: Handler
+    # The handler reads request bodies as they arrive (a proxy); others get them whole.
+    streams: bool = False
 
 
 def normalize_path(raw: bytes) -> str:

@@ -12,6 +12,7 @@ from typing import Literal
 
 from ingress.config.meta import doc
 from ingress.config.policy import Policy
+from ingress.config.upstream import CacheSettings, ProxyRoute, ProxySettings, Upstream
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ class Route:
     )
     static: StaticSite | None = field(default=None, metadata=doc("Serve files from a directory."))
     redirect: Redirect | None = field(default=None, metadata=doc("Redirect every request."))
+    proxy: ProxyRoute | None = field(default=None, metadata=doc("Pass requests to an upstream pool."))
     headers: SecurityHeaders = field(
         default_factory=SecurityHeaders, metadata=doc("Security headers added to responses.")
     )
@@ -298,4 +300,9 @@ class Config:
     policy: Policy = field(
         default_factory=Policy, metadata=doc("Access policy: network rules, mTLS, JWT, roles and rate limits.")
     )
+    upstreams: tuple[Upstream, ...] = field(default=(), metadata=doc("Origin pools that proxy routes send to."))
+    proxy: ProxySettings = field(
+        default_factory=ProxySettings, metadata=doc("Headers the edge sets on proxied requests.")
+    )
+    cache: CacheSettings = field(default_factory=CacheSettings, metadata=doc("The shared response cache."))
     source: str = field(default="", metadata=doc("Where this config came from (set by the loader).", internal=True))

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ingress.protocol.pipe import Pipe
+
 if TYPE_CHECKING:
     # For annotations only: protocol/ must not import tls/ (they are siblings below routing),
     # and the connection, not the protocol parser, attaches the identity.
@@ -70,6 +72,7 @@ class Request:
         "peer",
         "query",
         "scheme",
+        "upgrade",
         "version",
     )
 
@@ -83,7 +86,7 @@ class Request:
         version: str,
         keep_alive: bool,
         scheme: str,
-        body: bytes = b"",
+        body: bytes | Pipe = b"",
     ) -> None:
         self.method = method
         self.path = path
@@ -93,7 +96,12 @@ class Request:
         self.version = version
         self.keep_alive = keep_alive
         self.scheme = scheme
+        # Bytes when the body arrived whole with the head (or there is none); a Pipe when it is
+        # still arriving, which a handler that wants it reads and any other leaves to be discarded.
         self.body = body
+        # The protocol a client asked to switch to (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT's
+        # :protocol), lower-cased; b"" for an ordinary request.
+        self.upgrade = b""
         # Who sent it (address, TLS, verified client certificate): the connection's, set by the connection.
         self.peer = ANONYMOUS
         # What the access policy decided and why, for logs and telemetry; None when no policy ran.
@@ -148,7 +156,7 @@ class Response:
         self,
         status: int,
         headers: list[tuple[bytes, bytes]],
-        body: bytes | FileBody = b"",
+        body: bytes | FileBody | Pipe = b"",
         wire: bytes | None = None,
     ) -> None:
         self.status = status
@@ -161,5 +169,10 @@ class Response:
 
     @property
     def body_length(self) -> int:
+        """Bytes of body; for a streamed body, what has passed so far."""
         body = self.body
-        return len(body) if isinstance(body, bytes) else body.length
+        if isinstance(body, bytes):
+            return len(body)
+        if isinstance(body, Pipe):
+            return body.read_total
+        return body.length

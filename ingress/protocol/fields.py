@@ -19,7 +19,7 @@ _HOSTS: dict[bytes, str] = {}
 
 def request_from_fields(fields: list[tuple[bytes, bytes]], limits: Limits, version: str) -> Request:
     """Map pseudo-headers to a Request; raise ProtocolError carrying the status to answer."""
-    method = path = scheme = authority = b""
+    method = path = scheme = authority = protocol = b""
     headers: dict[bytes, bytes] = {}
     size = count = 0
     for name, value in fields:
@@ -32,6 +32,8 @@ def request_from_fields(fields: list[tuple[bytes, bytes]], limits: Limits, versi
                 scheme = value
             elif name == b":authority":
                 authority = value
+            elif name == b":protocol":  # RFC 8441 extended CONNECT; h2 allows it only on CONNECT
+                protocol = value
             continue
         size += len(name) + len(value) + 4
         count += 1
@@ -61,7 +63,7 @@ def request_from_fields(fields: list[tuple[bytes, bytes]], limits: Limits, versi
         query = b""
     if path != b"*" and not path.startswith(b"/"):
         raise ProtocolError(400, "request target must be origin-form")
-    return Request(
+    request = Request(
         _METHODS.get(method) or method.decode("ascii"),
         path,
         query,
@@ -71,6 +73,9 @@ def request_from_fields(fields: list[tuple[bytes, bytes]], limits: Limits, versi
         True,
         scheme.decode("ascii"),
     )
+    if protocol:
+        request.upgrade = protocol.lower()
+    return request
 
 
 def _host_text(host: bytes) -> str:

@@ -18,6 +18,7 @@ import httptools
 from ingress.config.model import Limits
 from ingress.errors import ProtocolError
 from ingress.protocol.events import Request
+from ingress.protocol.pipe import Pipe
 
 IDLE, HEAD, BODY = 0, 1, 2
 
@@ -48,6 +49,9 @@ def serialize_head(
 class RequestSink(Protocol):
     def request_received(self, request: Request) -> None: ...
 
+    def streams(self, request: Request) -> bool:
+        """Whether this request's body goes to its handler as it arrives (see `Site.streams`)."""
+
 
 class RequestParser:
     """Feeds bytes to llhttp and hands each complete, valid request to a sink."""
@@ -62,8 +66,11 @@ class RequestParser:
         "_max_head",
         "_merged",
         "_parser",
+        "_pipe",
         "_raw_head",
+        "_request_at_head",
         "_sink",
+        "_tunnelling",
         "_url",
         "error",
         "scheme",
@@ -86,20 +93,39 @@ class RequestParser:
         self._completed = 0
         self._body: list[bytes] = []
         self._body_size = 0
+        # The body of the request being received, when it streams to a handler instead of being gathered.
+        self._pipe: Pipe | None = None
+        # A request built when its head completed, waiting for its body to be gathered.
+        self._request_at_head: Request | None = None
+        # An upgrade request went to the site with a tunnel pipe; what follows its head is the connection's.
+        self._tunnelling = False
 
-    def feed(self, data: bytes) -> None:
-        """Parse `data`; raise ProtocolError (with the status to answer) on bad input."""
+    @property
+    def pipe(self) -> Pipe | None:
+        """The request body still arriving (or the tunnel of an upgrade), if any."""
+        return self._pipe
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Parse `data`; raise ProtocolError (with the status to answer) on bad input.
+
+        Returns None, or after a request asking to upgrade, the bytes that followed its head.
+        """
         completed = self._completed
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # llhttp stops after a request that asks to switch protocols. This server
-            # never switches (RFC 9110 lets it ignore Upgrade), so the request was
-            # answered as plain HTTP/1.1; httptools has resumed, parse what follows.
+            # llhttp stops after a request that asks to switch protocols. What follows
+            # is the tunnel's if the site switches (101), or the next request if it
+            # answers as plain HTTP/1.1 (RFC 9110 lets it ignore Upgrade); the
+            # connection decides once it has the answer, so it gets the bytes.
+            self.state = IDLE
             rest = data[exc.args[0] :]
-            if rest:
-                self.feed(rest)
-            return
+            if self._tunnelling:
+                self._tunnelling = False
+                return rest
+            # Not a streamed upgrade: it was answered as plain HTTP/1.1 (RFC 9110 lets a
+            # server ignore Upgrade) and httptools has resumed; parse what follows.
+            return self.feed(rest) if rest else None
         except httptools.HttpParserError as exc:
             if self.error is not None:
                 raise self.error from None
@@ -114,6 +140,7 @@ class RequestParser:
                 if self._raw_head > self._max_head:
                     self._fail(431, "request header fields too large")
             self._check_head()
+        return None
 
     def _fail(self, status: int, reason: str) -> NoReturn:
         self.error = ProtocolError(status, reason)
@@ -164,20 +191,58 @@ class RequestParser:
         if te is not None and te.strip().lower() != b"chunked":
             self._fail(501, "only the chunked transfer coding is supported")
         cl = headers.get(b"content-length")
-        if cl is not None and int(cl) > self._limits.max_body_bytes:
+        length = int(cl) if cl is not None else None
+        if length is not None and length > self._limits.max_body_bytes:
             self._fail(413, "request body larger than the limit")
         self.state = BODY
         if self._body:
             self._body = []
         self._body_size = 0
+        upgrade = self._parser.should_upgrade()
+        if upgrade or te is not None or length:
+            request = self._request()
+            if upgrade:
+                request.upgrade = headers.get(b"upgrade", b"").strip().lower()
+            if self._sink.streams(request):
+                # The body (or, after an upgrade, the tunnel) streams: the request goes to the
+                # site now and its bytes follow through the pipe, so nothing is held whole.
+                self._pipe = Pipe(None if upgrade else length)
+                self._tunnelling = upgrade
+                request.body = self._pipe
+                self._sink.request_received(request)
+            else:
+                self._request_at_head = request
 
     def on_body(self, chunk: bytes) -> None:
         self._body_size += len(chunk)
         if self._body_size > self._limits.max_body_bytes:
+            if self._pipe is not None:
+                self._pipe.fail("request body larger than the limit")
             self._fail(413, "request body larger than the limit")
-        self._body.append(chunk)
+        if self._pipe is not None:
+            self._pipe.feed(chunk)
+        else:
+            self._body.append(chunk)
 
     def on_message_complete(self) -> None:
+        self.state = IDLE
+        self._completed += 1
+        pipe = self._pipe
+        if pipe is not None:
+            self._pipe = None
+            if pipe.length is not None or not self._parser.should_upgrade():
+                pipe.finish()
+            return
+        request = self._request_at_head
+        if request is not None:
+            self._request_at_head = None
+            if self._body:
+                request.body = b"".join(self._body)
+        else:
+            request = self._request()
+        self._sink.request_received(request)
+
+    def _request(self) -> Request:
         parser = self._parser
         url = self._url
         headers = self._headers
@@ -193,22 +258,18 @@ class RequestParser:
             path, query, host = self._absolute_form(url)
         if b"#" in path:
             self._fail(400, "fragment in request target")
-        self.state = IDLE
-        self._completed += 1
         body = b"".join(self._body) if self._body else b""
         method = parser.get_method()
-        self._sink.request_received(
-            Request(
-                _METHODS.get(method) or method.decode("ascii"),
-                path,
-                query,
-                headers,
-                _HOSTS.get(host) or _host_text(host),
-                parser.get_http_version(),
-                parser.should_keep_alive(),
-                self.scheme,
-                body,
-            )
+        return Request(
+            _METHODS.get(method) or method.decode("ascii"),
+            path,
+            query,
+            headers,
+            _HOSTS.get(host) or _host_text(host),
+            parser.get_http_version(),
+            parser.should_keep_alive(),
+            self.scheme,
+            body,
         )
 
     def _absolute_form(self, url: bytes) -> tuple[bytes, bytes, bytes]:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import struct
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import h2.config
 import h2.connection
@@ -34,6 +35,7 @@ from ingress.config.model import HTTP2Settings, Limits
 from ingress.errors import ProtocolError
 from ingress.protocol.events import Request
 from ingress.protocol.fields import request_from_fields
+from ingress.protocol.pipe import Pipe
 
 _FRAME_LENGTH = struct.Struct(">I")  # a frame's 24-bit length is the low three bytes
 _STREAM_ID = struct.Struct(">I")
@@ -193,10 +195,11 @@ _STATIC_NAMES = {
 
 @dataclass
 class _Inbound:
-    """A request whose head arrived and whose body is still coming."""
+    """A request whose head arrived and whose body is still coming: gathered, or through `pipe` to its handler."""
 
     request: Request
-    body: list[bytes] = field(default_factory=list)
+    pipe: Pipe | None
+    chunks: list[bytes]
     size: int = 0
 
 
@@ -240,7 +243,11 @@ Incoming = RequestReady | RequestRefused | StreamCancelled | WindowOpened | Peer
 class H2Session:
     """One server-side HTTP/2 connection's protocol state."""
 
-    def __init__(self, settings: HTTP2Settings, limits: Limits) -> None:
+    def __init__(
+        self, settings: HTTP2Settings, limits: Limits, streams: Callable[[Request], bool] | None = None
+    ) -> None:
+        """`streams` says whether a request's body goes to its handler as it arrives (`Site.streams`)."""
+        self.streams = streams
         self.settings = settings
         self.limits = limits
         self.counts = FrameCounts()
@@ -269,6 +276,8 @@ class H2Session:
                 SettingCodes.MAX_FRAME_SIZE: settings.max_frame_size,
                 SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
                 SettingCodes.ENABLE_PUSH: 0,
+                # RFC 8441: WebSockets over HTTP/2; routes that do not proxy them answer 405.
+                SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
         self.conn = conn
@@ -313,7 +322,9 @@ class H2Session:
                 out.append(WindowOpened(event.stream_id))
             elif cls is h2.events.StreamReset:
                 assert isinstance(event, h2.events.StreamReset)
-                self.inbound.pop(event.stream_id, None)
+                gone = self.inbound.pop(event.stream_id, None)
+                if gone is not None and gone.pipe is not None:
+                    gone.pipe.fail("client reset the stream")
                 # A request and its reset can arrive in one read: h2 has already forgotten
                 # the stream, so nothing may be answered on it.
                 out = [e for e in out if getattr(e, "stream_id", None) != event.stream_id]
@@ -341,23 +352,48 @@ class H2Session:
             return
         if event.stream_ended is not None:
             out.append(RequestReady(stream_id, request))
-        else:
-            self.inbound[stream_id] = _Inbound(request)
+            return
+        if self.streams is None or not self.streams(request):
+            self.inbound[stream_id] = _Inbound(request, None, [])
+            return
+        # The body streams to the handler. Flow-control credit goes back only as the
+        # handler reads it (`consumed`), so a slow upstream slows this client's stream.
+        length = request.headers.get(b"content-length")
+        pipe = Pipe(int(length) if length is not None and not request.upgrade else None)
+        pipe.on_consumed = lambda n: self.consumed(stream_id, n)
+        request.body = pipe
+        self.inbound[stream_id] = _Inbound(request, pipe, [])
+        out.append(RequestReady(stream_id, request))
+
+    def consumed(self, stream_id: int, n: int) -> None:
+        """The handler read `n` body bytes: return them to the client as window (WINDOW_UPDATE)."""
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.conn.acknowledge_received_data(n, stream_id)
 
     def _data(self, event: h2.events.DataReceived, out: list[Incoming]) -> None:
         stream_id = event.stream_id
-        # The body is held in memory up to max_body_bytes anyway, so credit is returned at once.
-        self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+        data = event.data
+        padding = event.flow_controlled_length - len(data)
         pending = self.inbound.get(stream_id)
+        pipe = pending.pipe if pending is not None else None
+        if pipe is None:
+            # A gathered body is held up to max_body_bytes anyway: credit it at once.
+            self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+        elif padding:
+            self.conn.acknowledge_received_data(padding, stream_id)  # padding never reaches a reader
         if pending is None:
             return
-        data = event.data
         pending.size += len(data)
         if pending.size > self.limits.max_body_bytes:
             del self.inbound[stream_id]
+            if pipe is not None:
+                pipe.fail("request body larger than the limit")
             out.append(RequestRefused(stream_id, 413, "request body larger than the limit"))
             return
-        pending.body.append(data)
+        if pipe is not None:
+            pipe.feed(data)
+        else:
+            pending.chunks.append(data)
         if event.stream_ended is not None:
             self._ended(stream_id, out)
 
@@ -365,8 +401,11 @@ class H2Session:
         pending = self.inbound.pop(stream_id, None)
         if pending is None:
             return
+        if pending.pipe is not None:
+            pending.pipe.finish()  # h2 has checked the length against content-length
+            return
         request = pending.request
-        request.body = b"".join(pending.body)  # h2 has checked it against content-length
+        request.body = b"".join(pending.chunks)
         out.append(RequestReady(stream_id, request))
 
     # sending ------------------------------------------------------------

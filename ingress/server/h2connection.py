@@ -8,6 +8,12 @@ sits in memory and a reader that stops reading stops the reads.
 
 Like HTTP/1.1, no timer is armed per connection: the worker's one-second
 sweep compares progress snapshots and also clears the flood counters.
+
+A proxied request's answer may come later (a Future, kept in `pending`)
+and its body may stream (a Pipe, pumped like a file but only as far as
+the upstream has delivered). Its request body streams too: the session
+returns window to the client only as the handler reads, so a slow
+upstream slows the client's stream instead of filling memory.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from ingress.protocol.http2 import (
     WindowOpened,
     encode_literal,
 )
+from ingress.protocol.pipe import Pipe
 from ingress.server.filesend import BodyCursor
 from ingress.server.peer import tcp_peer
 
@@ -62,6 +69,7 @@ class HTTP2Connection(asyncio.Protocol):
         "logging",
         "outbound",
         "peer",
+        "pending",
         "progress",
         "requests",
         "session",
@@ -76,7 +84,9 @@ class HTTP2Connection(asyncio.Protocol):
         self.listener = listener
         self.client = client
         self.counted = False
-        self.outbound: dict[int, BodyCursor] = {}
+        self.outbound: dict[int, BodyCursor | Pipe] = {}
+        # Answers still to come from handlers (proxied requests), by stream.
+        self.pending: dict[int, tuple[asyncio.Future[Response], Request, float]] = {}
         self.requests = 0
         self.progress = 0
         self.closing = False
@@ -94,7 +104,7 @@ class HTTP2Connection(asyncio.Protocol):
             self.transport.abort()  # over the per-address cap; no further callback but connection_lost
             return
         self.counted = counted
-        self.session = H2Session(ctx.config.http2, ctx.limits)
+        self.session = H2Session(ctx.config.http2, ctx.limits, self._streams)
         self.session.initiate()
         self.snap = (-1, -1)
         self.deadline = ctx.clock.now + ctx.limits.idle_timeout
@@ -104,11 +114,31 @@ class HTTP2Connection(asyncio.Protocol):
         if ctx.draining:  # accepted from the backlog while the worker drains
             self.drain(ctx.config.server.drain_idle_grace)
 
+    def _streams(self, request: Request) -> bool:
+        return self.listener.site.streams(request)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
         if self.counted:
             self.ctx.release(self.peer.client)
+        self._drop_all()
+
+    def _drop_all(self) -> None:
+        """Nothing more will be sent: tell every handler and upstream still working for this connection."""
+        for out in self.outbound.values():
+            if out.__class__ is Pipe:
+                out.abandon()
         self.outbound.clear()
+        pending, self.pending = self.pending, {}
+        for waiting, request, _ in pending.values():
+            waiting.cancel()
+            if request.body.__class__ is Pipe:
+                request.body.fail("connection closed")
+        if hasattr(self, "session"):
+            for inbound in self.session.inbound.values():
+                if inbound.pipe is not None:
+                    inbound.pipe.fail("connection closed")
+            self.session.inbound.clear()
 
     def data_received(self, data: bytes) -> None:
         self.progress += 1
@@ -136,17 +166,31 @@ class HTTP2Connection(asyncio.Protocol):
                     self._pump(event.stream_id)
             elif cls is StreamCancelled:
                 assert isinstance(event, StreamCancelled)
-                self.outbound.pop(event.stream_id, None)
+                self._cancel(event.stream_id)
             elif cls is RequestRefused:
                 assert isinstance(event, RequestRefused)
                 self.ctx.stats.protocol_errors += 1
-                self._answer(event.stream_id, None, error_response(event.status))
+                if self._cancel(event.stream_id):
+                    self._answer(event.stream_id, None, error_response(event.status))
                 session.refuse(event.stream_id)
             elif cls is PeerClosed:
                 # h2 refuses to send anything after the peer's GOAWAY; nothing more can be answered.
                 self._close_now()
                 return
         self._flush()
+
+    def _cancel(self, stream_id: int) -> bool:
+        """Stop work for a stream that is gone; True when its answer has not been started."""
+        waiting = self.pending.pop(stream_id, None)
+        if waiting is not None:
+            waiting[0].cancel()
+        out = self.outbound.pop(stream_id, None)
+        if out is not None and out.__class__ is Pipe:
+            out.abandon()
+        if out is not None:
+            return False
+        stream = self.session.conn.streams.get(stream_id)
+        return stream is not None and not stream.state_machine.headers_sent
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -170,12 +214,46 @@ class HTTP2Connection(asyncio.Protocol):
         self.requests += 1
         t0 = time.perf_counter() if self.logging else 0.0
         request.peer = self.peer
-        response = self.listener.site.handle(request)
+        result = self.listener.site.handle(request)
+        if result.__class__ is Response:
+            response = result
+            self._settle(stream_id, request, response)
+            self._answer(stream_id, request, response)
+            if self.logging:
+                self._log(request, response, t0)
+        else:
+            waiting = typing.cast("asyncio.Future[Response]", result)
+            self.pending[stream_id] = (waiting, request, t0)
+            waiting.add_done_callback(lambda w: self._answered(stream_id, w))
+        if self.requests >= self.ctx.limits.max_requests_per_connection and not session.goaway_sent:
+            self.drain(0.0)
+
+    def _answered(self, stream_id: int, waiting: asyncio.Future[Response]) -> None:
+        entry = self.pending.get(stream_id)
+        if entry is None or entry[0] is not waiting:
+            return  # the stream or the connection went away and cancelled it
+        del self.pending[stream_id]
+        _, request, t0 = entry
+        try:
+            response = waiting.result()
+        except Exception:  # a handler bug must not take the connection's other streams with it
+            log.exception("handler failed", extra={"event": "http2.handler_failed"})
+            response = error_response(500)
+        self._settle(stream_id, request, response)
         self._answer(stream_id, request, response)
         if self.logging:
             self._log(request, response, t0)
-        if self.requests >= self.ctx.limits.max_requests_per_connection and not session.goaway_sent:
-            self.drain(0.0)
+        self._flush()
+
+    def _settle(self, stream_id: int, request: Request, response: Response) -> None:
+        """An answer that did not read the request body drops the rest of it (credited at once)."""
+        body = request.body
+        if body.__class__ is Pipe:
+            pipe = body
+            if pipe.on_readable is None and not pipe.discarding:
+                pipe.discard()
+        if response.status == 101:  # HTTP/2 has no 101: an extended CONNECT that succeeded is a 200
+            response.status = 200
 
     def _answer(self, stream_id: int, request: Request | None, response: Response) -> None:
         clock = self.ctx.clock
@@ -196,8 +274,19 @@ class HTTP2Connection(asyncio.Protocol):
         if body.__class__ is bytes and not self.write_paused and session.send_whole(stream_id, block, body):
             return
         session.send_head(stream_id, _STATUS[status], block, False)
+        if body.__class__ is Pipe:
+            pipe = body
+            self.outbound[stream_id] = pipe
+            pipe.want(lambda: self._relay(stream_id))
+            return
+        assert not isinstance(body, Pipe)
         self.outbound[stream_id] = BodyCursor(body)
         self._pump(stream_id)
+
+    def _relay(self, stream_id: int) -> None:
+        """More of a streamed answer arrived (or its end): send it, and the frames it makes."""
+        self._pump(stream_id)
+        self._flush()
 
     def _pump(self, stream_id: int) -> None:
         """Send as much of the stream's body as its windows allow, READ_MAX bytes per read."""
@@ -205,6 +294,10 @@ class HTTP2Connection(asyncio.Protocol):
         if out is None or self.write_paused:
             return
         session = self.session
+        if out.__class__ is Pipe:
+            self._pump_pipe(stream_id, out)
+            return
+        assert isinstance(out, BodyCursor)
         while True:
             window = session.window(stream_id)
             if window < 0:
@@ -223,6 +316,31 @@ class HTTP2Connection(asyncio.Protocol):
                 del self.outbound[stream_id]
                 return
 
+    def _pump_pipe(self, stream_id: int, pipe: Pipe) -> None:
+        session = self.session
+        while True:
+            window = session.window(stream_id)
+            if window < 0:
+                del self.outbound[stream_id]
+                pipe.abandon()
+                return
+            data = pipe.read(min(window, READ_MAX)) if window else b""
+            if data:
+                self.progress += 1
+                session.send_body(stream_id, data, pipe.done)
+                if pipe.done:
+                    del self.outbound[stream_id]
+                    return
+                continue
+            if pipe.error:
+                # Cut off upstream: a reset, never an END_STREAM that would pass the cut body off as whole.
+                del self.outbound[stream_id]
+                session.refuse(stream_id, ErrorCodes.INTERNAL_ERROR)
+            elif pipe.done:
+                del self.outbound[stream_id]
+                session.send_body(stream_id, b"", True)
+            return  # waiting for the upstream, or for window
+
     def _pump_all(self) -> None:
         for stream_id in list(self.outbound):
             self._pump(stream_id)
@@ -237,7 +355,7 @@ class HTTP2Connection(asyncio.Protocol):
             self.transport.close()
 
     def _idle(self) -> bool:
-        return not self.outbound and not self.session.inbound
+        return not self.outbound and not self.session.inbound and not self.pending
 
     def _log(self, request: Request, response: Response, t0: float) -> None:
         assert self.ctx.access_log is not None
@@ -267,7 +385,7 @@ class HTTP2Connection(asyncio.Protocol):
 
     def _close_now(self) -> None:
         """Send what h2 queued (its GOAWAY) and close; nothing in flight is worth finishing."""
-        self.outbound.clear()
+        self._drop_all()
         data = self.session.data_to_send()
         if data:
             self.transport.write(data)
@@ -285,6 +403,12 @@ class HTTP2Connection(asyncio.Protocol):
             self.blocked_since = 0.0
         snap = (self.progress, self.requests)
         limits = self.ctx.limits
+        relayed = self.pending or any(out.__class__ is Pipe for out in self.outbound.values())
+        if relayed and not self.blocked_since:
+            # A relayed answer is bounded by the upstream's timeouts, not the client's idleness.
+            self.snap = snap
+            self.deadline = now + limits.send_timeout
+            return
         stalled = self.outbound and self.blocked_since
         if stalled and now - self.blocked_since >= self.ctx.config.http2.window_stall_timeout:
             stats = self.ctx.stats

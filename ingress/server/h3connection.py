@@ -18,12 +18,20 @@ A request whose headers arrive before the handshake completes came in
 0-RTT data, which an attacker can replay: only safe methods run then, and
 anything else gets 425 Too Early (RFC 8470) so the client retries it once
 the handshake has completed.
+
+A proxied request is answered later (a Future in `pending`) and may stream
+both ways through Pipes: the answer is topped up like a file, as far as
+the upstream has delivered; the request body's stream window grows only as
+the handler reads it (`ServerConnection.reader_paced`), so a slow upstream
+slows the client instead of filling memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
+import typing
 from typing import TYPE_CHECKING, Protocol
 
 from aioquic.h3.connection import H3Connection
@@ -53,6 +61,7 @@ from ingress.protocol.http3 import (
     goaway_frame,
     parse_request,
 )
+from ingress.protocol.pipe import Pipe
 from ingress.server.filesend import BodyCursor
 from ingress.tls.quic import ServerConnection
 
@@ -80,6 +89,8 @@ class Endpoint(Protocol):
     def forget(self, conn: HTTP3Connection) -> None: ...
 
 
+log = logging.getLogger("edgeward.http3")
+
 CHUNK = 64 * 1024
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 1024 * 1024
@@ -91,12 +102,13 @@ def count(stats: Stats, kind: str) -> None:
 
 
 class _Incoming:
-    """A request whose headers have arrived and whose body is still coming."""
+    """A request whose headers have arrived and whose body is still coming: gathered, or through `pipe`."""
 
-    __slots__ = ("chunks", "request", "size", "t0")
+    __slots__ = ("chunks", "pipe", "request", "size", "t0")
 
-    def __init__(self, request: Request, t0: float) -> None:
+    def __init__(self, request: Request, pipe: Pipe | None, t0: float) -> None:
         self.request = request
+        self.pipe = pipe
         self.chunks: list[bytes] = []
         self.size = 0
         self.t0 = t0
@@ -136,6 +148,7 @@ class HTTP3Connection:
         "next_stream",
         "outgoing",
         "peer",
+        "pending",
         "progress",
         "quic",
         "snap",
@@ -160,7 +173,8 @@ class HTTP3Connection:
         self.goaway: int | None = None
         self.next_stream = 0
         self.incoming: dict[int, _Incoming] = {}
-        self.outgoing: dict[int, BodyCursor] = {}
+        self.outgoing: dict[int, BodyCursor | Pipe] = {}
+        self.pending: dict[int, tuple[asyncio.Future[Response], Request, float]] = {}
         self.discarding: set[int] = set()
         self.progress = 0
         self.snap = -1
@@ -278,10 +292,24 @@ class HTTP3Connection:
             return
         if not self.established:
             count(self.ctx.stats, "early_data")
-        if event.stream_ended:
-            self._respond(stream_id, request, t0)
-        else:
-            self.incoming[stream_id] = _Incoming(request, t0)
+        if not event.stream_ended and not self.listener.site.streams(request):
+            self.incoming[stream_id] = _Incoming(request, None, t0)
+            return
+        if not event.stream_ended:
+            length = request.headers.get(b"content-length")
+            pipe = Pipe(int(length) if length is not None and not request.upgrade else None)
+            quic = self.quic
+            quic.reader_paced[stream_id] = 0
+            pipe.on_consumed = lambda n: self._consumed(stream_id, n)
+            request.body = pipe
+            self.incoming[stream_id] = _Incoming(request, pipe, t0)
+        self._respond(stream_id, request, t0)
+
+    def _consumed(self, stream_id: int, n: int) -> None:
+        """The handler read `n` body bytes: window for that many more (sent with the next packet)."""
+        paced = self.quic.reader_paced
+        if stream_id in paced:
+            paced[stream_id] += n
 
     def _data(self, event: DataReceived) -> None:
         stream_id = event.stream_id
@@ -296,14 +324,27 @@ class HTTP3Connection:
             pending.size += len(data)
             if pending.size > self.ctx.limits.max_body_bytes:
                 del self.incoming[stream_id]
-                self._refuse(stream_id, 413, event.stream_ended, pending.t0, pending.request)
+                if pending.pipe is not None:
+                    pending.pipe.fail("request body larger than the limit")
+                if pending.pipe is None or self._cancel(stream_id):
+                    self._refuse(stream_id, 413, event.stream_ended, pending.t0, pending.request)
+                else:
+                    self._stop(stream_id, event.stream_ended, H3_NO_ERROR)
                 return
-            pending.chunks.append(data)
+            if pending.pipe is not None:
+                pending.pipe.feed(data)
+            else:
+                pending.chunks.append(data)
         if event.stream_ended:
             del self.incoming[stream_id]
             self._complete(stream_id, pending)
 
     def _complete(self, stream_id: int, pending: _Incoming) -> None:
+        """The request's body is whole: finish its pipe, or run it with the gathered bytes."""
+        if pending.pipe is not None:
+            self.quic.reader_paced.pop(stream_id, None)
+            pending.pipe.finish()
+            return
         request = pending.request
         if pending.chunks:
             request.body = b"".join(pending.chunks)
@@ -311,14 +352,55 @@ class HTTP3Connection:
 
     def _stream_gone(self, stream_id: int, stop_sending: bool) -> None:
         """The peer reset its request or asked us to stop sending the response."""
-        self.incoming.pop(stream_id, None)
+        gone = self.incoming.pop(stream_id, None)
+        if gone is not None and gone.pipe is not None:
+            gone.pipe.fail("client reset the stream")
+        self.quic.reader_paced.pop(stream_id, None)
         self.discarding.discard(stream_id)
         if stop_sending:
-            self.outgoing.pop(stream_id, None)
+            self._cancel(stream_id)
+
+    def _cancel(self, stream_id: int) -> bool:
+        """Stop work for an answer nobody will receive; True when none of it was sent yet."""
+        waiting = self.pending.pop(stream_id, None)
+        if waiting is not None:
+            waiting[0].cancel()
+            return True
+        out = self.outgoing.pop(stream_id, None)
+        if out is not None and out.__class__ is Pipe:
+            out.abandon()
+        return False
 
     # responses -------------------------------------------------------------
     def _respond(self, stream_id: int, request: Request, t0: float) -> None:
-        response = self.listener.site.handle(request)
+        result = self.listener.site.handle(request)
+        if result.__class__ is not Response:
+            waiting = typing.cast("asyncio.Future[Response]", result)
+            self.pending[stream_id] = (waiting, request, t0)
+            waiting.add_done_callback(lambda w: self._answered(stream_id, w))
+            return
+        self._deliver(stream_id, request, result, t0)
+
+    def _answered(self, stream_id: int, waiting: asyncio.Future[Response]) -> None:
+        entry = self.pending.get(stream_id)
+        if entry is None or entry[0] is not waiting or self.closing:
+            return  # the stream or the connection went away and cancelled it
+        del self.pending[stream_id]
+        _, request, t0 = entry
+        try:
+            response = waiting.result()
+        except Exception:  # a handler bug must not take the connection's other streams with it
+            log.exception("handler failed", extra={"event": "http3.handler_failed"})
+            response = error_response(500)
+        self._deliver(stream_id, request, response, t0)
+        self.transmit()
+
+    def _deliver(self, stream_id: int, request: Request, response: Response, t0: float) -> None:
+        body = request.body
+        if body.__class__ is Pipe and body.on_readable is None and not body.discarding:
+            body.discard()  # answered without reading it: take the rest and drop it
+        if response.status == 101:  # an extended CONNECT that succeeded is a 200 in HTTP/3
+            response.status = 200
         self._send(stream_id, request.method, response)
         if self.logging:
             self._log(request.method, request.path.decode("latin-1"), response, t0, request)
@@ -345,11 +427,19 @@ class HTTP3Connection:
         fields = response_fields(response.status, response.headers, clock.date, clock.server_name)
         body = response.body
         try:
-            if method == "HEAD" or response.status in (204, 304) or not response.body_length:
+            if (
+                method == "HEAD"
+                or response.status in (204, 304)
+                or not (response.body_length or isinstance(body, Pipe))
+            ):
                 h3.send_headers(stream_id, fields, end_stream=True)
             elif isinstance(body, bytes):
                 h3.send_headers(stream_id, fields)
                 h3.send_data(stream_id, body, end_stream=True)
+            elif isinstance(body, Pipe):
+                h3.send_headers(stream_id, fields)
+                self.outgoing[stream_id] = body
+                body.want(self.transmit)
             else:
                 h3.send_headers(stream_id, fields)
                 self.outgoing[stream_id] = BodyCursor(body)
@@ -372,6 +462,12 @@ class HTTP3Connection:
             if level >= STREAM_WINDOW // 2:
                 continue
             room = min(STREAM_WINDOW - level, budget)
+            if out.__class__ is Pipe:
+                budget -= self._pump_pipe(h3, stream_id, out, room)
+                if budget <= 0:
+                    break
+                continue
+            assert isinstance(out, BodyCursor)
             try:
                 while room > 0 and out.remaining:
                     data = out.read(min(CHUNK, room))
@@ -392,6 +488,33 @@ class HTTP3Connection:
             if budget <= 0:
                 break
 
+    def _pump_pipe(self, h3: H3Connection, stream_id: int, pipe: Pipe, room: int) -> int:
+        """Send up to `room` bytes of a streamed answer; returns how many were sent."""
+        sent = 0
+        try:
+            while room > 0:
+                data = pipe.read(min(CHUNK, room))
+                if not data:
+                    break
+                h3.send_data(stream_id, bytes(data), end_stream=pipe.done)
+                room -= len(data)
+                sent += len(data)
+                self.progress += 1
+                if pipe.done:
+                    del self.outgoing[stream_id]
+                    return sent
+            if pipe.error:
+                # Cut off upstream: a reset, never a FIN that would pass the cut body off as whole.
+                self.quic.reset_stream(stream_id, H3_INTERNAL_ERROR)
+                del self.outgoing[stream_id]
+            elif pipe.done:
+                h3.send_data(stream_id, b"", end_stream=True)
+                del self.outgoing[stream_id]
+        except RuntimeError:  # reset by the peer's STOP_SENDING
+            self.outgoing.pop(stream_id, None)
+            pipe.abandon()
+        return sent
+
     def _log(self, method: str, path: str, response: Response, t0: float, request: Request | None = None) -> None:
         access_log = self.ctx.access_log
         if access_log is None:
@@ -408,8 +531,11 @@ class HTTP3Connection:
             if now - self.born >= limits.handshake_timeout:
                 self.abort()
             return
-        if not (self.outgoing or self.incoming):
+        if not (self.outgoing or self.incoming or self.pending):
             self.snap = -1
+            return
+        if self.pending or any(out.__class__ is Pipe for out in self.outgoing.values()):
+            self.snap = -1  # a relayed answer: the upstream's timeouts govern
             return
         if self.progress != self.snap:
             self.snap = self.progress
@@ -443,7 +569,7 @@ class HTTP3Connection:
             self.transmit()
 
     def _close_if_done(self) -> None:
-        if self.incoming or self.outgoing or self.closing:
+        if self.incoming or self.outgoing or self.pending or self.closing:
             return
         for stream_id, stream in self.quic._streams.items():
             if stream_id % 4 == 0 and not stream.sender.is_finished:
@@ -459,10 +585,25 @@ class HTTP3Connection:
             return
         self.closing = True
         self.quic.close(error_code=H3_NO_ERROR, reason_phrase=reason)
-        self.incoming.clear()
-        self.outgoing.clear()
+        self._drop_all()
         self.ctx.connections.discard(self)
         self.transmit()
+
+    def _drop_all(self) -> None:
+        """Nothing more will be sent: tell every handler and upstream still working for this connection."""
+        for incoming in self.incoming.values():
+            if incoming.pipe is not None:
+                incoming.pipe.fail("connection closed")
+        self.incoming.clear()
+        for out in self.outgoing.values():
+            if out.__class__ is Pipe:
+                out.abandon()
+        self.outgoing.clear()
+        pending, self.pending = self.pending, {}
+        for waiting, request, _ in pending.values():
+            waiting.cancel()
+            if request.body.__class__ is Pipe:
+                request.body.fail("connection closed")
 
     def _terminated(self) -> None:
         if self.closed:
@@ -471,7 +612,6 @@ class HTTP3Connection:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.incoming.clear()
-        self.outgoing.clear()
+        self._drop_all()
         self.ctx.connections.discard(self)
         self.endpoint.forget(self)

@@ -41,7 +41,11 @@ import datetime as dt
 from aioquic import tls
 from aioquic._buffer import Buffer  # aioquic.buffer re-exports it without declaring so
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
+from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.stream import QuicStream
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ingress.config.model import QuicSettings
@@ -192,6 +196,34 @@ class ServerConnection(QuicConnection):
         self._local_max_streams_bidi.value = settings.max_streams
         self._certs = certs
         self._early_data = settings.early_data
+        # Request streams whose body a handler reads at its own pace: bytes it has read so far.
+        self.reader_paced: dict[int, int] = {}
+
+    def _write_stream_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream) -> None:
+        """Grant window on a paced stream only as its reader consumes, not as data arrives.
+
+        aioquic doubles a stream's window whenever half of it has been received,
+        which suits a reader that takes everything at once. A proxied upload is
+        read as fast as the upstream accepts it; without this a 1 GiB body to a
+        slow origin would end up in memory.
+        """
+        stream_id = stream.stream_id
+        consumed = self.reader_paced.get(stream_id) if stream_id is not None else None
+        if consumed is None or stream_id is None:
+            super()._write_stream_limits(builder, space, stream)
+            return
+        window = consumed + self._local_max_stream_data_bidi_remote
+        stream.max_stream_data_local = max(stream.max_stream_data_local, window)
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA,
+                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                handler=self._on_max_stream_data_delivery,
+                handler_args=(stream,),
+            )
+            buf.push_uint_var(stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
 
     @property
     def sni(self) -> str | None:
