@@ -1,0 +1,580 @@
+"""The RFC 9111 shared cache a worker keeps for proxied routes: storage, selection and hit responses.
+
+No I/O: the reverse proxy asks `lookup`, talks to the origin itself, and
+hands answers back with `store` / `freshen`; the rules of freshness live in
+`freshness`. A hit is served like a static file: its HTTP/1.1 bytes are
+built once per Date tick and memoised on the entry, so another hit in the
+same second is a dict lookup that allocates nothing.
+
+Memory is bounded by `max_bytes` (stored bodies and header lines, least
+recently used evicted first) and by a cap on variants per URI, so neither
+many URIs nor a Vary on a client-chosen header can grow it. The per-tick
+wire memos are not counted: they are dropped when the tick moves, so they
+only ever hold the entries hit within the last second.
+
+Stored headers keep the origin's case and order, minus hop-by-hop fields,
+Date, Age and Server: Date and Server come from the clock's preamble like
+every other answer of this server, and Age is recomputed per hit as the
+response's current age (§4.2.3), which already includes how old it was
+when it arrived (the origin's Date and Age). Content-Length is rewritten
+from the stored body, since the origin may have sent it chunked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from ingress.clock import Clock
+from ingress.handlers import conditional
+from ingress.handlers.freshness import (
+    CacheControl,
+    Headers,
+    Kind,
+    corrected_initial_age,
+    current_age,
+    date_value,
+    field_members,
+    freshness_lifetime,
+    request_cache_control,
+    response_cache_control,
+    reuse,
+    stale_if_error_allowed,
+    unstorable_reason,
+)
+from ingress.protocol.events import Request, Response
+from ingress.protocol.http1 import status_line
+
+__all__ = ["CACHE_NAME", "Entry", "Flights", "Kind", "Lookup", "SharedCache", "cache_status", "primary_key"]
+
+CACHE_NAME = b"edgeward"
+# Variants one URI may hold; past it the least recently stored goes.
+MAX_VARIANTS = 32
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+# Never stored: hop-by-hop (RFC 9110 §7.6.1), and fields this cache writes itself per answer.
+_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_REWRITTEN = frozenset({b"date", b"age", b"server", b"content-length"})
+# Not taken from a 304 (§3.2): they describe the stored body or select it, which a 304 does not change.
+_KEPT_ON_FRESHEN = frozenset({b"content-length", b"content-encoding", b"content-range", b"vary"})
+# A 304 to a client carries what a 200 would say about caching and identity (RFC 9110 §15.4.5).
+_NOT_MODIFIED_FIELDS = frozenset(
+    {b"cache-control", b"content-location", b"etag", b"expires", b"vary", b"last-modified"}
+)
+# Request fields whose values compare case-insensitively when matching Vary.
+_CASELESS = frozenset({b"accept", b"accept-charset", b"accept-encoding", b"accept-language"})
+
+HIT = "hit"
+HIT_STALE_WHILE_REVALIDATE = "hit; detail=stale-while-revalidate"
+HIT_STALE_IF_ERROR = "hit; detail=stale-if-error"
+
+Key = tuple[str, str, bytes, bytes]
+T = TypeVar("T")
+
+
+def primary_key(request: Request) -> Key:
+    """The cache key before Vary: GET and HEAD share it, since HEAD is answered from the GET entry."""
+    return (request.scheme.lower(), request.host.lower(), request.path, request.query)
+
+
+def cache_status(
+    *,
+    hit: bool = False,
+    fwd: str = "",
+    fwd_status: int = 0,
+    ttl: int | None = None,
+    stored: bool = False,
+    collapsed: bool = False,
+    detail: str = "",
+) -> bytes:
+    """This cache's member of a Cache-Status field (RFC 9211), e.g. b"edgeward; fwd=uri-miss; stored"."""
+    parts = [CACHE_NAME]
+    if hit:
+        parts.append(b"hit")
+    if fwd:
+        parts.append(b"fwd=" + fwd.encode("ascii"))
+    if fwd_status:
+        parts.append(b"fwd-status=%d" % fwd_status)
+    if ttl is not None:
+        parts.append(b"ttl=%d" % ttl)
+    if stored:
+        parts.append(b"stored")
+    if collapsed:
+        parts.append(b"collapsed")
+    if detail:
+        parts.append(b"detail=" + detail.encode("ascii"))
+    return b"; ".join(parts)
+
+
+def _normalise(name: bytes, value: bytes | None) -> bytes | None:
+    """A request field's value as Vary compares it (§4.1): list whitespace dropped, case folded where it is moot."""
+    if value is None:
+        return None
+    out = b",".join(m for m in (m.strip() for m in value.split(b",")) if m)
+    return out.lower() if name in _CASELESS else out
+
+
+def _storable_headers(headers: Headers, body_length: int, status: int) -> Headers:
+    nominated = set(field_members(headers, b"connection"))
+    kept = [
+        (n, v) for n, v in headers if (low := n.lower()) not in _HOP and low not in _REWRITTEN and low not in nominated
+    ]
+    if status not in (204, 304):
+        kept.append((b"Content-Length", b"%d" % body_length))
+    return kept
+
+
+def _first(headers: Headers, name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n.lower() == name:
+            return v.strip()
+    return None
+
+
+class Entry:
+    """One stored response (one variant of one URI), with what its freshness needs precomputed."""
+
+    __slots__ = (
+        "body",
+        "cached",
+        "cc",
+        "date",
+        "etag",
+        "head_memo",
+        "headers",
+        "initial_age",
+        "key",
+        "last_modified",
+        "lifetime",
+        "memo",
+        "response_time",
+        "size",
+        "status",
+        "vary",
+    )
+
+    def __init__(
+        self,
+        key: Key,
+        vary: tuple[tuple[bytes, bytes | None], ...] | None,
+        status: int,
+        stored: Headers,
+        received: Headers,
+        body: bytes,
+        request_time: float,
+        response_time: float,
+    ) -> None:
+        self.key = key
+        # (request field, normalised value) pairs the response varies on; None for Vary: *, which matches nothing.
+        self.vary = vary
+        self.status = status
+        self.body = body
+        self.cached = False
+        # Cache-Status parameters -> (preamble it was built with, response); GET and HEAD apart.
+        self.memo: dict[str, tuple[bytes, Response]] = {}
+        self.head_memo: dict[str, tuple[bytes, Response]] = {}
+        self.headers: Headers = []
+        self._update(stored, received, request_time, response_time)
+
+    def _update(self, stored: Headers, received: Headers, request_time: float, response_time: float) -> None:
+        """Take `stored` as the headers; `received` (the origin's full answer, or its 304) dates the response."""
+        self.headers = stored
+        self.cc: CacheControl = response_cache_control(stored)
+        self.etag = _first(stored, b"etag")
+        self.last_modified = _first(stored, b"last-modified")
+        self.date = date_value(received, response_time)
+        self.response_time = response_time
+        self.initial_age = corrected_initial_age(received, request_time, response_time)
+        # Lifetime from the *received* Date/Expires pair: Date is not stored, but Expires - Date needs both.
+        self.lifetime = freshness_lifetime(self.status, _with_date(stored, received), self.cc, response_time)
+        self.size = len(self.body) + sum(len(n) + len(v) + 4 for n, v in stored)
+        self.memo.clear()
+        self.head_memo.clear()
+
+    def matches(self, headers: Mapping[bytes, bytes]) -> bool:
+        """Whether a request with these (lower-case) fields selects this variant (§4.1)."""
+        vary = self.vary
+        if vary is None:
+            return False
+        return all(_normalise(name, headers.get(name)) == want for name, want in vary)
+
+    def current_age(self, now: float) -> float:
+        return current_age(self.initial_age, self.response_time, now)
+
+    def ttl(self, now: float) -> int:
+        """Whole seconds of freshness left; negative once stale."""
+        return math.floor(self.lifetime - self.current_age(now))
+
+
+def _with_date(stored: Headers, received: Headers) -> Headers:
+    """Stored headers plus the received Date, which freshness_lifetime needs but the entry does not keep."""
+    return stored + [(n, v) for n, v in received if n.lower() == b"date"]
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What the cache can do for a request.
+
+    FRESH: serve `entry` now (fresh, or stale within the client's max-stale).
+    STALE_WHILE_REVALIDATE: serve `entry` now and revalidate it in the background.
+    STALE: go to the origin, conditionally (`conditional_headers(entry)`); on a
+      304 `freshen`, on an error consider `stale_if_error_ok`. `fwd` is
+      "stale", or "request" when the client's directives refused a fresh entry.
+    MISS: nothing stored for this request; `fwd` is "uri-miss", "vary-miss",
+      "method" (not GET/HEAD) or "bypass" (cache disabled); `entry` is None.
+    ONLY_IF_CACHED: the client sent only-if-cached and nothing may be served:
+      answer 504 without contacting the origin.
+    """
+
+    kind: Kind
+    entry: Entry | None = None
+    fwd: str = ""
+    age: int = 0
+    ttl: int = 0
+
+    @property
+    def status(self) -> str:
+        """The Cache-Status parameters for this outcome, as `respond` takes them."""
+        if self.kind is Kind.FRESH:
+            return HIT
+        if self.kind is Kind.STALE_WHILE_REVALIDATE:
+            return HIT_STALE_WHILE_REVALIDATE
+        if self.kind is Kind.ONLY_IF_CACHED:
+            return "detail=only-if-cached"
+        return "fwd=" + self.fwd
+
+
+_BYPASS = Lookup(Kind.MISS, fwd="bypass")
+_METHOD = Lookup(Kind.MISS, fwd="method")
+
+
+class SharedCache:
+    """Stored responses by URI and Vary, bounded by bytes, with the counters a metrics endpoint reads."""
+
+    def __init__(self, max_bytes: int, max_object_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_object_bytes = max_object_bytes
+        self._index: dict[Key, list[Entry]] = {}
+        self._lru: OrderedDict[Entry, None] = OrderedDict()
+        self._memo_preamble = b""
+        self._memoised: list[Entry] = []
+        self.hits = 0
+        self.misses = 0
+        self.stores = 0
+        self.evictions = 0
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    # selection ------------------------------------------------------------------------------------------------------
+    def lookup(self, request: Request, now: float) -> Lookup:
+        """Select the stored response for `request` and say whether it may be served (§4)."""
+        method = request.method
+        if method not in ("GET", "HEAD"):
+            return _METHOD
+        request_cc = request_cache_control(request.headers)
+        if not self.max_bytes:
+            found = _BYPASS
+        else:
+            variants = self._index.get(primary_key(request))
+            if not variants:
+                found = Lookup(Kind.MISS, fwd="uri-miss")
+            else:
+                entry = next((v for v in variants if v.matches(request.headers)), None)
+                found = Lookup(Kind.MISS, fwd="vary-miss") if entry is None else self._judge(entry, request_cc, now)
+        if found.kind is Kind.FRESH or found.kind is Kind.STALE_WHILE_REVALIDATE:
+            self.hits += 1
+        else:
+            self.misses += 1
+            if found.kind is Kind.MISS and "only-if-cached" in request_cc:
+                return Lookup(Kind.ONLY_IF_CACHED, fwd=found.fwd)
+        return found
+
+    def _judge(self, entry: Entry, request_cc: CacheControl, now: float) -> Lookup:
+        self._lru.move_to_end(entry)
+        age = entry.current_age(now)
+        kind, fwd = reuse(age, entry.lifetime, entry.cc, request_cc)
+        return Lookup(kind, entry, fwd, math.floor(age), math.floor(entry.lifetime - age))
+
+    @staticmethod
+    def conditional_headers(entry: Entry) -> Headers:
+        """Validators for revalidating `entry` at the origin (§4.3.1)."""
+        out: Headers = []
+        if entry.etag is not None:
+            out.append((b"If-None-Match", entry.etag))
+        if entry.last_modified is not None:
+            out.append((b"If-Modified-Since", entry.last_modified))
+        return out
+
+    def stale_if_error_ok(self, entry: Entry, request: Request, now: float) -> bool:
+        """Whether `entry` may be served because the origin failed (5xx or no answer) (RFC 5861 §4)."""
+        request_cc = request_cache_control(request.headers)
+        return stale_if_error_allowed(entry.current_age(now), entry.lifetime, entry.cc, request_cc)
+
+    # storing --------------------------------------------------------------------------------------------------------
+    def store(
+        self,
+        request: Request,
+        status: int,
+        headers: Headers,
+        body: bytes,
+        request_time: float,
+        response_time: float,
+    ) -> Entry | None:
+        """Store the origin's answer if §3 allows; None when it is not stored.
+
+        `headers` should be what the proxy sends downstream for this answer, so
+        a hit looks like the miss did. The new response replaces any stored
+        variant this request would have selected.
+        """
+        if not self.max_bytes or len(body) > self.max_object_bytes:
+            return None
+        cc = response_cache_control(headers)
+        if unstorable_reason(request.method, status, request.headers, headers, cc):
+            return None
+        names = field_members(headers, b"vary")
+        vary = tuple((name, _normalise(name, request.headers.get(name))) for name in dict.fromkeys(names))
+        key = primary_key(request)
+        stored = _storable_headers(headers, len(body), status)
+        entry = Entry(key, vary, status, stored, headers, body, request_time, response_time)
+        if entry.size > self.max_bytes:
+            return None
+        for old in [v for v in self._index.get(key, ()) if v.matches(request.headers)]:
+            self._remove(old)
+        variants = self._index.setdefault(key, [])
+        variants.insert(0, entry)
+        if len(variants) > MAX_VARIANTS:
+            self._remove(variants[-1])
+            self.evictions += 1
+        entry.cached = True
+        self._lru[entry] = None
+        self.bytes += entry.size
+        self.stores += 1
+        self._evict()
+        return entry
+
+    def freshen(self, entry: Entry, headers: Headers, request_time: float, response_time: float) -> Entry:
+        """Update `entry` from a 304 to its revalidation (§4.3.4) and return it, fresh again.
+
+        An entry evicted or purged meanwhile is updated (the caller serves it)
+        but not put back, so a purge during a revalidation sticks.
+        """
+        nominated = set(field_members(headers, b"connection"))
+        fresh = [
+            (n, v)
+            for n, v in headers
+            if (low := n.lower()) not in _HOP
+            and low not in _REWRITTEN
+            and low not in _KEPT_ON_FRESHEN
+            and low not in nominated
+        ]
+        replaced = {n.lower() for n, _ in fresh}
+        stored = [(n, v) for n, v in entry.headers if n.lower() not in replaced] + fresh
+        # Content-Length was appended last at store time; keep it last so the order stays stable.
+        stored.sort(key=lambda f: f[0].lower() == b"content-length")
+        before = entry.size
+        entry._update(stored, headers, request_time, response_time)
+        if entry.cached:
+            self.bytes += entry.size - before
+            cc = entry.cc
+            if "no-store" in cc or "private" in cc:
+                self._remove(entry)
+            else:
+                self._lru.move_to_end(entry)
+                self._evict()
+        return entry
+
+    # removal --------------------------------------------------------------------------------------------------------
+    def invalidate(self, request: Request, status: int, response_headers: Headers) -> int:
+        """Drop what an unsafe request's successful answer made outdated (§4.4); the number of entries removed.
+
+        The target URI always; Location and Content-Location only on the same
+        origin, so one site cannot evict another's entries.
+        """
+        if request.method in SAFE_METHODS or not 200 <= status < 400:
+            return 0
+        target = primary_key(request)
+        keys = {target}
+        scheme, host = target[0], target[1]
+        base = f"{scheme}://{host}{request.path.decode('latin-1')}"
+        if request.query:
+            base += "?" + request.query.decode("latin-1")
+        for value in (_first(response_headers, b"location"), _first(response_headers, b"content-location")):
+            if not value:
+                continue
+            try:
+                url = urllib.parse.urlsplit(urllib.parse.urljoin(base, value.decode("latin-1")))
+            except ValueError:
+                continue
+            if url.scheme.lower() == scheme and url.netloc.lower() == host:
+                keys.add((scheme, host, (url.path or "/").encode("latin-1"), url.query.encode("latin-1")))
+        removed = 0
+        for key in keys:
+            for entry in list(self._index.get(key, ())):
+                self._remove(entry)
+                removed += 1
+        return removed
+
+    def purge(self, host: str, path: str, prefix: bool = False) -> int:
+        """Remove entries by host ("*" or "" for any) and path; the number removed.
+
+        A path with "?" matches that query exactly; without, every query of the
+        path. With `prefix`, every URI whose path (and query) starts with it.
+        """
+        host = host.lower()
+        any_host = host in ("", "*")
+        target = path.encode("utf-8")
+        removed = 0
+        for key in list(self._index):
+            if not any_host and key[1] != host:
+                continue
+            uri = key[2] + b"?" + key[3] if key[3] else key[2]
+            if prefix:
+                hit = uri.startswith(target)
+            elif b"?" in target:
+                hit = uri == target
+            else:
+                hit = key[2] == target
+            if hit:
+                for entry in list(self._index[key]):
+                    self._remove(entry)
+                    removed += 1
+        return removed
+
+    def _remove(self, entry: Entry) -> None:
+        if not entry.cached:
+            return
+        entry.cached = False
+        del self._lru[entry]
+        self.bytes -= entry.size
+        variants = self._index[entry.key]
+        variants.remove(entry)
+        if not variants:
+            del self._index[entry.key]
+
+    def _evict(self) -> None:
+        while self.bytes > self.max_bytes and self._lru:
+            self._remove(next(iter(self._lru)))
+            self.evictions += 1
+
+    # serving --------------------------------------------------------------------------------------------------------
+    def respond(self, entry: Entry, request: Request, now: float, clock: Clock, status: str = HIT) -> Response:
+        """A response from `entry`, pre-serialised for HTTP/1.1 and memoised for the current Date tick.
+
+        `status` is this cache's Cache-Status parameters (a `Lookup.status`,
+        or e.g. "fwd=stale; fwd-status=304" after a revalidation); exactly
+        "hit" gets the entry's remaining ttl added. A client's own matching
+        If-None-Match / If-Modified-Since gets a 304, built per request.
+        """
+        preamble = clock.preamble
+        if preamble is not self._memo_preamble:
+            for old in self._memoised:
+                old.memo.clear()
+                old.head_memo.clear()
+            self._memoised = []
+            self._memo_preamble = preamble
+        headers = request.headers
+        conditional_request = b"if-none-match" in headers or b"if-modified-since" in headers
+        if conditional_request and entry.status == 200 and _not_modified(entry, headers):
+            return self._not_modified(entry, now, preamble, status)
+        head = request.method == "HEAD"
+        memos = entry.head_memo if head else entry.memo
+        memo = memos.get(status)
+        if memo is not None and memo[0] is preamble:
+            return memo[1]
+        fields = self._fields(entry, entry.headers, now, status)
+        wire = status_line(entry.status) + preamble + b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n"
+        response = (
+            Response(entry.status, fields, b"", wire)
+            if head
+            else Response(entry.status, fields, entry.body, wire + entry.body)
+        )
+        if not entry.memo and not entry.head_memo:
+            self._memoised.append(entry)
+        memos[status] = (preamble, response)
+        return response
+
+    def _not_modified(self, entry: Entry, now: float, preamble: bytes, status: str) -> Response:
+        kept = [(n, v) for n, v in entry.headers if n.lower() in _NOT_MODIFIED_FIELDS]
+        fields = self._fields(entry, kept, now, status)
+        wire = status_line(304) + preamble + b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n"
+        return Response(304, fields, b"", wire)
+
+    @staticmethod
+    def _fields(entry: Entry, headers: Headers, now: float, status: str) -> Headers:
+        age = entry.current_age(now)
+        value = CACHE_NAME + b"; " + status.encode("ascii")
+        if status == HIT:
+            value += b"; ttl=%d" % math.floor(entry.lifetime - age)
+        return [*headers, (b"Age", b"%d" % math.floor(age)), (b"Cache-Status", value)]
+
+
+def _not_modified(entry: Entry, headers: Mapping[bytes, bytes]) -> bool:
+    """Whether the client's own validators match the stored response (RFC 9110 §13.1.2, §13.1.3)."""
+    inm = headers.get(b"if-none-match")
+    if inm is not None:
+        return (entry.etag is not None and conditional.weak_match(inm, entry.etag)) or inm.strip() == b"*"
+    ims = conditional.http_date_seconds(headers.get(b"if-modified-since", b""))
+    if ims is None:
+        return False
+    # §4.3.2: compare with Last-Modified, else with the stored response's Date.
+    modified = conditional.http_date_seconds(entry.last_modified) if entry.last_modified is not None else None
+    return (modified if modified is not None else entry.date) <= ims
+
+
+class Flights(Generic[T]):
+    """Request collapsing: one request per key goes to the origin while the others wait for it.
+
+    `join` returns None to the first caller, the leader, which must end the
+    flight with `done` or `fail` (in a `finally`, or waiters hang). Everyone
+    else gets a future of their own, so a waiter that is cancelled cancels
+    only itself. Waiters should not reuse the leader's Response: they wake
+    and run `lookup` again, so Vary and their own request directives are
+    honoured, and go to the origin themselves if the answer was not stored
+    or does not fit them.
+    """
+
+    __slots__ = ("_waiting",)
+
+    def __init__(self) -> None:
+        self._waiting: dict[Hashable, list[asyncio.Future[T]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def join(self, key: Hashable, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[T] | None:
+        waiters = self._waiting.get(key)
+        if waiters is None:
+            self._waiting[key] = []
+            return None
+        future: asyncio.Future[T] = (loop or asyncio.get_running_loop()).create_future()
+        waiters.append(future)
+        return future
+
+    def done(self, key: Hashable, result: T) -> None:
+        for future in self._waiting.pop(key, ()):
+            if not future.done():
+                future.set_result(result)
+
+    def fail(self, key: Hashable, exc: BaseException) -> None:
+        for future in self._waiting.pop(key, ()):
+            if not future.done():
+                future.set_exception(exc)

@@ -1,0 +1,779 @@
+"""The RFC 9111 shared cache core, without a network: freshness rules, storage, selection and hit responses.
+
+Times are fixed epoch seconds so every age, lifetime and ttl below is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from email.utils import formatdate
+from typing import Any
+
+import pytest
+
+from ingress.clock import Clock
+from ingress.handlers import cache as cache_mod
+from ingress.handlers.cache import (
+    HIT_STALE_IF_ERROR,
+    Entry,
+    Flights,
+    Kind,
+    Lookup,
+    SharedCache,
+    cache_status,
+    primary_key,
+)
+from ingress.handlers.freshness import (
+    DELTA_MAX,
+    EMPTY,
+    HEURISTIC_MAX,
+    CacheControl,
+    age_value,
+    corrected_initial_age,
+    current_age,
+    date_value,
+    freshness_lifetime,
+    parse_cache_control,
+    request_cache_control,
+    response_cache_control,
+    reuse,
+    stale_if_error_allowed,
+    storable,
+    unstorable_reason,
+)
+from ingress.protocol.events import Request
+
+T0 = 1_700_000_000
+BODY = b"hello cache\n"
+
+
+def date(t: float) -> bytes:
+    return formatdate(t, usegmt=True).encode("ascii")
+
+
+def cc(text: str) -> CacheControl:
+    return parse_cache_control([text.encode()])
+
+
+def req(
+    path: bytes = b"/a",
+    method: str = "GET",
+    headers: dict[bytes, bytes] | None = None,
+    query: bytes = b"",
+    host: str = "Example.COM",
+    scheme: str = "https",
+) -> Request:
+    return Request(method, path, query, dict(headers or {}), host, "1.1", True, scheme)
+
+
+def origin(
+    cache_control: bytes | None = b"max-age=60", *extra: tuple[bytes, bytes], at: float = T0
+) -> list[tuple[bytes, bytes]]:
+    headers = [(b"Date", date(at)), (b"Content-Type", b"text/plain")]
+    if cache_control is not None:
+        headers.append((b"Cache-Control", cache_control))
+    headers.extend(extra)
+    return headers
+
+
+def stored(
+    c: SharedCache,
+    request: Request | None = None,
+    cache_control: bytes | None = b"max-age=60",
+    *extra: tuple[bytes, bytes],
+    status: int = 200,
+    body: bytes = BODY,
+) -> Entry:
+    entry = c.store(request or req(), status, origin(cache_control, *extra), body, T0, T0)
+    assert entry is not None
+    return entry
+
+
+# --- Cache-Control parsing ------------------------------------------------------------------------------------------
+
+
+def test_parse_names_are_case_insensitive_and_values_kept() -> None:
+    parsed = parse_cache_control([b"Max-Age=60, PUBLIC", b"S-MaxAge=30"])
+    assert parsed.directives == {"max-age": ("60",), "public": (None,), "s-maxage": ("30",)}
+
+
+def test_parse_quoted_values_keep_commas_and_unescape() -> None:
+    parsed = parse_cache_control([b'no-cache="Set-Cookie, X-A", private="a\\"b", max-age="10"'])
+    assert parsed.directives == {"no-cache": ("Set-Cookie, X-A",), "private": ('a"b',), "max-age": ("10",)}
+    assert parsed.seconds("max-age") == 10
+
+
+def test_parse_skips_junk_and_empty_members() -> None:
+    parsed = parse_cache_control([b" ,, max-age=5 junk , ,no-store,"])
+    assert parsed.directives == {"max-age": ("5",), "no-store": (None,)}
+
+
+def test_seconds_duplicates_agreeing_conflicting_invalid() -> None:
+    assert parse_cache_control([b"max-age=60", b"max-age=60"]).seconds("max-age") == 60
+    assert parse_cache_control([b"max-age=60, max-age=30"]).seconds("max-age") == 0
+    assert parse_cache_control([b"max-age=abc"]).seconds("max-age") == 0
+    assert parse_cache_control([b"max-age"]).seconds("max-age") == 0
+    assert parse_cache_control([b"max-age=-1"]).seconds("max-age") == 0
+    assert parse_cache_control([b"public"]).seconds("max-age") is None
+    assert parse_cache_control([b"max-age=99999999999999"]).seconds("max-age") == DELTA_MAX
+
+
+def test_largest_and_max_stale() -> None:
+    assert parse_cache_control([b"min-fresh=5, min-fresh=20, min-fresh=x"]).largest("min-fresh") == 20
+    assert parse_cache_control([b"max-stale"]).max_stale() == math.inf
+    assert parse_cache_control([b"max-stale=30"]).max_stale() == 30
+    assert parse_cache_control([b"max-stale=30, max-stale=10"]).max_stale() == 10
+    assert parse_cache_control([b"max-stale=x"]).max_stale() == 0
+    assert EMPTY.max_stale() is None
+
+
+def test_request_pragma_no_cache_only_without_cache_control() -> None:
+    assert "no-cache" in request_cache_control({b"pragma": b"No-Cache"})
+    assert "no-cache" not in request_cache_control({b"pragma": b"no-cache", b"cache-control": b"max-age=5"})
+    assert request_cache_control({}) is EMPTY
+
+
+# --- freshness lifetime -------------------------------------------------------------------------------------------
+
+
+def lifetime(headers: list[tuple[bytes, bytes]], status: int = 200, response_time: float = T0) -> float:
+    return freshness_lifetime(status, headers, response_cache_control(headers), response_time)
+
+
+def test_lifetime_precedence_s_maxage_max_age_expires() -> None:
+    base = [(b"Date", date(T0)), (b"Expires", date(T0 + 300)), (b"Last-Modified", date(T0 - 10000))]
+    assert lifetime([*base, (b"Cache-Control", b"max-age=60, s-maxage=30")]) == 30
+    assert lifetime([*base, (b"Cache-Control", b"max-age=60")]) == 60
+    assert lifetime(base) == 300
+    assert lifetime(base[:1] + base[2:]) == 1000  # heuristic: 10% of 10000
+
+
+def test_expires_invalid_or_conflicting_is_expired() -> None:
+    assert lifetime([(b"Date", date(T0)), (b"Expires", b"0")]) == 0
+    assert lifetime([(b"Date", date(T0)), (b"Expires", date(T0 + 50)), (b"Expires", date(T0 + 90))]) == 0
+    assert lifetime([(b"Date", date(T0)), (b"Expires", date(T0 - 50))]) == 0
+
+
+def test_expires_without_date_uses_response_time() -> None:
+    assert lifetime([(b"Expires", date(T0 + 100))], response_time=T0 + 40) == 60
+
+
+def test_heuristic_is_capped_and_needs_allowed_status_or_public() -> None:
+    old = [(b"Date", date(T0)), (b"Last-Modified", date(T0 - 100 * 86400))]
+    assert lifetime(old) == HEURISTIC_MAX
+    assert lifetime([(b"Date", date(T0)), (b"Last-Modified", date(T0 - 500))], status=302) == 0
+    assert lifetime([*old, (b"Cache-Control", b"public")], status=302) == HEURISTIC_MAX
+    assert lifetime([(b"Date", date(T0))]) == 0
+    assert lifetime([(b"Date", date(T0)), (b"Last-Modified", date(T0 + 5))]) == 0
+
+
+# --- age ------------------------------------------------------------------------------------------------------------
+
+
+def test_age_value_first_member_invalid_and_overflow() -> None:
+    assert age_value([(b"Age", b"30, 40")]) == 30
+    assert age_value([(b"age", b"7"), (b"Age", b"9")]) == 7
+    assert age_value([(b"Age", b"-3")]) == 0
+    assert age_value([(b"Age", b"99999999999")]) == DELTA_MAX
+    assert age_value([]) == 0
+
+
+def test_corrected_initial_age_apparent_vs_age_plus_delay() -> None:
+    # Date 10s before arrival: apparent age 10 beats Age 3 + delay 2.
+    assert corrected_initial_age([(b"Date", date(T0 - 10)), (b"Age", b"3")], T0 - 2, T0) == 10
+    # Age 20 + delay 2 beats apparent age 10.
+    assert corrected_initial_age([(b"Date", date(T0 - 10)), (b"Age", b"20")], T0 - 2, T0) == 22
+    # A Date in the future (clock skew) gives apparent age 0, not negative.
+    assert corrected_initial_age([(b"Date", date(T0 + 50))], T0, T0) == 0
+    assert date_value([], T0 + 1) == T0 + 1
+
+
+def test_current_age_adds_resident_time() -> None:
+    assert current_age(12.0, T0, T0 + 30) == 42
+    assert current_age(12.0, T0, T0 - 5) == 12
+
+
+# --- storability ----------------------------------------------------------------------------------------------------
+
+
+def why(
+    status: int = 200,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    method: str = "GET",
+    rh: dict[bytes, bytes] | None = None,
+) -> str:
+    return unstorable_reason(method, status, rh or {}, headers if headers is not None else origin())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({}, ""),
+        ({"method": "HEAD"}, "method"),
+        ({"method": "POST"}, "method"),
+        ({"status": 206}, "partial"),
+        ({"status": 299}, "status"),
+        ({"status": 304}, "status"),
+        ({"headers": origin(b"max-age=60, No-Store")}, "no-store"),
+        ({"rh": {b"cache-control": b"no-store"}}, "no-store"),
+        ({"headers": origin(b"max-age=60, no-store, must-understand")}, ""),
+        ({"headers": origin(b"max-age=60, private")}, "private"),
+        ({"headers": origin(b'max-age=60, private="Set-Cookie"')}, "private"),
+        ({"headers": origin(b"max-age=60", (b"Vary", b"Accept, *"))}, "vary-star"),
+        ({"rh": {b"authorization": b"Bearer x"}}, "authorization"),
+        ({"rh": {b"authorization": b"x"}, "headers": origin(b"max-age=60, public")}, ""),
+        ({"rh": {b"authorization": b"x"}, "headers": origin(b"s-maxage=60")}, ""),
+        ({"rh": {b"authorization": b"x"}, "headers": origin(b"max-age=60, must-revalidate")}, ""),
+        ({"headers": origin(b"max-age=60", (b"Set-Cookie", b"s=1"))}, "set-cookie"),
+        ({"headers": origin(b"public, max-age=60", (b"Set-Cookie", b"s=1"))}, ""),
+        ({"headers": origin(None)}, "no-freshness"),
+        ({"headers": origin(None, (b"ETag", b'"x"'))}, ""),
+        ({"headers": origin(None, (b"Last-Modified", date(T0 - 9)))}, ""),
+        ({"headers": origin(None, (b"Expires", date(T0 + 9)))}, ""),
+        ({"headers": origin(b"no-cache", (b"ETag", b'"x"'))}, ""),
+        ({"headers": origin(b"public")}, ""),
+        ({"status": 302, "headers": origin(None, (b"ETag", b'"x"'))}, "no-freshness"),
+        ({"status": 503, "headers": origin(b"max-age=5")}, ""),
+    ],
+)
+def test_unstorable_reason(kwargs: dict[str, Any], reason: str) -> None:
+    assert why(**kwargs) == reason
+
+
+def test_storable_is_the_negation() -> None:
+    assert storable("GET", 200, {}, origin())
+    assert not storable("GET", 200, {}, origin(b"private"))
+
+
+# --- reuse decisions ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("age", "life", "response", "asked", "expected"),
+    [
+        (10, 60, "", "", (Kind.FRESH, "")),
+        (60, 60, "", "", (Kind.STALE, "stale")),
+        (10, 60, "", "no-cache", (Kind.STALE, "request")),
+        (70, 60, "", "no-cache", (Kind.STALE, "stale")),
+        (10, 60, "", "max-age=0", (Kind.STALE, "request")),
+        (10, 60, "", "max-age=10", (Kind.FRESH, "")),
+        (10, 60, "", "max-age=9", (Kind.STALE, "request")),
+        (10, 60, "", "min-fresh=50", (Kind.FRESH, "")),
+        (10, 60, "", "min-fresh=51", (Kind.STALE, "request")),
+        (70, 60, "", "max-stale=10", (Kind.FRESH, "")),
+        (71, 60, "", "max-stale=10", (Kind.STALE, "stale")),
+        (5000, 60, "", "max-stale", (Kind.FRESH, "")),
+        (70, 60, "must-revalidate", "max-stale", (Kind.STALE, "stale")),
+        (70, 60, "proxy-revalidate", "max-stale", (Kind.STALE, "stale")),
+        (70, 60, "s-maxage=60", "max-stale", (Kind.STALE, "stale")),
+        (10, 60, "no-cache", "", (Kind.STALE, "stale")),
+        (10, 60, 'no-cache="set-cookie"', "", (Kind.STALE, "stale")),
+        (80, 60, "stale-while-revalidate=20", "", (Kind.STALE_WHILE_REVALIDATE, "")),
+        (81, 60, "stale-while-revalidate=20", "", (Kind.STALE, "stale")),
+        (80, 60, "s-maxage=60, stale-while-revalidate=20", "", (Kind.STALE_WHILE_REVALIDATE, "")),
+        (80, 60, "must-revalidate, stale-while-revalidate=20", "", (Kind.STALE, "stale")),
+        (80, 60, "stale-while-revalidate=20", "max-age=70", (Kind.STALE, "stale")),
+        (70, 60, "", "only-if-cached", (Kind.ONLY_IF_CACHED, "stale")),
+        (10, 60, "", "only-if-cached", (Kind.FRESH, "")),
+        (10, 60, "", "only-if-cached, no-cache", (Kind.ONLY_IF_CACHED, "request")),
+        (70, 60, "", "only-if-cached, max-stale=20", (Kind.FRESH, "")),
+    ],
+)
+def test_reuse(age: float, life: float, response: str, asked: str, expected: tuple[Kind, str]) -> None:
+    assert reuse(age, life, cc(response), cc(asked)) == expected
+
+
+@pytest.mark.parametrize(
+    ("age", "response", "asked", "allowed"),
+    [
+        (100, "stale-if-error=50", "", True),
+        (111, "stale-if-error=50", "", False),
+        (100, "", "stale-if-error=40", True),
+        (100, "", "stale-if-error=39", False),
+        (100, "stale-if-error=10", "stale-if-error=40", True),
+        (100, "must-revalidate, stale-if-error=500", "stale-if-error=500", False),
+        (100, "proxy-revalidate, stale-if-error=500", "", False),
+        (100, "no-cache, stale-if-error=500", "", False),
+        (100, "", "", False),
+        (30, "stale-if-error=0", "", True),
+    ],
+)
+def test_stale_if_error(age: float, response: str, asked: str, allowed: bool) -> None:
+    assert stale_if_error_allowed(age, 60, cc(response), cc(asked)) is allowed
+
+
+# --- cache_status ---------------------------------------------------------------------------------------------------
+
+
+def test_cache_status_strings() -> None:
+    assert cache_status(hit=True, ttl=42) == b"edgeward; hit; ttl=42"
+    assert cache_status(fwd="uri-miss", stored=True) == b"edgeward; fwd=uri-miss; stored"
+    assert cache_status(fwd="vary-miss") == b"edgeward; fwd=vary-miss"
+    assert cache_status(fwd="stale", fwd_status=304) == b"edgeward; fwd=stale; fwd-status=304"
+    assert cache_status(fwd="request") == b"edgeward; fwd=request"
+    assert cache_status(hit=True, detail="stale-while-revalidate") == b"edgeward; hit; detail=stale-while-revalidate"
+    assert cache_status(fwd="uri-miss", collapsed=True) == b"edgeward; fwd=uri-miss; collapsed"
+
+
+def test_lookup_status_strings() -> None:
+    assert Lookup(Kind.FRESH).status == "hit"
+    assert Lookup(Kind.STALE_WHILE_REVALIDATE).status == "hit; detail=stale-while-revalidate"
+    assert Lookup(Kind.STALE, fwd="request").status == "fwd=request"
+    assert Lookup(Kind.MISS, fwd="vary-miss").status == "fwd=vary-miss"
+    assert Lookup(Kind.ONLY_IF_CACHED, fwd="uri-miss").status == "detail=only-if-cached"
+
+
+# --- store and lookup -----------------------------------------------------------------------------------------------
+
+
+def test_fresh_hit_counts_and_numbers() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = stored(c)
+    found = c.lookup(req(), T0 + 15)
+    assert (found.kind, found.entry, found.fwd, found.age, found.ttl) == (Kind.FRESH, entry, "", 15, 45)
+    assert (c.hits, c.misses, c.stores) == (1, 0, 1)
+    assert c.lookup(req(), T0 + 60).kind is Kind.STALE
+    assert (c.hits, c.misses) == (1, 1)
+
+
+def test_key_is_scheme_host_path_query() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    stored(c, req(query=b"x=1"))
+    assert primary_key(req(query=b"x=1")) == ("https", "example.com", b"/a", b"x=1")
+    assert c.lookup(req(query=b"x=1", host="EXAMPLE.com"), T0).kind is Kind.FRESH
+    for other in (req(), req(query=b"x=2"), req(query=b"x=1", scheme="http"), req(query=b"x=1", host="b.example")):
+        found = c.lookup(other, T0)
+        assert (found.kind, found.fwd) == (Kind.MISS, "uri-miss")
+
+
+def test_head_is_answered_from_get_and_never_stored() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    assert c.store(req(method="HEAD"), 200, origin(), b"", T0, T0) is None
+    entry = stored(c)
+    assert c.lookup(req(method="HEAD"), T0).entry is entry
+
+
+def test_unsafe_methods_and_disabled_cache_bypass() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    stored(c)
+    assert c.lookup(req(method="POST"), T0) == Lookup(Kind.MISS, fwd="method")
+    off = SharedCache(0, 1 << 20)
+    assert off.store(req(), 200, origin(), BODY, T0, T0) is None
+    assert off.lookup(req(), T0) == Lookup(Kind.MISS, fwd="bypass")
+    assert len(off) == 0
+
+
+def test_authorization_rule_through_store() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    authed = req(headers={b"authorization": b"Bearer t"})
+    assert c.store(authed, 200, origin(b"max-age=60"), BODY, T0, T0) is None
+    assert c.store(authed, 200, origin(b"max-age=60, public"), BODY, T0, T0) is not None
+
+
+def test_request_no_store_is_not_stored_but_may_be_served() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    assert c.store(req(headers={b"cache-control": b"no-store"}), 200, origin(), BODY, T0, T0) is None
+    stored(c)
+    assert c.lookup(req(headers={b"cache-control": b"no-store"}), T0 + 1).kind is Kind.FRESH
+
+
+def test_vary_selects_variants_and_normalises() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    vary = (b"Vary", b"Accept-Encoding, X-Tenant")
+    gz = stored(c, req(headers={b"accept-encoding": b"gzip, br", b"x-tenant": b"A"}), b"max-age=60", vary)
+    plain = stored(c, req(headers={b"x-tenant": b"A"}), b"max-age=60", vary)
+    assert gz.vary == ((b"accept-encoding", b"gzip,br"), (b"x-tenant", b"A"))
+    assert c.lookup(req(headers={b"accept-encoding": b"GZIP ,BR", b"x-tenant": b"A"}), T0).entry is gz
+    assert c.lookup(req(headers={b"x-tenant": b"A"}), T0).entry is plain
+    miss = c.lookup(req(headers={b"accept-encoding": b"gzip, br", b"x-tenant": b"a"}), T0)
+    assert (miss.kind, miss.fwd) == (Kind.MISS, "vary-miss")
+    assert len(c) == 2
+
+
+def test_vary_on_absent_field_and_new_vary_replaces_plain_entry() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    plain = stored(c)
+    absent = stored(c, req(), b"max-age=60", (b"Vary", b"Cookie"))
+    assert not plain.cached and len(c) == 1  # the request that stored `absent` also selected `plain`
+    assert absent.vary == ((b"cookie", None),)
+    assert c.lookup(req(), T0).entry is absent
+    assert c.lookup(req(headers={b"cookie": b""}), T0).fwd == "vary-miss"
+    assert c.lookup(req(headers={b"cookie": b"s=1"}), T0).fwd == "vary-miss"
+
+
+def test_same_variant_is_replaced() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    first = stored(c, req(headers={b"accept": b"text/html"}), b"max-age=60", (b"Vary", b"Accept"))
+    second = stored(c, req(headers={b"accept": b"TEXT/HTML"}), b"max-age=99", (b"Vary", b"Accept"))
+    assert len(c) == 1
+    assert c.bytes == second.size
+    assert not first.cached
+    assert c.lookup(req(headers={b"accept": b"text/html"}), T0).entry is second
+
+
+def test_variants_per_uri_are_capped() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entries = [
+        stored(c, req(headers={b"x-v": b"%d" % i}), b"max-age=60", (b"Vary", b"X-V"))
+        for i in range(cache_mod.MAX_VARIANTS + 1)
+    ]
+    assert len(c) == cache_mod.MAX_VARIANTS
+    assert not entries[0].cached
+    assert c.evictions == 1
+    assert c.lookup(req(headers={b"x-v": b"0"}), T0).fwd == "vary-miss"
+
+
+def test_lru_by_bytes_evicts_least_recently_used() -> None:
+    body = b"x" * 1000
+    probe = SharedCache(1 << 20, 1 << 20)
+    size = stored(probe, body=body).size
+    assert size == 1000 + sum(len(n) + len(v) + 4 for n, v in stored(probe, body=body).headers)
+    c = SharedCache(3 * size, 1 << 20)
+    a = stored(c, req(b"/a"), body=body)
+    b = stored(c, req(b"/b"), body=body)
+    stored(c, req(b"/c"), body=body)
+    assert c.bytes == 3 * size
+    assert c.lookup(req(b"/a"), T0).kind is Kind.FRESH  # /a becomes most recently used
+    stored(c, req(b"/d"), body=body)
+    assert not b.cached and a.cached
+    assert c.lookup(req(b"/b"), T0).fwd == "uri-miss"
+    assert (c.evictions, c.bytes, len(c)) == (1, 3 * size, 3)
+
+
+def test_object_limits() -> None:
+    c = SharedCache(1 << 20, 100)
+    assert c.store(req(), 200, origin(), b"x" * 101, T0, T0) is None
+    assert c.store(req(), 200, origin(), b"x" * 100, T0, T0) is not None
+    tiny = SharedCache(50, 1000)
+    assert tiny.store(req(), 200, origin(), b"x" * 40, T0, T0) is None  # body fits, headers push it past max_bytes
+    assert tiny.bytes == 0
+
+
+def test_stored_headers_drop_hop_by_hop_date_age_server_and_fix_length() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    headers = [
+        (b"Date", date(T0)),
+        (b"Server", b"origin/1"),
+        (b"Age", b"5"),
+        (b"Connection", b"close, X-Hop"),
+        (b"X-Hop", b"1"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"content-length", b"999"),
+        (b"Cache-Control", b"max-age=60"),
+        (b"X-Custom", b"Kept"),
+    ]
+    entry = c.store(req(), 200, headers, BODY, T0, T0)
+    assert entry is not None
+    assert entry.headers == [
+        (b"Cache-Control", b"max-age=60"),
+        (b"X-Custom", b"Kept"),
+        (b"Content-Length", b"12"),
+    ]
+    assert entry.initial_age == 5  # the origin's Age still counts though the field is not kept
+
+
+def test_only_if_cached() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    oic = {b"cache-control": b"only-if-cached"}
+    assert c.lookup(req(headers=oic), T0) == Lookup(Kind.ONLY_IF_CACHED, fwd="uri-miss")
+    stored(c)
+    assert c.lookup(req(headers=oic), T0 + 10).kind is Kind.FRESH
+    assert c.lookup(req(headers=oic), T0 + 61).kind is Kind.ONLY_IF_CACHED
+
+
+def test_lookup_stale_while_revalidate_and_request_directives() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    stored(c, None, b"max-age=60, stale-while-revalidate=30")
+    found = c.lookup(req(), T0 + 80)
+    assert (found.kind, found.ttl, found.age) == (Kind.STALE_WHILE_REVALIDATE, -20, 80)
+    assert c.lookup(req(), T0 + 91).kind is Kind.STALE
+    no_cache = c.lookup(req(headers={b"cache-control": b"no-cache"}), T0 + 5)
+    assert (no_cache.kind, no_cache.fwd) == (Kind.STALE, "request")
+    assert c.lookup(req(headers={b"cache-control": b"max-stale=40"}), T0 + 100).kind is Kind.FRESH
+
+
+def test_conditional_headers() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    both = stored(c, req(b"/1"), b"max-age=1", (b"ETag", b'"v1"'), (b"Last-Modified", date(T0 - 100)))
+    assert c.conditional_headers(both) == [(b"If-None-Match", b'"v1"'), (b"If-Modified-Since", date(T0 - 100))]
+    assert c.conditional_headers(stored(c, req(b"/2"))) == []
+
+
+def test_stale_if_error_ok_uses_entry_and_request() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = stored(c, None, b"max-age=60, stale-if-error=30")
+    assert c.stale_if_error_ok(entry, req(), T0 + 90)
+    assert not c.stale_if_error_ok(entry, req(), T0 + 91)
+    assert c.stale_if_error_ok(entry, req(headers={b"cache-control": b"stale-if-error=100"}), T0 + 160)
+    strict = stored(c, req(b"/s"), b"max-age=60, must-revalidate, stale-if-error=30")
+    assert not c.stale_if_error_ok(strict, req(b"/s"), T0 + 61)
+
+
+# --- freshen --------------------------------------------------------------------------------------------------------
+
+
+def test_freshen_updates_headers_and_restarts_age() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = stored(c, None, b"max-age=60", (b"ETag", b'"v1"'), (b"X-Old", b"1"))
+    before = c.bytes
+    assert c.lookup(req(), T0 + 100).kind is Kind.STALE
+    update = [
+        (b"Date", date(T0 + 100)),
+        (b"cache-control", b"max-age=120"),
+        (b"ETag", b'"v1"'),
+        (b"X-New", b"2"),
+        (b"Content-Length", b"0"),
+        (b"Content-Encoding", b"gzip"),
+        (b"Connection", b"keep-alive"),
+    ]
+    assert c.freshen(entry, update, T0 + 99, T0 + 100) is entry
+    assert entry.headers == [
+        (b"Content-Type", b"text/plain"),
+        (b"X-Old", b"1"),
+        (b"cache-control", b"max-age=120"),
+        (b"ETag", b'"v1"'),
+        (b"X-New", b"2"),
+        (b"Content-Length", b"12"),
+    ]
+    assert (entry.lifetime, entry.initial_age, entry.response_time) == (120, 1, T0 + 100)
+    found = c.lookup(req(), T0 + 110)
+    assert (found.kind, found.age, found.ttl) == (Kind.FRESH, 11, 109)
+    assert c.bytes == entry.size == before + len(b"X-New") + len(b"2") + 4 + 1  # "max-age=120" is one byte longer
+
+
+def test_freshen_after_purge_does_not_reinsert_and_no_store_removes() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = stored(c)
+    assert c.purge("*", "/a") == 1
+    c.freshen(entry, [(b"Cache-Control", b"max-age=5")], T0, T0 + 1)
+    assert (len(c), c.bytes, entry.lifetime) == (0, 0, 5)
+    again = stored(c)
+    c.freshen(again, [(b"Cache-Control", b"no-store")], T0, T0 + 1)
+    assert (len(c), c.bytes, again.cached) == (0, 0, False)
+
+
+# --- invalidation and purge -----------------------------------------------------------------------------------------
+
+
+def test_invalidate_unsafe_success_target_and_same_origin_locations() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    for path in (b"/b", b"/c", b"/d"):
+        stored(c, req(path))
+    stored(c, req(b"/a", headers={b"x": b"1"}), b"max-age=60", (b"Vary", b"X"))
+    stored(c, req(b"/a", headers={b"x": b"2"}), b"max-age=60", (b"Vary", b"X"))
+    headers = [(b"Location", b"https://example.com/b"), (b"Content-Location", b"../c")]
+    assert c.invalidate(req(b"/x/y", method="POST"), 201, headers) == 2  # /x/y not stored; /b and /c are
+    assert {k[2] for k in c._index} == {b"/a", b"/d"}
+    assert c.invalidate(req(b"/a", method="DELETE"), 204, []) == 2  # both variants
+    assert {k[2] for k in c._index} == {b"/d"}
+
+
+def test_invalidate_ignores_other_origins_errors_and_safe_methods() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    stored(c, req(b"/b"))
+    stored(c, req(b"/p"))
+    assert c.invalidate(req(b"/p", method="PUT"), 200, [(b"Location", b"https://other.example/b")]) == 1
+    assert c.invalidate(req(b"/b", method="PUT"), 500, []) == 0
+    assert c.invalidate(req(b"/b", method="PUT"), 404, []) == 0
+    assert c.invalidate(req(b"/b"), 200, []) == 0
+    assert c.invalidate(req(b"/x", method="PATCH"), 200, [(b"Content-Location", b"http://example.com/b")]) == 0
+    assert len(c) == 1
+
+
+def test_purge_exact_query_prefix_and_host() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    stored(c, req(b"/img/a.png"))
+    stored(c, req(b"/img/a.png", query=b"v=2"))
+    stored(c, req(b"/img/b.png"))
+    stored(c, req(b"/img/b.png", host="other.example"))
+    stored(c, req(b"/index.html"))
+    assert c.purge("example.com", "/img/a.png?v=2") == 1
+    assert c.purge("EXAMPLE.COM", "/img/a.png") == 1
+    assert c.purge("nobody.example", "/img/", prefix=True) == 0
+    assert c.purge("", "/img/", prefix=True) == 2
+    assert c.purge("*", "/index.html") == 1
+    assert (len(c), c.bytes) == (0, 0)
+
+
+# --- respond --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock("edgeward")
+
+
+def test_respond_wire_is_exact_and_headers_match(clock: Clock) -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = stored(c, None, b"max-age=60", (b"ETag", b'"v1"'))
+    response = c.respond(entry, req(), T0 + 15, clock, c.lookup(req(), T0 + 15).status)
+    fields = [
+        (b"Content-Type", b"text/plain"),
+        (b"Cache-Control", b"max-age=60"),
+        (b"ETag", b'"v1"'),
+        (b"Content-Length", b"12"),
+        (b"Age", b"15"),
+        (b"Cache-Status", b"edgeward; hit; ttl=45"),
+    ]
+    assert response.status == 200
+    assert response.headers == fields
+    assert response.body == BODY
+    block = b"".join(n + b": " + v + b"\r\n" for n, v in fields)
+    assert response.wire == b"HTTP/1.1 200 OK\r\n" + clock.preamble + block + b"\r\n" + BODY
+    assert clock.preamble.startswith(b"Date: ") and b"Server: edgeward\r\n" in clock.preamble
+    assert response.wire.count(b"Date: ") == 1
+
+
+def test_respond_memoised_per_tick(clock: Clock) -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = stored(c)
+    first = c.respond(entry, req(), T0 + 1, clock, "hit")
+    again = c.respond(entry, req(), T0 + 1.5, clock, "hit")
+    assert again is first and again.wire is first.wire
+    swr = c.respond(entry, req(), T0 + 1, clock, "hit; detail=stale-while-revalidate")
+    assert swr is not first and (b"Cache-Status", b"edgeward; hit; detail=stale-while-revalidate") in swr.headers
+    clock.advance()
+    later = c.respond(entry, req(), T0 + 2, clock, "hit")
+    assert later is not first
+    assert (b"Age", b"2") in later.headers and (b"Cache-Status", b"edgeward; hit; ttl=58") in later.headers
+    assert c.respond(entry, req(), T0 + 2, clock, "hit") is later
+
+
+def test_respond_memo_dropped_when_tick_moves_and_on_freshen(clock: Clock) -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = stored(c)
+    other = stored(c, req(b"/other"))
+    c.respond(entry, req(), T0, clock)
+    c.respond(other, req(b"/other"), T0, clock, HIT_STALE_IF_ERROR)
+    assert entry.memo and other.memo
+    clock.advance()
+    c.respond(entry, req(), T0 + 1, clock)
+    assert not other.memo  # not hit this tick: its bytes are let go
+    first = c.respond(entry, req(), T0 + 1, clock)
+    c.freshen(entry, [(b"X-After", b"1")], T0 + 1, T0 + 1)
+    rebuilt = c.respond(entry, req(), T0 + 1, clock)
+    assert rebuilt is not first and (b"X-After", b"1") in rebuilt.headers
+
+
+def test_respond_head_has_no_body_and_own_memo(clock: Clock) -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = stored(c)
+    get = c.respond(entry, req(), T0, clock)
+    head = c.respond(entry, req(method="HEAD"), T0, clock)
+    assert head is not get
+    assert head.body == b""
+    assert head.headers == get.headers
+    assert get.wire is not None and head.wire == get.wire[: -len(BODY)]
+    assert c.respond(entry, req(method="HEAD"), T0, clock) is head
+
+
+def test_respond_conditional_304(clock: Clock) -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    modified = date(T0 - 100)
+    entry = stored(c, None, b"max-age=60", (b"ETag", b'"v1"'), (b"Last-Modified", modified), (b"Vary", b"Accept"))
+    for headers in (
+        {b"if-none-match": b'W/"v1", "v0"'},
+        {b"if-none-match": b"*"},
+        {b"if-modified-since": modified},
+        {b"if-modified-since": date(T0)},
+    ):
+        response = c.respond(entry, req(headers=headers), T0 + 5, clock, "hit")
+        assert response.status == 304, headers
+        assert response.body == b""
+        assert response.headers == [
+            (b"Cache-Control", b"max-age=60"),
+            (b"ETag", b'"v1"'),
+            (b"Last-Modified", modified),
+            (b"Vary", b"Accept"),
+            (b"Age", b"5"),
+            (b"Cache-Status", b"edgeward; hit; ttl=55"),
+        ]
+        assert response.wire is not None and response.wire.startswith(b"HTTP/1.1 304 Not Modified\r\n" + clock.preamble)
+        assert response.wire.endswith(b"\r\n\r\n")
+    for headers in (
+        {b"if-none-match": b'"v2"'},
+        {b"if-none-match": b'"v2"', b"if-modified-since": date(T0)},  # If-None-Match wins
+        {b"if-modified-since": date(T0 - 101)},
+        {b"if-modified-since": b"garbage"},
+    ):
+        assert c.respond(entry, req(headers=headers), T0 + 5, clock).status == 200, headers
+
+
+def test_respond_if_modified_since_falls_back_to_date(clock: Clock) -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = stored(c)
+    assert c.respond(entry, req(headers={b"if-modified-since": date(T0)}), T0, clock).status == 304
+    assert c.respond(entry, req(headers={b"if-modified-since": date(T0 - 1)}), T0, clock).status == 200
+
+
+def test_respond_revalidated_status(clock: Clock) -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = stored(c, None, b"max-age=0", (b"ETag", b'"v1"'))
+    found = c.lookup(req(), T0 + 3)
+    assert (found.kind, found.status) == (Kind.STALE, "fwd=stale")
+    c.freshen(entry, [(b"Date", date(T0 + 3)), (b"Cache-Control", b"max-age=10")], T0 + 3, T0 + 3)
+    response = c.respond(entry, req(), T0 + 3, clock, found.status + "; fwd-status=304")
+    assert response.headers[-2:] == [(b"Age", b"0"), (b"Cache-Status", b"edgeward; fwd=stale; fwd-status=304")]
+
+
+# --- singleflight ---------------------------------------------------------------------------------------------------
+
+
+def test_flights_one_leader_many_waiters() -> None:
+    async def main() -> tuple[list[bool], list[str], int]:
+        flights: Flights[str] = Flights()
+        joined = [flights.join("k") for _ in range(10)]
+        leaders = [f is None for f in joined]
+        futures = [f for f in joined if f is not None]
+        assert len(flights) == 1
+        flights.done("k", "stored")
+        results = await asyncio.gather(*futures)
+        return leaders, list(results), len(flights)
+
+    leaders, results, left = asyncio.run(main())
+    assert leaders == [True] + [False] * 9
+    assert results == ["stored"] * 9
+    assert left == 0
+
+
+def test_flights_concurrent_tasks_and_failure() -> None:
+    async def main() -> tuple[int, list[object]]:
+        flights: Flights[int] = Flights()
+        led = 0
+
+        async def request() -> object:
+            nonlocal led
+            waiter = flights.join(("https", "example.com", b"/a", b""))
+            if waiter is None:
+                led += 1
+                await asyncio.sleep(0)
+                flights.fail(("https", "example.com", b"/a", b""), RuntimeError("origin down"))
+                return "leader"
+            try:
+                return await waiter
+            except RuntimeError as exc:
+                return str(exc)
+
+        results = await asyncio.gather(*(request() for _ in range(5)))
+        return led, list(results)
+
+    led, results = asyncio.run(main())
+    assert led == 1
+    assert results == ["leader"] + ["origin down"] * 4
+
+
+def test_flights_cancelled_waiter_does_not_affect_others() -> None:
+    async def main() -> tuple[bool, int]:
+        flights: Flights[int] = Flights()
+        assert flights.join("k") is None
+        a = flights.join("k")
+        b = flights.join("k")
+        assert a is not None and b is not None
+        a.cancel()
+        flights.done("k", 7)
+        flights.done("k", 8)  # a second end is harmless
+        return a.cancelled(), await b
+
+    assert asyncio.run(main()) == (True, 7)
