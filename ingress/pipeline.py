@@ -8,15 +8,19 @@ reaches routing, let alone a handler.
 
 from __future__ import annotations
 
+import asyncio
+
 from ingress.clock import Clock
 from ingress.config.model import Config, Route
 from ingress.errors import ProtocolError
 from ingress.handlers.errors import error_response
+from ingress.handlers.proxy.backends import Backends
+from ingress.handlers.proxy.handler import ProxyHandler
 from ingress.handlers.redirect import RedirectHandler
 from ingress.handlers.static import StaticHandler
 from ingress.policy.gate import Gate
 from ingress.protocol.events import Request, Response
-from ingress.routing import Outcome, RouteEntry, RouteGroup, Router, normalize_path
+from ingress.routing import Handler, Outcome, RouteEntry, RouteGroup, Router, normalize_path
 
 
 def _security_headers(route: Route, tls: bool) -> list[tuple[bytes, bytes]]:
@@ -107,16 +111,26 @@ def _method_not_allowed(request: Request, entry: RouteEntry) -> Outcome:
 
 
 def build_site(
-    config: Config, listener: str, tls: bool, clock: Clock, alt_svc: bytes = b"", gate: Gate | None = None
+    config: Config,
+    listener: str,
+    tls: bool,
+    clock: Clock,
+    alt_svc: bytes = b"",
+    gate: Gate | None = None,
+    backends: Backends | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> Site:
     """`alt_svc` advertises HTTP/3; it rides with the security headers, so pre-serialised responses carry it free.
 
-    `gate` is the worker's access policy, shared by its listeners so rate limits count across them.
+    `gate` is the worker's access policy, shared by its listeners so rate limits count across them;
+    `backends` its upstream pools and cache, needed (with `loop`) by proxy routes.
     """
     router = Router()
+    streaming = False
     for route in config.routes:
         if route.listeners and listener not in route.listeners:
             continue
+        handle: Handler
         extra = _security_headers(route, tls)
         if alt_svc:
             extra.append((b"Alt-Svc", alt_svc))
@@ -124,8 +138,14 @@ def build_site(
             handle = StaticHandler(route.static, extra, clock, tls).handle
         elif route.redirect is not None:
             handle = RedirectHandler(route.redirect).handle
+        elif route.proxy is not None and backends is not None and loop is not None:
+            handle = ProxyHandler(route, backends, clock, extra, loop, config.proxy.request_id_header).handle
         else:  # rejected by config semantics; kept total for the type checker
             continue
         methods = frozenset(route.methods) | ({"HEAD"} if "GET" in route.methods else set())
-        router.add(route.host, RouteEntry(route.path, methods, _allow(route.methods), handle))
-    return Site(router, gate)
+        streams = route.proxy is not None
+        if streams and route.proxy is not None and route.proxy.websocket:
+            methods |= {"CONNECT"}  # RFC 8441: a WebSocket over HTTP/2 arrives as extended CONNECT
+        streaming = streaming or streams
+        router.add(route.host, RouteEntry(route.path, methods, _allow(route.methods), handle, streams))
+    return Site(router, gate, streaming)

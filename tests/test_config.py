@@ -235,12 +235,12 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
     (
         "route-static-and-redirect",
         lambda d: d["routes"][0].update(redirect={"scheme": "https"}),
-        ["routes[0]: needs exactly one handler (static or redirect), has static and redirect"],
+        ["routes[0]: needs exactly one handler (static, redirect or proxy), has static and redirect"],
     ),
     (
         "route-no-handler",
         lambda d: d["routes"][0].pop("static"),
-        ["routes[0]: needs exactly one handler (static or redirect), has none"],
+        ["routes[0]: needs exactly one handler (static, redirect or proxy), has none"],
     ),
     (
         "route-collision",
@@ -361,7 +361,7 @@ def test_several_rule_problems_one_line_each(tmp_path: Path) -> None:
     expected = [
         f"{path}: listeners[1].name: duplicate listener name 'https' (also listeners[0])",
         f"{path}: listeners[1].address: 'nope' is not an IP address; bind to an address, not a name",
-        f"{path}: routes[0]: needs exactly one handler (static or redirect), has static and redirect",
+        f"{path}: routes[0]: needs exactly one handler (static, redirect or proxy), has static and redirect",
         f"{path}: routes[0].listeners[0]: no listener named 'nosuch'; listeners are https",
         f"{path}: routes[1].methods: a static route serves only GET and HEAD; remove POST",
         f"{path}: routes[2]: collides with routes[1]: both serve host '*' path '/' on listener 'https';"
@@ -681,7 +681,7 @@ def test_schema_is_json_schema(schema: dict[str, Any]) -> None:
 
     keys(schema)
     objects = [n for n in nodes if n.get("type") == "object"]
-    assert len(objects) == 23  # every dataclass in the model, policy included
+    assert len(objects) == 29  # every dataclass in the model, policy and upstreams included
     for node in nodes:
         if "type" in node:
             assert node["type"] in _JSON_TYPES

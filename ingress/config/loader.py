@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 from ingress.config.model import Config
 from ingress.config.policy_semantics import policy_problems
 from ingress.config.semantics import semantic_problems
+from ingress.config.upstream_semantics import upstream_problems
 from ingress.errors import ConfigError, Problem
 
 T = TypeVar("T")
@@ -161,7 +162,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
     if built is _MISSING:
         raise ConfigError(out.problems)
     config = dataclasses.replace(typing.cast(Config, built), source=source)
-    problems = semantic_problems(config) + policy_problems(config)
+    problems = semantic_problems(config) + policy_problems(config) + upstream_problems(config)
     if problems:
         raise ConfigError(problems)
     return config

@@ -260,10 +260,10 @@ def _client_auth_problems(src: str, at: str, tls: TLSSettings) -> list[Problem]:
 def _route_problems(config: Config, i: int, route: Route, listeners: dict[str, int]) -> list[Problem]:
     src, at = config.source, f"routes[{i}]"
     out: list[Problem] = []
-    handlers = [h for h in ("static", "redirect") if getattr(route, h) is not None]
+    handlers = [h for h in ("static", "redirect", "proxy") if getattr(route, h) is not None]
     if len(handlers) != 1:
         what = "none" if not handlers else " and ".join(handlers)
-        out.append(Problem(src, at, f"needs exactly one handler (static or redirect), has {what}"))
+        out.append(Problem(src, at, f"needs exactly one handler (static, redirect or proxy), has {what}"))
     if not valid_host_pattern(route.host.lower()):
         out.append(Problem(src, f"{at}.host", f"{route.host!r} is not `*`, a DNS name or a *.domain wildcard"))
     if not normalised_path(route.path):

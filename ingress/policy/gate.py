@@ -155,7 +155,7 @@ class Gate:
             real = forwarded_client(client, request.headers, self.trusted)
             if real != client:
                 client = real
-                request.peer = peer = dataclasses.replace(peer, client=real)
+                request.peer = peer = dataclasses.replace(peer, client=real, remote=client)
         if self.screens:
             if client in self.deny or (self.allow and client not in self.allow):
                 return self._refuse(request, DENIED_IP, "address refused", "", self.answers.forbidden)
@@ -258,7 +258,7 @@ class Gate:
         if not grant.satisfied_by(roles):
             denial = answers.insufficient_scope if verifier is not None else answers.forbidden
             return self._refuse(request, DENIED_RBAC, "missing role", rule.name, denial, subject)
-        return until, Decision(ALLOWED, "granted", rule.name, subject), token_subject
+        return until, Decision(ALLOWED, "granted", rule.name, subject, tuple(sorted(roles))), token_subject
 
     def _refuse(
         self, request: Request, outcome: str, reason: str, rule: str, response: Response, subject: str = ""

@@ -35,6 +35,9 @@ class Peer:
     tls: str = ""
     sni: str = ""
     identity: ClientIdentity | None = None
+    # The socket's own address when `client` was taken from a trusted proxy's forwarding headers;
+    # "" when `client` is the socket's. The next hop's forwarding chain names this node.
+    remote: str = ""
 
     @property
     def client_cert(self) -> str:
@@ -58,6 +61,8 @@ class Decision:
     reason: str
     rule: str = ""
     subject: str = ""
+    # The roles an allowed request was granted with, sorted, for the X-Auth-Roles header upstream.
+    roles: tuple[str, ...] = ()
 
 
 class Request:

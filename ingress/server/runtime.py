@@ -13,6 +13,7 @@ from typing import Protocol
 
 from ingress.clock import Clock
 from ingress.config.model import Config, Limits, Listener
+from ingress.handlers.proxy.backends import Backends
 from ingress.pipeline import Site, build_site
 from ingress.policy.gate import Gate, build_gate
 from ingress.telemetry.accesslog import AccessLog
@@ -75,6 +76,7 @@ class WorkerContext:
         self.access_log: AccessLog | None = None
         self.clock = Clock(config.server.server_header)
         self.gate: Gate | None = None
+        self.backends: Backends | None = None
         # Open connections per client address, for policy.network.max_connections_per_ip.
         # An entry exists only while its count is above zero, so this is bounded by open connections.
         self.per_ip: dict[str, int] = {}
@@ -88,11 +90,15 @@ class WorkerContext:
         """
         previous = self.gate
         gate = build_gate(config.policy, self.stats.auth, previous)
+        old_backends = self.backends
+        backends = Backends.build(config, self.loop, old_backends)
         if gate is not None:
             gate.start(self.loop, previous)
         elif previous is not None:
             previous.stop()
         self.gate = gate
+        backends.start(old_backends)
+        self.backends = backends
         self.config = config
         self.limits: Limits = config.limits
         # 0: no cap, and connections skip the counting entirely. A reload that sets a cap
@@ -131,7 +137,13 @@ class WorkerContext:
 
 
 def build_listener(
-    config: Config, listener: Listener, clock: Clock, quic_port: int = 0, gate: Gate | None = None
+    config: Config,
+    listener: Listener,
+    clock: Clock,
+    quic_port: int = 0,
+    gate: Gate | None = None,
+    backends: Backends | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> ListenerRuntime:
     """`quic_port`: the UDP port serving HTTP/3 for this listener, 0 when none does."""
     tls = listener.tls is not None
@@ -139,4 +151,5 @@ def build_listener(
     alt_svc = b""
     if quic_port and tls and listener.quic.enabled:
         alt_svc = b'h3=":%d"; ma=%d' % (quic_port, listener.quic.alt_svc_max_age)
-    return ListenerRuntime(listener, build_site(config, listener.name, tls, clock, alt_svc, gate), tls, certs)
+    site = build_site(config, listener.name, tls, clock, alt_svc, gate, backends, loop)
+    return ListenerRuntime(listener, site, tls, certs)

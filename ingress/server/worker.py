@@ -80,7 +80,10 @@ class Worker:
         self.done = loop.create_future()
         for listener in self.config.listeners:
             quic_port = self.quic_ports.get(listener.name, 0)
-            await self._bind(listener, build_listener(self.config, listener, self.ctx.clock, quic_port, self.ctx.gate))
+            runtime = build_listener(
+                self.config, listener, self.ctx.clock, quic_port, self.ctx.gate, self.ctx.backends, self.loop
+            )
+            await self._bind(listener, runtime)
         await self._serve_quic()
         if self.config.admin.enabled:
             await self._bind_admin()
@@ -100,6 +103,8 @@ class Worker:
         await self.done
         if self.ctx.gate is not None:
             self.ctx.gate.stop()
+        if self.ctx.backends is not None:
+            self.ctx.backends.stop()
         if self.ctx.access_log is not None:
             self.ctx.access_log.close()
 
@@ -262,7 +267,13 @@ class Worker:
         wanted = {listener.name for listener in config.listeners}
         for listener in config.listeners:
             fresh = build_listener(
-                config, listener, self.ctx.clock, self.quic_ports.get(listener.name, 0), self.ctx.gate
+                config,
+                listener,
+                self.ctx.clock,
+                self.quic_ports.get(listener.name, 0),
+                self.ctx.gate,
+                self.ctx.backends,
+                self.loop,
             )
             old = self.bound.get(listener.name)
             # Certificates are picked per handshake from runtime.certs, so only a new

@@ -1,0 +1,381 @@
+"""A proxy route: cache lookup, then on a miss an origin fetch, relayed as it arrives.
+
+The order is the edge's request lifecycle after the gate: a fresh cache hit
+is answered at once from its pre-serialised form (no task, no await, like
+a static file); anything else becomes a task that picks an origin, sends
+the rewritten head and streams the body, and retries elsewhere only when
+that cannot repeat anything the origin saw. The answer is relayed through
+a Pipe, so a 1 GiB download or an endless event stream passes with bounded
+memory; an answer the cache may store (known length, within the object
+limit) is read whole first, stored, and served like a hit.
+
+Failures map to 502 (the origin failed), 503 (no origin may be tried: all
+ejected or unhealthy, or the circuit is open) and 504 (the origin did not
+answer in time), each logged once with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import time
+import urllib.parse
+
+from ingress.clock import Clock
+from ingress.config.model import Route
+from ingress.handlers.cache import HIT_STALE_IF_ERROR, Lookup, SharedCache, cache_status, primary_key
+from ingress.handlers.errors import error_response
+from ingress.handlers.freshness import Kind
+from ingress.handlers.proxy.backends import Backends, UpstreamRuntime
+from ingress.handlers.proxy.headers import Outgoing, declared_length, request_framing, response_headers
+from ingress.handlers.proxy.upstream import Exchange, UpstreamError
+from ingress.protocol.events import Request, Response
+from ingress.protocol.pipe import Pipe
+from ingress.routing import Outcome
+
+log = logging.getLogger("edgeward.proxy")
+
+# RFC 9110 section 9.2.2: a repeat has the same effect, so a failed attempt may be retried elsewhere.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# What each failure is answered with: the origin failed (502), none may be tried (503), or it was too slow (504).
+STATUS_FOR = {
+    "pool_full": 503,
+    "no_origin": 503,
+    "closed": 503,
+    "first_byte_timeout": 504,
+    "write_timeout": 504,
+    "connect_timeout": 504,
+    "request_body": 400,
+}
+# Failures that count against an origin for passive outlier detection.
+ORIGIN_FAULTS = frozenset({"connect", "connect_timeout", "tls", "reset", "first_byte_timeout", "protocol"})
+# Statuses whose answers the cache may store, worth reading whole when small enough.
+_STORABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+_WS_DROP = frozenset({b"sec-websocket-accept", b"upgrade", b"connection"})
+
+
+class _Waker:
+    """Lets a coroutine wait on a Pipe, which only knows callbacks."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] | None = None
+
+    def __call__(self) -> None:
+        future = self.future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def wait(self) -> None:
+        self.future = self.loop.create_future()
+        await self.future
+
+
+async def read_whole(pipe: Pipe, loop: asyncio.AbstractEventLoop) -> bytes:
+    """The rest of an answer's body; UpstreamError if it breaks off, never a cut body."""
+    waker = _Waker(loop)
+    pipe.want(waker)
+    chunks: list[bytes] = []
+    while True:
+        data = pipe.read()
+        if data:
+            chunks.append(bytes(data))
+            continue
+        if pipe.error:
+            raise UpstreamError("reset", pipe.error, answered=True)
+        if pipe.done:
+            return b"".join(chunks)
+        await waker.wait()
+
+
+class ProxyHandler:
+    def __init__(
+        self,
+        route: Route,
+        backends: Backends,
+        clock: Clock,
+        extra: list[tuple[bytes, bytes]],
+        loop: asyncio.AbstractEventLoop,
+        request_id_header: str,
+    ) -> None:
+        proxy = route.proxy
+        assert proxy is not None
+        self.loop = loop
+        self.clock = clock
+        self.upstream: UpstreamRuntime = backends.upstreams[proxy.upstream]
+        self.rules = backends.rules
+        self.cache: SharedCache | None = backends.cache if proxy.cache else None
+        self.host = proxy.host.encode("latin-1") if proxy.host else None
+        self.strip = proxy.strip_prefix
+        self.websocket = proxy.websocket
+        # Security headers of the route: added where the origin did not set its own.
+        self.extra = extra
+        self.extra_names = frozenset(name.lower() for name, _ in extra)
+        self.request_id = request_id_header.lower().encode("latin-1")
+        self.flights = backends.flights
+        self.hash_key = self.upstream.balancer.key_of
+
+    # the request path -------------------------------------------------------------
+    def handle(self, request: Request, path: str) -> Outcome:
+        cache = self.cache
+        if cache is not None and not request.upgrade and request.method in ("GET", "HEAD"):
+            now = time.time()
+            lookup = cache.lookup(request, now)
+            kind = lookup.kind
+            if kind is Kind.FRESH:
+                assert lookup.entry is not None
+                return cache.respond(lookup.entry, request, now, self.clock, lookup.status)
+            if kind is Kind.ONLY_IF_CACHED:
+                return error_response(504, [(b"Cache-Status", cache_status(fwd="miss", detail="only-if-cached"))])
+            if kind is Kind.STALE_WHILE_REVALIDATE:
+                assert lookup.entry is not None
+                self.loop.create_task(self._revalidate(request, path, lookup))
+                return cache.respond(lookup.entry, request, now, self.clock, lookup.status)
+            return self.loop.create_task(self._cached(request, path, lookup))
+        return self.loop.create_task(self._forward(request, path))
+
+    async def _cached(self, request: Request, path: str, lookup: Lookup) -> Response:
+        """A miss or a stale entry: one origin fetch per key however many ask at once (singleflight)."""
+        key = primary_key(request)
+        flights = self.flights
+        waiting = flights.join(key)
+        if waiting is not None:
+            with contextlib.suppress(Exception):  # the leader's failure is its own; this request tries for itself
+                await waiting
+            cache = self.cache
+            assert cache is not None
+            now = time.time()
+            again = cache.lookup(request, now)
+            if again.kind is Kind.FRESH and again.entry is not None:
+                return cache.respond(again.entry, request, now, self.clock, again.status + "; collapsed")
+            return await self._forward(request, path, lookup)
+        try:
+            return await self._forward(request, path, lookup)
+        finally:
+            flights.done(key, None)
+
+    async def _revalidate(self, request: Request, path: str, lookup: Lookup) -> None:
+        """stale-while-revalidate: refresh the entry off the client's path; one at a time per key."""
+        key = primary_key(request)
+        if self.flights.join(key) is not None:
+            return  # already being refreshed
+        try:
+            await self._forward(request, path, lookup)
+        except Exception:  # noqa: S110 - a failed refresh leaves the stale entry; the next request retries
+            pass
+        finally:
+            self.flights.done(key, None)
+
+    async def _forward(self, request: Request, path: str, lookup: Lookup | None = None) -> Response:
+        upstream = self.upstream
+        upstream.stats.requests += 1
+        upstream.active += 1
+        try:
+            return await self._attempts(request, path, lookup)
+        finally:
+            upstream.active -= 1
+
+    def _head(self, request: Request, path: str, lookup: Lookup | None) -> tuple[bytes, Outgoing, str, bool]:
+        """The serialised request head for the origin, its ids, the method sent, and whether it is a WebSocket."""
+        websocket = self.websocket and request.upgrade == b"websocket"
+        method = request.method
+        peer = request.peer
+        out = self.rules.request_headers(request, self.host, peer=peer.remote or peer.client, websocket=websocket)
+        headers = out.headers
+        if websocket and method == "CONNECT":
+            # RFC 8441 extended CONNECT arrives as CONNECT with :protocol; the origin speaks HTTP/1.1 Upgrade.
+            method = "GET"
+            headers.append((b"sec-websocket-key", base64.b64encode(os.urandom(16))))
+            if not any(name == b"sec-websocket-version" for name, _ in headers):
+                headers.append((b"sec-websocket-version", b"13"))
+        elif not websocket and not request.upgrade:
+            framing = request_framing(method, declared_length(request))
+            if framing is not None:
+                headers.append(framing)
+        if lookup is not None and lookup.entry is not None and self.cache is not None:
+            # Revalidate on the cache's behalf: its validators, not the client's (the cache answers the client's).
+            headers = [(n, v) for n, v in headers if n not in (b"if-none-match", b"if-modified-since")]
+            headers.extend(self.cache.conditional_headers(lookup.entry))
+        target = self._target(request, path)
+        lines = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines), out, method, websocket
+
+    def _target(self, request: Request, path: str) -> bytes:
+        raw = request.path
+        strip = self.strip
+        if strip:
+            prefix = strip.encode("latin-1")
+            if raw.startswith(prefix):
+                raw = raw[len(prefix) :] or b"/"
+            else:  # spelt differently (percent-encoded): strip from the normalised path
+                rest = path[len(strip) :] if path.startswith(strip) else path
+                raw = urllib.parse.quote(rest or "/", safe="/:@!$&'()*+,;=-._~").encode("ascii")
+            if not raw.startswith(b"/"):
+                raw = b"/" + raw
+        return raw + b"?" + request.query if request.query else raw
+
+    async def _attempts(self, request: Request, path: str, lookup: Lookup | None) -> Response:
+        upstream = self.upstream
+        config = upstream.config
+        head, out, method, websocket = self._head(request, path, lookup)
+        body: bytes | Pipe | None = request.body
+        if request.upgrade and not websocket:
+            body = None  # an upgrade this route does not pass: a plain request with no body
+        key = self.hash_key(request) if self.hash_key is not None else None
+        tried: set[int] = set()
+        attempt = 0
+        retrying = False
+        try:
+            while True:
+                now = time.monotonic()
+                skip = upstream.health.unusable(now)
+                if tried:
+                    skip = skip | tried
+                i = upstream.balancer.pick(key, skip, upstream.in_flight())
+                if i is None:
+                    return self._failed(request, out, UpstreamError("no_origin", "no healthy origin left"), None)
+                pool = upstream.pools[i]
+                request_time = time.time()
+                try:
+                    conn = await pool.acquire()
+                    exchange = await conn.start(head, body, method, upgrade=websocket)
+                except UpstreamError as exc:
+                    if exc.kind in ORIGIN_FAULTS:
+                        upstream.health.record_failure(i, time.monotonic())
+                    replayable = not exc.answered and not exc.sent_body and exc.kind != "pool_full"
+                    idempotent = method in IDEMPOTENT or (exc.reused and not exc.sent_body)
+                    if replayable and idempotent and attempt < config.retries and not websocket:
+                        if upstream.retry_allowed():
+                            attempt += 1
+                            tried.add(i)
+                            upstream.stats.retries += 1
+                            if not retrying:
+                                retrying = True
+                                upstream.retrying += 1
+                            continue
+                        upstream.stats.retries_refused += 1
+                    return self._failed(request, out, exc, i, lookup)
+                exchange.body.on_abandon = conn.abort
+                upstream.health.record_response(i, exchange.status, time.monotonic())
+                return await self._relay(request, exchange, out, websocket, lookup, request_time)
+        finally:
+            if retrying:
+                upstream.retrying -= 1
+
+    async def _relay(
+        self,
+        request: Request,
+        exchange: Exchange,
+        out: Outgoing,
+        websocket: bool,
+        lookup: Lookup | None,
+        request_time: float,
+    ) -> Response:
+        status = exchange.status
+        switching = websocket and status == 101
+        pipe = exchange.body
+        headers = response_headers(
+            exchange.headers,
+            self.rules.via("1.1"),
+            keep_length=not switching and (pipe.length is not None or request.method == "HEAD"),
+            upgrade=switching,
+        )
+        if switching and request.version != "1.1":
+            headers = [(n, v) for n, v in headers if n.lower() not in _WS_DROP]
+        extra_names = self.extra_names
+        if extra_names:
+            present = {name.lower() for name, _ in headers}
+            headers.extend(pair for pair in self.extra if pair[0].lower() not in present)
+        cache = self.cache
+        if cache is not None:
+            if request.method not in ("GET", "HEAD"):
+                cache.invalidate(request, status, exchange.headers)
+            elif lookup is not None:
+                return await self._through_cache(request, exchange, headers, out, lookup, request_time)
+        if self.request_id:
+            headers.append((self.request_id, out.request_id))
+        return Response(status, headers, pipe)
+
+    async def _through_cache(
+        self,
+        request: Request,
+        exchange: Exchange,
+        headers: list[tuple[bytes, bytes]],
+        out: Outgoing,
+        lookup: Lookup,
+        request_time: float,
+    ) -> Response:
+        cache = self.cache
+        assert cache is not None
+        status = exchange.status
+        pipe = exchange.body
+        entry = lookup.entry
+        if status == 304 and entry is not None:
+            pipe.abandon()
+            now = time.time()
+            fresh = cache.freshen(entry, exchange.headers, request_time, now)
+            return cache.respond(fresh, request, now, self.clock, lookup.status + "; fwd-status=304")
+        if status >= 500 and entry is not None and cache.stale_if_error_ok(entry, request, time.time()):
+            pipe.abandon()
+            return cache.respond(entry, request, time.time(), self.clock, HIT_STALE_IF_ERROR)
+        length = pipe.length
+        if (
+            request.method == "GET"
+            and status in _STORABLE_STATUSES
+            and length is not None
+            and length <= cache.max_object_bytes
+        ):
+            body = await read_whole(pipe, self.loop)
+            now = time.time()
+            stored = cache.store(request, status, headers, body, request_time, now)
+            if stored is not None:
+                return cache.respond(stored, request, now, self.clock, lookup.status + "; stored")
+            headers.append((b"Cache-Status", cache_status(fwd=lookup.fwd, fwd_status=status)))
+            if self.request_id:
+                headers.append((self.request_id, out.request_id))
+            return Response(status, headers, body)
+        headers.append((b"Cache-Status", cache_status(fwd=lookup.fwd, fwd_status=status)))
+        if self.request_id:
+            headers.append((self.request_id, out.request_id))
+        return Response(status, headers, pipe)
+
+    def _failed(
+        self, request: Request, out: Outgoing, exc: UpstreamError, origin: int | None, lookup: Lookup | None = None
+    ) -> Response:
+        upstream = self.upstream
+        errors = upstream.stats.errors
+        errors[exc.kind] = errors.get(exc.kind, 0) + 1
+        cache = self.cache
+        if cache is not None and lookup is not None and lookup.entry is not None:
+            now = time.time()
+            if cache.stale_if_error_ok(lookup.entry, request, now):
+                return cache.respond(lookup.entry, request, now, self.clock, HIT_STALE_IF_ERROR)
+        status = STATUS_FOR.get(exc.kind, 502)
+        where = str(upstream.origins[origin]) if origin is not None else ""
+        log.warning(
+            "upstream %s%s: %s; answered %d",
+            upstream.config.name,
+            f" ({where})" if where else "",
+            exc,
+            status,
+            extra={
+                "event": "proxy.error",
+                "upstream": upstream.config.name,
+                "origin": where,
+                "reason": exc.kind,
+                "status": status,
+                "request_id": out.request_id.decode("ascii"),
+            },
+        )
+        extra = [pair for pair in self.extra]
+        if self.request_id:
+            extra.append((self.request_id, out.request_id))
+        return error_response(status, extra)

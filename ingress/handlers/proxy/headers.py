@@ -1,0 +1,465 @@
+"""The header rules of each proxied hop: what goes to the origin, and what comes back to the client.
+
+A reverse proxy is where identity is asserted to the applications behind
+it, so the rules fail closed: whatever a client sends under an identity
+header's name is dropped and the header is set only from what this edge
+verified (the client certificate of the handshake, the access gate's
+Decision). Forwarding chains (Forwarded, X-Forwarded-*) and request ids
+are kept only from `policy.network.trusted_proxies`; from anyone else
+they are replaced, since an origin reads them as the edge's word.
+
+Everything is pure and runs per proxied request, so the work per config
+(lower-cased name sets, the Via element per protocol version) is done
+once in `HeaderRules`, values that repeat (Connection tokens, client
+addresses, certificate subjects) are memoised, and random ids are cut
+from a buffer of CSPRNG output instead of a system call each.
+
+Framing is the caller's: the client's Content-Length and
+Transfer-Encoding never pass (the body may be re-framed, or arrive de-
+chunked), and `request_framing(method, declared_length(request))` says
+which of the two to add for the body actually sent.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from ingress.config.upstream import ProxySettings
+from ingress.policy.gate import ALLOWED
+from ingress.policy.network import AddressSet
+from ingress.protocol.events import Request
+
+Fields = list[tuple[bytes, bytes]]
+
+# RFC 9110 section 7.6.1, plus Proxy-Authorization: a credential for this edge (which asks for
+# none) must not travel on to an origin. TE goes too: the origin is spoken to in HTTP/1.1 and
+# trailers are not relayed, so `TE: trailers` would promise what this hop does not do.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+    }
+)
+# Client fields the edge replaces by its own: Host and framing are set by the caller; Expect was
+# answered by the client connection itself (an origin's 100 Continue would only be noise).
+_SET_BY_EDGE = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"expect",
+        b"via",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"traceparent",
+        b"tracestate",
+    }
+)
+# Connection tokens that are not names of fields to remove (or are removed anyway).
+_NOT_NAMES = HOP_BY_HOP | {b"close", b""}
+# An origin's answer loses the same hop fields; Proxy-Authenticate asks for a credential this edge
+# would not pass on. Content-Length goes unless the body passes with its length (see below).
+_RESPONSE_DROP = (HOP_BY_HOP - {b"proxy-authorization"}) | {b"proxy-authenticate", b"content-length"}
+
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._~:+/=@-]{1,128}")
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE = b"0" * 32
+_ZERO_SPAN = b"0" * 16
+_ONE_TRACE = b"0" * 31 + b"1"
+_ONE_SPAN = b"0" * 15 + b"1"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_CONTENT_LENGTH_0 = (b"content-length", b"0")
+_CHUNKED = (b"transfer-encoding", b"chunked")
+_CONNECTION_UPGRADE = (b"connection", b"upgrade")
+_UPGRADE_WEBSOCKET = (b"upgrade", b"websocket")
+MEMO_SIZE = 1024
+
+
+class Outgoing(NamedTuple):
+    """The head sent upstream, and the ids telemetry and the response need (lower-case hex, ASCII)."""
+
+    headers: Fields
+    request_id: bytes
+    trace_id: bytes
+    span_id: bytes  # this hop's span: the parent-id the origin sees
+
+
+# NamedTuple's generated __new__ is Python code; tuple's own makes the same object in a third of the time.
+_outgoing = tuple.__new__
+
+
+class HeaderRules:
+    """The request rules of one config, with every name set built once."""
+
+    __slots__ = (
+        "_auth_roles",
+        "_auth_subject",
+        "_cert_fingerprint",
+        "_cert_subject",
+        "_drop",
+        "_flags",
+        "_pseudonym",
+        "_request_id",
+        "_rfc7239",
+        "_trusted",
+        "_via",
+        "_xf",
+    )
+
+    def __init__(self, settings: ProxySettings, trusted: AddressSet, *, sampled: bool = False) -> None:
+        """`sampled` is the trace-flags of traces this edge starts (a received traceparent keeps its own)."""
+        self._cert_subject = _name(settings.cert_subject_header)
+        self._cert_fingerprint = _name(settings.cert_fingerprint_header)
+        self._auth_subject = _name(settings.auth_subject_header)
+        self._auth_roles = _name(settings.auth_roles_header)
+        self._request_id = _name(settings.request_id_header)
+        identity = {self._cert_subject, self._cert_fingerprint, self._auth_subject, self._auth_roles}
+        self._drop = HOP_BY_HOP | _SET_BY_EDGE | identity | {self._request_id}
+        self._pseudonym = _clean(settings.via.encode("utf-8"))
+        self._via: dict[str, bytes] = {}
+        self._rfc7239 = settings.forwarded in ("rfc7239", "both")
+        self._xf = settings.forwarded in ("x-forwarded", "both")
+        self._trusted = trusted
+        self._flags = b"01" if sampled else b"00"
+
+    def via(self, version: str) -> bytes:
+        """This edge's Via element for a message received over HTTP `version` ("1.1", "2"); b"" when Via is off."""
+        element = self._via.get(version)
+        if element is None:
+            element = _clean(version.encode("latin-1")) + b" " + self._pseudonym if self._pseudonym else b""
+            if len(self._via) < 16:
+                self._via[version] = element
+        return element
+
+    def request_headers(
+        self, request: Request, host: bytes | None = None, *, peer: str | None = None, websocket: bool = False
+    ) -> Outgoing:
+        """The fields sent to the origin, Host first, without framing (see `request_framing`).
+
+        `host` overrides the client's Host (a route's `host`). `peer` is
+        the address of the node that connected to this edge; it defaults
+        to `request.peer.client`, which is only right while nothing has
+        replaced that by the client behind a trusted proxy. `websocket`
+        sends `Connection: upgrade` and `Upgrade: websocket`, the only
+        upgrade this edge passes.
+        """
+        headers = request.headers
+        connection = headers.get(b"connection")
+        if connection is not None:
+            named = _connection_names(connection)
+            if named:
+                headers = {name: value for name, value in headers.items() if name not in named}
+        drop = self._drop
+        out = [item for item in headers.items() if item[0] not in drop]
+        out.insert(0, (b"host", host if host is not None else request.host.encode("latin-1")))
+        add = out.append
+
+        client = peer if peer is not None else request.peer.client
+        trusted = client in self._trusted
+
+        via = self.via(request.version)
+        prior = headers.get(b"via")
+        if via:
+            add((b"via", prior + b", " + via if prior else via))
+        elif prior:
+            add((b"via", prior))
+
+        if self._rfc7239:
+            element = _forwarded_element(client, request.host, request.scheme)
+            prior = headers.get(b"forwarded") if trusted else None
+            add((b"forwarded", prior + b", " + element if prior else element))
+        if self._xf:
+            address = _xff_node(client)
+            prior = headers.get(b"x-forwarded-for") if trusted else None
+            add((b"x-forwarded-for", prior + b", " + address if prior else address))
+            prior = headers.get(b"x-forwarded-proto") if trusted else None
+            add((b"x-forwarded-proto", prior or (b"https" if request.scheme == "https" else b"http")))
+            prior = headers.get(b"x-forwarded-host") if trusted else None
+            add((b"x-forwarded-host", prior or request.host.encode("latin-1")))
+
+        # One cut of the random buffer gives the request id, a trace id and this hop's span id,
+        # whichever of them are needed.
+        fresh = ENTROPY.hex(80)
+        request_id = headers.get(self._request_id) if trusted else None
+        if request_id is None or _REQUEST_ID.fullmatch(request_id) is None:
+            request_id = fresh[:32]
+        if self._request_id:
+            add((self._request_id, request_id))
+
+        span_id = fresh[64:]
+        if span_id == _ZERO_SPAN:
+            span_id = _ONE_SPAN  # a 2**-64 chance; any non-zero id will do
+        traceparent = headers.get(b"traceparent")
+        parent = parse_traceparent(traceparent) if traceparent is not None else None
+        if parent is not None:
+            trace_id, _, flags = parent
+            add((b"traceparent", b"00-" + trace_id + b"-" + span_id + b"-" + flags))
+            state = headers.get(b"tracestate")
+            if state:
+                add((b"tracestate", state))
+        else:
+            trace_id = fresh[32:64]
+            if trace_id == _ZERO_TRACE:
+                trace_id = _ONE_TRACE
+            add((b"traceparent", b"00-" + trace_id + b"-" + span_id + b"-" + self._flags))
+
+        identity = request.peer.identity
+        if identity is not None:
+            if identity.subject and self._cert_subject:
+                add((self._cert_subject, dn_value(identity.subject)))
+            if identity.sha256 and self._cert_fingerprint:
+                add((self._cert_fingerprint, text_value(identity.sha256)))
+        decision = request.decision
+        if decision is not None and decision.outcome == ALLOWED:
+            if decision.subject and self._auth_subject:
+                add((self._auth_subject, text_value(decision.subject)))
+            # Not on Decision yet: read when the gate records the roles it granted (a sorted tuple).
+            roles: Iterable[str] | None = getattr(decision, "roles", None)
+            if roles and self._auth_roles:
+                add((self._auth_roles, roles_value(roles)))
+
+        if websocket:
+            add(_CONNECTION_UPGRADE)
+            add(_UPGRADE_WEBSOCKET)
+        return _outgoing(Outgoing, (out, request_id, trace_id, span_id))
+
+
+def response_headers(
+    upstream_headers: Sequence[tuple[bytes, bytes]],
+    via: bytes,
+    *,
+    keep_length: bool = False,
+    upgrade: bool = False,
+    request_id: tuple[bytes, bytes] | None = None,
+) -> Fields:
+    """An origin's answer as this edge passes it on: hop fields out, Via (`HeaderRules.via`) appended.
+
+    Content-Length stays only with `keep_length`, when the caller passes
+    the body through unchanged and unframed; otherwise the client side
+    frames it. `upgrade` (a 101 to a WebSocket the caller accepted) keeps
+    the origin's Upgrade and answers `Connection: upgrade`. `request_id`
+    (lower-case name, value) replaces any the origin sent, so the client
+    sees the id this edge logged.
+    """
+    out: Fields = []
+    connection: bytes | None = None
+    own_id = request_id[0] if request_id is not None else None
+    upgrading = False
+    for name, value in upstream_headers:
+        lower = name.lower()
+        if lower in _RESPONSE_DROP:
+            if lower == b"connection":
+                connection = value if connection is None else connection + b"," + value
+            elif (lower == b"content-length" and keep_length) or (lower == b"upgrade" and upgrade):
+                upgrading = upgrading or lower == b"upgrade"
+                out.append((name, value))
+        elif lower != own_id:
+            out.append((name, value))
+    if connection is not None:
+        named = _connection_names(connection)
+        if named:
+            out = [(name, value) for name, value in out if name.lower() not in named]
+    if upgrading:
+        out.append(_CONNECTION_UPGRADE)
+    if via:
+        out.append((b"via", via))
+    if request_id is not None:
+        out.append(request_id)
+    return out
+
+
+# framing ------------------------------------------------------------------------------------
+def declared_length(request: Request) -> int | None:
+    """The length of the body the client is sending; None when it is streamed without one (chunked).
+
+    A body that arrived whole has its length whatever framing carried it,
+    so a chunked upload that fitted in the head goes upstream with a length.
+    """
+    body = request.body
+    if isinstance(body, bytes):
+        return len(body)
+    headers = request.headers
+    if b"transfer-encoding" in headers:
+        return None  # RFC 9112 section 6.3: chunked overrides any Content-Length
+    length = headers.get(b"content-length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
+def request_framing(method: str, length: int | None) -> tuple[bytes, bytes] | None:
+    """The framing field for a body of `length` bytes (None: unknown, so chunked).
+
+    No field for an empty body of a method that carries none (RFC 9110
+    section 8.6: GET without content has no Content-Length); `0` for an
+    empty POST, PUT or PATCH, which some origins refuse without one.
+    """
+    if length is None:
+        return _CHUNKED
+    if length:
+        return (b"content-length", b"%d" % length)
+    return _CONTENT_LENGTH_0 if method in _BODY_METHODS else None
+
+
+# trace context --------------------------------------------------------------------------------
+def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """(trace-id, parent-id, flags) of a valid W3C traceparent; None starts a new trace.
+
+    Lower-case hex only, version ff and all-zero ids refused. A later
+    version is read as version 00 when its first 55 characters are
+    (followed by the end or "-"), as the spec asks of a version-00 parser,
+    and propagated as version 00.
+    """
+    match = _TRACEPARENT.match(value)
+    if match is None:
+        return None
+    version, trace_id, parent_id, flags = match.groups()
+    if version == b"00":
+        if len(value) != 55:
+            return None
+    elif version == b"ff" or (len(value) > 55 and value[55] != 0x2D):
+        return None
+    if trace_id == _ZERO_TRACE or parent_id == _ZERO_SPAN:
+        return None
+    return trace_id, parent_id, flags
+
+
+class Entropy:
+    """Random hex ids from a buffer of CSPRNG output, refilled one system call per ~100 requests.
+
+    Ids must not be guessable (an origin may key idempotency or audit on
+    a request id, and a counter would also tell anyone the traffic
+    volume), but `os.urandom` per id is a system call per request. The
+    buffer is dropped in a forked child, so workers never share ids.
+    """
+
+    __slots__ = ("_buffer", "_position")
+
+    SIZE = 4096  # hex digits per refill
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._position = 0
+
+    def reset(self) -> None:
+        self._buffer = b""
+        self._position = 0
+
+    def hex(self, digits: int) -> bytes:
+        start = self._position
+        end = start + digits
+        if end > len(self._buffer):
+            self._buffer = os.urandom(self.SIZE // 2).hex().encode("ascii")
+            start, end = 0, digits
+        self._position = end
+        return self._buffer[start:end]
+
+
+ENTROPY = Entropy()
+os.register_at_fork(after_in_child=ENTROPY.reset)
+
+
+# values ---------------------------------------------------------------------------------------
+def _name(header: str) -> bytes:
+    return header.strip().lower().encode("latin-1")
+
+
+def _clean(value: bytes) -> bytes:
+    """Config and address text with any control character dropped; it never has one in practice."""
+    return value if value.isascii() and value.decode("ascii").isprintable() else _CONTROLS.sub(b"", value)
+
+
+_CONTROLS = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+@functools.lru_cache(maxsize=MEMO_SIZE)
+def _forwarded_element(client: str, host: str, scheme: str) -> bytes:
+    """This hop's RFC 7239 element; one per client address and host, so memoised."""
+    return b"for=" + _for_node(client) + b";host=" + _host_node(host) + b";proto=" + _scheme_token(scheme)
+
+
+def _for_node(client: str) -> bytes:
+    """RFC 7239 section 6: an IPv6 node in brackets and quotes; a peer without an address is `unknown`."""
+    if not client:
+        return b"unknown"
+    node = _clean(client.encode("latin-1"))
+    if b":" in node:
+        return b'"[' + node.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b']"'
+    return node if _TOKEN.fullmatch(node) else _quoted(node)
+
+
+def _host_node(host: str) -> bytes:
+    """A host with a port (`example.com:8443`) is no token, so it is quoted."""
+    node = _clean(host.encode("latin-1"))
+    return node if _TOKEN.fullmatch(node) else _quoted(node)
+
+
+def _scheme_token(scheme: str) -> bytes:
+    return b"https" if scheme == "https" else b"http"
+
+
+@functools.lru_cache(maxsize=MEMO_SIZE)
+def _xff_node(client: str) -> bytes:
+    """X-Forwarded-For takes bare addresses, IPv6 included (no brackets, by convention)."""
+    return _clean(client.encode("latin-1")) if client else b"unknown"
+
+
+def _quoted(value: bytes) -> bytes:
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+@functools.lru_cache(maxsize=256)
+def _connection_names(value: bytes) -> frozenset[bytes]:
+    """The field names a Connection header lists (RFC 9110 section 7.6.1), less those removed anyway."""
+    return frozenset(token.strip(b" \t").lower() for token in value.split(b",")) - _NOT_NAMES
+
+
+@functools.lru_cache(maxsize=MEMO_SIZE)
+def dn_value(subject: str) -> bytes:
+    """An RFC 4514 subject as a field value: control and non-ASCII characters become `\\XX` escapes of their UTF-8.
+
+    That is RFC 4514's own hexpair escape, so the value still parses to
+    the same DN, stays ASCII, and two subjects never share a value
+    (`rfc4514_string` already escapes the backslash itself).
+    """
+    if subject.isascii() and subject.isprintable():
+        return subject.encode("ascii")
+    return "".join(
+        ch if ch.isascii() and ch.isprintable() else "".join(f"\\{b:02X}" for b in ch.encode("utf-8")) for ch in subject
+    ).encode("ascii")
+
+
+@functools.lru_cache(maxsize=MEMO_SIZE)
+def text_value(text: str, unsafe: str = "%") -> bytes:
+    """A verified string (a token subject, a role) as a field value that cannot break the head.
+
+    Printable ASCII passes as is; otherwise controls, non-ASCII, spaces,
+    `%` and the characters in `unsafe` are percent-encoded (UTF-8). `%` is
+    always encoded when anything is, so the encoding is one-to-one and no
+    two subjects can be made to look alike.
+    """
+    if text.isascii() and text.isprintable() and not any(ch in text for ch in unsafe) and text.strip(" ") == text:
+        return text.encode("ascii")
+    plain = frozenset(range(0x21, 0x7F)) - frozenset(unsafe.encode("ascii")) - {0x25}
+    return "".join(chr(b) if b in plain else f"%{b:02X}" for b in text.encode("utf-8")).encode("ascii")
+
+
+@functools.lru_cache(maxsize=MEMO_SIZE)
+def _roles_tuple(roles: tuple[str, ...]) -> bytes:
+    return b",".join(text_value(role, "%,") for role in roles)
+
+
+def roles_value(roles: Iterable[str]) -> bytes:
+    """Roles comma-joined, in order if a sequence, sorted if a set; a comma inside a role is encoded."""
+    ordered = roles if isinstance(roles, tuple) else tuple(sorted(roles))
+    return _roles_tuple(ordered)

@@ -1,0 +1,698 @@
+"""One keep-alive HTTP/1.1 connection to an origin: the request written, the answer parsed, both bodies streamed.
+
+The caller serialises the request head (it owns header rewriting); this
+module only moves bytes and judges the answer's framing, with llhttp
+(httptools) so response smuggling shapes (Content-Length with
+Transfer-Encoding, duplicate lengths, bad chunks) are refused the same way
+requests are. Bodies go through `Pipe`s both ways, so neither is ever held
+whole: the request body is read from its pipe only while the socket takes
+more, and the answer's body stops the socket being read while its pipe is
+full.
+
+A connection is reused only when it is known to be at a message boundary:
+the answer was read to its end, the request body was sent whole, both
+sides kept the connection alive, and not one byte arrived that nobody
+asked for. Anything else closes it, because a connection left mid-message
+would hand one client's answer to the next.
+
+Timeouts cost one timer per exchange, never one per chunk:
+
+- `first_byte_timeout` runs from `start()` (when the head is written).
+  While a streamed request body is still being uploaded it does not
+  expire; it restarts when the last body byte is written, so a slow
+  upload is not mistaken for a silent origin. An upload the origin stops
+  reading for `read_timeout` fails with `write_timeout`.
+- `read_timeout` is a progress check: one timer that re-arms itself when
+  bytes arrived since it was armed, or when reading is paused by our own
+  backpressure (a slow client is not the origin's fault). Only silence
+  from an origin we are reading fails the exchange.
+- A 101 tunnel has no timeout here: a WebSocket may be quiet for long, and
+  the client side's idle timeouts govern it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+import httptools
+
+from ingress.config.upstream import Upstream
+from ingress.errors import EdgewardError
+from ingress.protocol.pipe import Pipe
+
+# Answer heads beyond these are refused: the origin is trusted for content, not for memory.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 256
+
+IDLE, HEAD, BODY, TUNNEL, CLOSED = range(5)
+_FIRST, _READ = 1, 2
+
+_HOST = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where one origin is: what is dialled, and the authority it is known by."""
+
+    scheme: str
+    host: str
+    port: int
+    authority: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> Origin:
+        """`http://127.0.0.1:9000`, `https://[::1]:8443`, `http://localhost`; ValueError says what is wrong."""
+        scheme, sep, rest = text.partition("://")
+        scheme = scheme.lower()
+        if not sep or scheme not in _DEFAULT_PORTS:
+            raise ValueError(f"origin {text!r}: must start with http:// or https://")
+        if rest.endswith("/"):
+            rest = rest[:-1]
+        if not rest or any(c in rest for c in "/?#@ \t\r\n"):
+            raise ValueError(f"origin {text!r}: must be scheme://host[:port], without path, query or user info")
+        if rest.startswith("["):
+            end = rest.find("]")
+            if end < 0:
+                raise ValueError(f"origin {text!r}: unclosed [ in an IPv6 address")
+            host, after = rest[1:end], rest[end + 1 :]
+            try:
+                host = str(ipaddress.IPv6Address(host))
+            except ValueError:
+                raise ValueError(f"origin {text!r}: {host!r} is not an IPv6 address") from None
+            if after and not after.startswith(":"):
+                raise ValueError(f"origin {text!r}: unexpected {after!r} after the address")
+            port_text, has_port = after[1:], bool(after)
+        else:
+            host, colon, port_text = rest.rpartition(":") if ":" in rest else (rest, "", "")
+            host, has_port = host.lower(), bool(colon)
+            if ":" in host:
+                raise ValueError(f"origin {text!r}: an IPv6 address must be in brackets, as [::1]")
+            if not _HOST.fullmatch(host):
+                raise ValueError(f"origin {text!r}: {host!r} is not a host name or address")
+        if has_port:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise ValueError(f"origin {text!r}: port must be a number from 1 to 65535")
+            port = int(port_text)
+        else:
+            port = _DEFAULT_PORTS[scheme]
+        shown = f"[{host}]" if ":" in host else host
+        return cls(scheme, host, port, f"{shown}:{port}".encode("ascii"))
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.authority.decode('ascii')}"
+
+
+class UpstreamError(EdgewardError):
+    """Why an exchange with an origin failed, with what the caller needs to decide on a retry.
+
+    `kind` is one of a small fixed set, to label metrics and pick the
+    answer (502, 503 or 504): connect, connect_timeout, tls, reset,
+    first_byte_timeout, write_timeout, read_timeout, protocol,
+    request_body (the client's body broke off), aborted, pool_full,
+    closed (the pool was shut).
+
+    `answered`: a byte of the answer arrived, so the origin may have acted
+    on the request; never retry then. `sent_body`: bytes of the request
+    body were sent, so a streamed body can no longer be replayed.
+    `reused`: the connection had served an earlier exchange; a failure
+    there with nothing answered is the classic keep-alive race (the origin
+    closed the idle connection as the request went out), which is safe to
+    retry on a fresh connection even for non-idempotent requests when no
+    body was sent.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        detail: str = "",
+        *,
+        answered: bool = False,
+        sent_body: bool = False,
+        reused: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.detail = detail
+        self.answered = answered
+        self.sent_body = sent_body
+        self.reused = reused
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+
+    @property
+    def retryable(self) -> bool:
+        """Nothing was answered and no body byte was spent: another attempt repeats nothing the origin saw."""
+        return not self.answered and not self.sent_body
+
+
+@dataclass(slots=True)
+class Exchange:
+    """The answer's head, available before its body: the body keeps arriving in `body`.
+
+    `reason` is the raw status phrase; `headers` are in arrival order and
+    original case. `body.length` is the Content-Length, or None when the
+    body is chunked, close-delimited or a tunnel. `keep_alive` is the
+    origin's word on reuse; the connection decides reuse itself.
+    """
+
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: Pipe
+    keep_alive: bool
+
+
+class ConnectionOwner(Protocol):
+    """What a connection tells its pool: it may serve another request, or it is gone."""
+
+    def connection_idle(self, conn: UpstreamConnection) -> None: ...
+
+    def connection_closed(self, conn: UpstreamConnection) -> None: ...
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop llhttp on an answer we refuse."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection to an origin, serving one exchange at a time (no pipelining)."""
+
+    __slots__ = (
+        "_answered",
+        "_close_delimited",
+        "_complete",
+        "_exchange",
+        "_first_byte_timeout",
+        "_future",
+        "_head_bytes",
+        "_head_only",
+        "_headers",
+        "_interim",
+        "_length",
+        "_loop",
+        "_lost",
+        "_parser",
+        "_progress",
+        "_progress_mark",
+        "_pumping",
+        "_raw_head",
+        "_read_paused",
+        "_read_timeout",
+        "_reason",
+        "_req",
+        "_req_chunked",
+        "_req_done",
+        "_reused",
+        "_sent",
+        "_sent_body",
+        "_sent_mark",
+        "_te_chunked",
+        "_timer",
+        "_timer_phase",
+        "_tunnel_in",
+        "_upgrade",
+        "_write_paused",
+        "exchanges",
+        "failure",
+        "held",
+        "idle_since",
+        "owner",
+        "state",
+        "transport",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: Upstream, owner: ConnectionOwner | None = None) -> None:
+        self._loop = loop
+        self._first_byte_timeout = config.first_byte_timeout
+        self._read_timeout = config.read_timeout
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.state = IDLE
+        # Exchanges started on this connection; more than one means it was reused.
+        self.exchanges = 0
+        # loop.time() when it last became idle, for the pool's idle sweep.
+        self.idle_since = 0.0
+        # Handed out by the pool and not yet started: only then may the caller give it back unused.
+        self.held = False
+        # What ended the last exchange, for outlier detection of failures after the head.
+        self.failure: UpstreamError | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_phase = 0
+        self._lost: Exception | None = None
+        self._write_paused = False
+        self._read_paused = False
+        self._pumping = False
+        self._clear()
+
+    def _clear(self) -> None:
+        self._future: asyncio.Future[Exchange] | None = None
+        self._exchange: Exchange | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+        self._req: Pipe | None = None
+        self._tunnel_in: Pipe | None = None
+        self._req_chunked = False
+        self._req_done = False
+        self._head_only = False
+        self._upgrade = False
+        self._reused = False
+        self._answered = False
+        self._sent_body = False
+        self._sent = 0
+        self._sent_mark = 0
+        self._progress = 0
+        self._progress_mark = 0
+        self._complete = False
+        self._interim = False
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._raw_head = 0
+        self._length: int | None = None
+        self._te_chunked = False
+        self._close_delimited = False
+
+    @property
+    def usable(self) -> bool:
+        """Open and between exchanges: a request may be started on it."""
+        transport = self.transport
+        return self.state == IDLE and transport is not None and not transport.is_closing()
+
+    # the exchange ------------------------------------------------------------
+    def start(
+        self, head: bytes, body: bytes | Pipe | None, method: str, *, upgrade: bool = False
+    ) -> asyncio.Future[Exchange]:
+        """Send a request; the future resolves with the answer's head, or fails with UpstreamError.
+
+        `head` is the whole serialised request head. A Pipe `body` with a
+        length is sent raw (the head must say Content-Length), one without
+        is sent chunked (the head must say Transfer-Encoding: chunked).
+        With `upgrade`, the head asks to switch protocols and `body` is the
+        client's side of the tunnel: nothing is read from it unless the
+        origin answers 101, after which both directions are raw bytes.
+        Cancelling the future abandons the exchange and closes the connection.
+        """
+        fut: asyncio.Future[Exchange] = self._loop.create_future()
+        self.held = False  # from now on the exchange's end decides where the connection goes
+        reused = self.exchanges > 0
+        transport = self.transport
+        if self.state == CLOSED or transport is None:
+            lost = self._lost
+            kind = "tls" if isinstance(lost, ssl.SSLError) else "reset"
+            detail = "connection closed before the request" + (f": {lost}" if lost is not None else "")
+            fut.set_exception(UpstreamError(kind, detail, reused=reused))
+            return fut
+        if self.state != IDLE:
+            raise RuntimeError("an exchange is already in progress on this connection")
+        self._clear()
+        self.exchanges += 1
+        self.failure = None
+        self._reused = reused
+        self._future = fut
+        self._head_only = method == "HEAD"
+        self._upgrade = upgrade
+        self._parser = httptools.HttpResponseParser(self)
+        self.state = HEAD
+        fut.add_done_callback(self._future_done)
+        if transport.is_closing():
+            # Its close is under way (a TLS origin refusing our certificate after the handshake, say):
+            # connection_lost will fail the exchange with the reason. Nothing may be written now.
+            self._req_done = True
+            return fut
+        self._arm(self._first_byte_timeout, _FIRST)
+        if isinstance(body, Pipe):
+            transport.write(head)
+            if upgrade:
+                self._tunnel_in = body
+                self._req_done = True
+            else:
+                self._req = body
+                self._req_chunked = body.length is None
+                body.want(self._pump)
+        else:
+            if body:
+                transport.writelines((head, body))
+                self._sent_body = True
+            else:
+                transport.write(head)
+            self._req_done = True
+        return fut
+
+    def abort(self) -> None:
+        """The caller gave up (the client went away): close now; a half-read answer is never reused."""
+        if self.state == CLOSED:
+            return
+        if self.state == IDLE:
+            self.close()
+            return
+        self._die(UpstreamError("aborted", "the exchange was abandoned", **self._facts()))
+
+    def close(self) -> None:
+        """Close an idle connection (pool sweep, shutdown); an exchange in progress is aborted."""
+        if self.state not in (IDLE, CLOSED):
+            self.abort()
+            return
+        self.state = CLOSED
+        self._cancel_timer()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # asyncio callbacks ----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = exc
+        state = self.state
+        if state == BODY and exc is None and self._close_delimited:
+            # A body without Content-Length or chunking ends where the connection does.
+            self._exchange_body().finish()
+            self._end(reusable=False)
+        elif state == TUNNEL and exc is None:
+            self._exchange_body().finish()
+            self._end(reusable=False)
+        elif state in (HEAD, BODY, TUNNEL):
+            if isinstance(exc, ssl.SSLError):
+                kind, detail = "tls", str(exc)
+            else:
+                kind = "reset"
+                detail = str(exc) if exc is not None else "origin closed the connection"
+            if state == HEAD and not self._answered:
+                detail += " before answering"
+            self._die(UpstreamError(kind, detail, **self._facts()))
+        self.state = CLOSED
+        self._cancel_timer()
+        if self.owner is not None:
+            self.owner.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._req is not None:
+            self._pump()
+
+    def data_received(self, data: bytes) -> None:
+        self._progress += 1
+        state = self.state
+        if state == TUNNEL:
+            if not self._exchange_body().feed(data):
+                self._pause_reading()
+            return
+        if state not in (HEAD, BODY):
+            # Bytes nobody asked for: the connection is not at a message boundary any more.
+            if state == IDLE:
+                self.close()
+            return
+        self._answered = True
+        parser = self._parser
+        assert parser is not None
+        leftover = False
+        try:
+            if self._head_only and state == HEAD:
+                leftover = self._feed_head_only(parser, data)
+            else:
+                parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._begin_tunnel(data[exc.args[0] :])
+            return
+        except (httptools.HttpParserError, _Refused) as exc:
+            if self._complete:
+                # A whole answer, then bytes nobody asked for: keep the answer, drop the connection.
+                self._end(reusable=False)
+                return
+            refused = exc.__context__ if isinstance(exc.__context__, _Refused) else exc
+            self._die(UpstreamError("protocol", f"malformed answer: {refused}", **self._facts()))
+            return
+        if self._complete:
+            self._end(reusable=not leftover)
+        elif self.state == HEAD:
+            self._raw_head += len(data)
+            if self._raw_head > MAX_HEAD_BYTES:
+                self._die(UpstreamError("protocol", "answer head too large", **self._facts()))
+        elif self.state == BODY and self._timer_phase != _READ:
+            # The head is in and the body is open: from now on, silence is measured by read_timeout.
+            self._arm(self._read_timeout, _READ)
+
+    def _feed_head_only(self, parser: httptools.HttpResponseParser, data: bytes) -> bool:
+        """Feed an answer to HEAD line by line, stopping at its head; True if bytes follow it.
+
+        llhttp cannot be told that the request was HEAD, so it would take
+        the bytes after the head as the body its Content-Length announces.
+        A head ends with a line feed, so feeding whole lines stops exactly
+        there; answers to HEAD are heads only, a few lines long.
+        """
+        start, n = 0, len(data)
+        while start < n:
+            nl = data.find(b"\n", start)
+            end = n if nl < 0 else nl + 1
+            parser.feed_data(data[start:end])
+            start = end
+            if self._complete:
+                return start < n
+        return False
+
+    # llhttp callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._complete:
+            raise _Refused("bytes after the complete answer")
+        self._headers = []
+        self._reason = b""
+        self._head_bytes = 0
+        self._raw_head = 0
+        self._length = None
+        self._te_chunked = False
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        headers.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES or len(headers) > MAX_HEADERS:
+            raise _Refused("answer head too large")
+        size = len(name)
+        if size == 14 and name.lower() == b"content-length":
+            self._length = int(value)  # llhttp has checked it is one number
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            self._te_chunked = value.rstrip().lower().endswith(b"chunked")
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        status: int = parser.get_status_code()
+        if status < 200 and status != 101:
+            # 100 Continue, 102, 103: llhttp reports each as a whole message; only the final answer counts.
+            self._interim = True
+            return
+        keep_alive = bool(parser.should_keep_alive())
+        if status == 101:
+            if not self._upgrade:
+                raise _Refused("101 Switching Protocols to a request that did not ask to upgrade")
+            if not parser.should_upgrade():
+                raise _Refused("101 Switching Protocols without Upgrade")
+            body = Pipe(None)
+            keep_alive = False
+            self.state = TUNNEL
+        elif self._head_only or status in (204, 304):
+            body = Pipe(0)
+            body.finish()
+            if self._head_only:
+                self._complete = True
+            self.state = BODY
+        else:
+            body = Pipe(self._length)
+            self._close_delimited = self._length is None and not self._te_chunked
+            self.state = BODY
+        body.on_drain = self._resume_reading
+        exchange = Exchange(status, self._reason, self._headers, body, keep_alive)
+        self._exchange = exchange
+        fut, self._future = self._future, None
+        if fut is not None and not fut.done():
+            fut.set_result(exchange)
+
+    def on_body(self, chunk: bytes) -> None:
+        if not self._exchange_body().feed(chunk):
+            self._pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if self.state == TUNNEL:
+            return
+        self._exchange_body().finish()
+        self._complete = True
+
+    # request body ---------------------------------------------------------------------
+    def _pump(self) -> None:
+        """Move what the request pipe holds to the socket, while the socket takes more."""
+        if self._pumping:
+            return  # reading the pipe resumed its producer, which fed it again: the loop below takes that too
+        pipe = self._req
+        transport = self.transport
+        if pipe is None or transport is None or self.state == CLOSED:
+            return
+        if pipe.error:
+            self._die(UpstreamError("request_body", f"the client's body broke off: {pipe.error}", **self._facts()))
+            return
+        self._pumping = True
+        try:
+            while pipe.buffered and not self._write_paused:
+                data = pipe.read()
+                n = len(data)
+                self._sent += n
+                self._sent_body = True
+                if self._req_chunked:
+                    transport.writelines((b"%x\r\n" % n, data, b"\r\n"))
+                else:
+                    transport.write(data)
+        finally:
+            self._pumping = False
+        if not pipe.done:
+            return
+        self._req = None
+        pipe.on_readable = None
+        if self.state == TUNNEL:
+            # The client finished its side of the tunnel: pass the half-close on where TCP allows it.
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+            return
+        if not pipe.complete:
+            self._die(UpstreamError("request_body", "the client's body ended short of its length", **self._facts()))
+            return
+        if self._req_chunked:
+            transport.write(b"0\r\n\r\n")
+        self._req_done = True
+        if self.state == HEAD and not self._answered:
+            self._arm(self._first_byte_timeout, _FIRST)
+
+    def _begin_tunnel(self, rest: bytes) -> None:
+        """After 101, both directions are raw bytes until either side closes; never reused."""
+        self._cancel_timer()
+        self._parser = None
+        if rest and not self._exchange_body().feed(rest):
+            self._pause_reading()
+        pipe = self._tunnel_in
+        if pipe is not None:
+            self._tunnel_in = None
+            self._req = pipe
+            self._req_chunked = False
+            pipe.want(self._pump)
+
+    # timers -----------------------------------------------------------------------
+    def _arm(self, delay: float, phase: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_phase = phase
+        self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_phase = 0
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        state = self.state
+        if state == HEAD and not self._answered:
+            if not self._req_done:
+                # Still uploading: the origin is not late yet, unless it stopped taking the body.
+                if self._sent != self._sent_mark or not self._write_paused:
+                    self._sent_mark = self._sent
+                    self._arm(self._read_timeout, _FIRST)
+                    return
+                detail = f"the origin took none of the request body for {self._read_timeout:g}s"
+                self._die(UpstreamError("write_timeout", detail, **self._facts()))
+                return
+            detail = f"no answer within {self._first_byte_timeout:g}s"
+            self._die(UpstreamError("first_byte_timeout", detail, **self._facts()))
+        elif state in (HEAD, BODY):
+            if self._progress != self._progress_mark or self._read_paused:
+                self._progress_mark = self._progress
+                self._arm(self._read_timeout, _READ)
+                return
+            detail = f"the answer made no progress for {self._read_timeout:g}s"
+            self._die(UpstreamError("read_timeout", detail, **self._facts()))
+
+    # endings ---------------------------------------------------------------------------
+    def _end(self, reusable: bool) -> None:
+        """The answer was read whole: become idle for the pool, or close."""
+        self._cancel_timer()
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.body.on_drain = None
+            reusable = reusable and exchange.keep_alive
+        unsent = self._req
+        reusable = reusable and self._req_done and self.state == BODY
+        self._clear()
+        if unsent is not None:
+            # The origin answered before taking the whole body: nobody will read the rest of it.
+            unsent.on_readable = None
+            unsent.discard()
+        if self._read_paused:
+            self._resume_reading()
+        transport = self.transport
+        if not reusable or transport is None or transport.is_closing():
+            self.close()
+            return
+        self.state = IDLE
+        self.idle_since = self._loop.time()
+        if self.owner is not None:
+            self.owner.connection_idle(self)
+
+    def _die(self, error: UpstreamError) -> None:
+        """End the exchange with `error`: the waiting caller or the open body hears it, and the socket is dropped."""
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        self.failure = error
+        self._cancel_timer()
+        fut = self._future
+        if fut is not None and not fut.done():
+            fut.set_exception(error)
+            fut.exception()  # whoever awaits it still gets it; nobody awaiting is not a bug worth a log line
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.body.on_drain = None
+            exchange.body.fail(f"upstream {error}")
+        pipe = self._req
+        if pipe is not None:
+            pipe.on_readable = None
+            if self._sent_body:
+                pipe.discard()  # partly sent, so it can never be replayed: let the client's upload drain
+        self._clear()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+
+    def _facts(self) -> dict[str, bool]:
+        return {"answered": self._answered, "sent_body": self._sent_body, "reused": self._reused}
+
+    def _future_done(self, fut: asyncio.Future[Exchange]) -> None:
+        if fut.cancelled() and self._future is fut:
+            self.abort()
+
+    def _exchange_body(self) -> Pipe:
+        exchange = self._exchange
+        assert exchange is not None
+        return exchange.body
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None and not self.transport.is_closing():
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused:
+            self._read_paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
