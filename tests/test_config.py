@@ -733,6 +733,12 @@ def test_schema_matches_model(schema: dict[str, Any]) -> None:
         "RateLimit",
         "PolicyRule",
         "Grant",
+        "Upstream",
+        "HealthCheck",
+        "OutlierDetection",
+        "ProxyRoute",
+        "ProxySettings",
+        "CacheSettings",
     }
 
 
