@@ -14,6 +14,7 @@ from ingress.config.model import Config
 from ingress.errors import Problem, TLSMaterialError
 from ingress.policy.keys import PolicyMaterialError, load_static_keys
 from ingress.tls.material import client_material, load_pair
+from ingress.tls.origin import origin_context
 
 
 def verify_config(config: Config) -> list[Problem]:
@@ -41,6 +42,12 @@ def verify_config(config: Config) -> list[Problem]:
             problems.append(Problem(src, f"routes[{i}].static.root", f"{root} {why}"))
         elif not os.access(root, os.R_OK | os.X_OK):
             problems.append(Problem(src, f"routes[{i}].static.root", f"{root} is not readable by this user"))
+    for i, upstream in enumerate(config.upstreams):
+        if upstream.ca or upstream.client_cert or any(o.startswith("https://") for o in upstream.origins):
+            try:
+                origin_context(upstream)
+            except TLSMaterialError as exc:
+                problems.append(Problem(src, f"upstreams[{i}]", str(exc)))
     for i, provider in enumerate(config.policy.jwt):
         at = f"policy.jwt[{i}]"
         try:

@@ -484,8 +484,18 @@ class HTTP1Connection(asyncio.Protocol):
         timeouts govern; this connection only bounds a client that stopped reading.
         """
         state = self.parser.state
+        tunnel = self.tunnel
+        if tunnel is not None:
+            # A WebSocket may be quiet, but not for ever: idle_timeout without a byte either way ends it.
+            snap = (-1, tunnel.fed, self.sent)
+            if snap != self.snap:
+                self.snap = snap
+                self.deadline = now + self.ctx.limits.idle_timeout
+            elif now >= self.deadline:
+                self.transport.abort()
+            return
         snap = (state, self.requests, self.sent)
-        relayed = self.waiting is not None or self.streaming is not None or self.tunnel is not None
+        relayed = self.waiting is not None or self.streaming is not None
         upload = self.parser.pipe
         if (relayed and not self.write_paused) or (upload is not None and upload.paused):
             self.snap = snap

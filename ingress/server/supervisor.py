@@ -29,6 +29,7 @@ import uvloop
 from ingress.check import verify_config
 from ingress.config.model import Config
 from ingress.errors import EdgewardError
+from ingress.handlers.purgelog import PurgeLog
 from ingress.server import reload
 from ingress.server.listeners import format_address, refuse_if_listening, reserve, reserve_with_udp
 from ingress.server.worker import ADMIN, Worker
@@ -73,6 +74,7 @@ class Supervisor:
         self.udp: dict[str, socket.socket] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self.stopping = False
+        self.purges = PurgeLog()
 
     # public -------------------------------------------------------------
     def start(self) -> dict[str, str]:
@@ -147,7 +149,7 @@ class Supervisor:
         def ready() -> None:
             os.write(ready_w, b"r")
 
-        worker = Worker(self.config, self.addresses, self.load, index, self.udp)
+        worker = Worker(self.config, self.addresses, self.load, index, self.udp, self.purges)
         try:
             uvloop.run(worker.run(ready))
         except Exception:

@@ -20,6 +20,7 @@ from ingress.config.model import Config, Listener, TLSSettings
 from ingress.config.semantics import parse_address
 from ingress.errors import EdgewardError
 from ingress.handlers.admin import AdminHandler
+from ingress.handlers.purgelog import Purge, PurgeLog
 from ingress.pipeline import Site
 from ingress.routing import RouteEntry, Router
 from ingress.server import reload
@@ -59,7 +60,10 @@ class Worker:
         reload_config: ReloadFn,
         index: int,
         udp: dict[str, socket.socket] | None = None,
+        purges: PurgeLog | None = None,
     ) -> None:
+        """`purges`: the server's shared cache-purge log, so a purge sent to one worker reaches all."""
+        self.purges = purges
         self.config = config
         self.addresses = addresses
         self.reload_config = reload_config
@@ -155,16 +159,35 @@ class Worker:
 
     async def _bind_admin(self) -> None:
         router = Router()
-        handler = AdminHandler(lambda: not self.ctx.draining, self._metrics)
-        router.add("*", RouteEntry("/", frozenset({"GET", "HEAD"}), b"GET, HEAD, OPTIONS", handler.handle))
+        handler = AdminHandler(lambda: not self.ctx.draining, self._metrics, self._purge)
+        methods = frozenset({"GET", "HEAD", "PURGE"})
+        router.add("*", RouteEntry("/", methods, b"GET, HEAD, OPTIONS, PURGE", handler.handle))
         admin_listener = Listener(name=ADMIN, address=self.config.admin.address)
         runtime = ListenerRuntime(admin_listener, Site(router), tls=False, capped=False)
         await self._bind(admin_listener, runtime)
+
+    def _purge(self, host: str, path: str, prefix: bool) -> int | None:
+        backends = self.ctx.backends
+        cache = backends.cache if backends is not None else None
+        if cache is None or not self.ctx.config.cache.purge:
+            return None
+        if self.purges is not None:
+            self.purges.append(Purge(host, path, prefix))  # the other workers follow within a second
+        return cache.purge(host, path, prefix)
+
+    def _apply_purges(self) -> None:
+        backends = self.ctx.backends
+        if self.purges is None:
+            return
+        for purge in self.purges.poll():
+            if backends is not None and backends.cache is not None:
+                backends.cache.purge(purge.host, purge.path, purge.prefix)
 
     # periodic work -----------------------------------------------------------
     def _tick(self) -> None:
         ctx = self.ctx
         ctx.clock.advance()
+        self._apply_purges()
         now = ctx.clock.now
         for conn in list(ctx.connections):
             conn.sweep(now)
@@ -229,6 +252,8 @@ class Worker:
                 if remote is not None:
                     lines.append(f"edgeward_jwks_fetches_total{{{labels}}} {remote.fetches}")
                     lines.append(f"edgeward_jwks_fetch_failures_total{{{labels}}} {remote.failures}")
+        if self.ctx.backends is not None:
+            lines.extend(self.ctx.backends.metric_lines(self.index))
         lines.append("# HELP edgeward_connections_refused_total Connections closed before any request, by reason.")
         lines.append("# TYPE edgeward_connections_refused_total counter")
         for reason, n in s.refused.items():

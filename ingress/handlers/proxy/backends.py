@@ -151,3 +151,47 @@ class Backends:
     def stop(self) -> None:
         for runtime in self.upstreams.values():
             runtime.retire()
+
+    def metric_lines(self, worker: int) -> list[str]:
+        """Prometheus text for the upstreams and the cache of one worker."""
+        lines: list[str] = []
+        if self.upstreams:
+            lines += [
+                "# HELP edgeward_upstream_requests_total Requests proxied, retries, and retries the budget refused.",
+                "# TYPE edgeward_upstream_requests_total counter",
+            ]
+            for name, runtime in sorted(self.upstreams.items()):
+                stats = runtime.stats
+                labels = f'worker="{worker}",upstream="{name}"'
+                lines.append(f"edgeward_upstream_requests_total{{{labels}}} {stats.requests}")
+                lines.append(f"edgeward_upstream_retries_total{{{labels}}} {stats.retries}")
+                lines.append(f"edgeward_upstream_retries_refused_total{{{labels}}} {stats.retries_refused}")
+                for kind, n in stats.errors.items():
+                    if n:
+                        lines.append(f'edgeward_upstream_errors_total{{{labels},reason="{kind}"}} {n}')
+                health = runtime.health
+                ejections = health.ejections_total
+                for i, origin in enumerate(runtime.origins):
+                    pool = runtime.pools[i]
+                    olabels = f'{labels},origin="{origin}"'
+                    up = 0 if i in health.down else 1
+                    lines.append(f"edgeward_upstream_origin_up{{{olabels}}} {up}")
+                    lines.append(f"edgeward_upstream_ejections_total{{{olabels}}} {ejections[i]}")
+                    lines.append(f"edgeward_upstream_connections_active{{{olabels}}} {pool.active}")
+                    lines.append(f"edgeward_upstream_connections_idle{{{olabels}}} {pool.idle}")
+                    lines.append(f"edgeward_upstream_connections_opened_total{{{olabels}}} {pool.opened_total}")
+                    lines.append(f"edgeward_upstream_pending{{{olabels}}} {pool.pending}")
+        cache = self.cache
+        if cache is not None:
+            labels = f'worker="{worker}"'
+            lines += [
+                "# HELP edgeward_cache_lookups_total Cache lookups by result.",
+                "# TYPE edgeward_cache_lookups_total counter",
+                f'edgeward_cache_lookups_total{{{labels},result="hit"}} {cache.hits}',
+                f'edgeward_cache_lookups_total{{{labels},result="miss"}} {cache.misses}',
+                f"edgeward_cache_stores_total{{{labels}}} {cache.stores}",
+                f"edgeward_cache_evictions_total{{{labels}}} {cache.evictions}",
+                f"edgeward_cache_bytes{{{labels}}} {cache.bytes}",
+                f"edgeward_cache_entries{{{labels}}} {len(cache)}",
+            ]
+        return lines
