@@ -214,6 +214,11 @@ class HTTP2Connection(asyncio.Protocol):
         self.requests += 1
         t0 = time.perf_counter() if self.logging else 0.0
         request.peer = self.peer
+        body = request.body
+        if body.__class__ is Pipe:
+            # Window returned as the handler reads goes out now, not with the next frame received:
+            # the client may be waiting on exactly this credit.
+            body.on_consumed = lambda n: self._credit(stream_id, n)
         result = self.listener.site.handle(request)
         if result.__class__ is Response:
             response = result
@@ -227,6 +232,12 @@ class HTTP2Connection(asyncio.Protocol):
             waiting.add_done_callback(lambda w: self._answered(stream_id, w))
         if self.requests >= self.ctx.limits.max_requests_per_connection and not session.goaway_sent:
             self.drain(0.0)
+
+    def _credit(self, stream_id: int, n: int) -> None:
+        self.session.consumed(stream_id, n)
+        data = self.session.data_to_send()
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
 
     def _answered(self, stream_id: int, waiting: asyncio.Future[Response]) -> None:
         entry = self.pending.get(stream_id)

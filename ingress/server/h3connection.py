@@ -132,6 +132,7 @@ class HTTP3Connection:
         "cids",
         "closed",
         "closing",
+        "crediting",
         "ctx",
         "deadline",
         "discarding",
@@ -177,6 +178,7 @@ class HTTP3Connection:
         self.pending: dict[int, tuple[asyncio.Future[Response], Request, float]] = {}
         self.discarding: set[int] = set()
         self.progress = 0
+        self.crediting = False
         self.snap = -1
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -310,6 +312,15 @@ class HTTP3Connection:
         paced = self.quic.reader_paced
         if stream_id in paced:
             paced[stream_id] += n
+            if not self.crediting:
+                # The client may be blocked on exactly this window: send it soon, once per loop turn.
+                self.crediting = True
+                self.loop.call_soon(self._credit)
+
+    def _credit(self) -> None:
+        self.crediting = False
+        if not self.closed:
+            self.transmit()
 
     def _data(self, event: DataReceived) -> None:
         stream_id = event.stream_id
