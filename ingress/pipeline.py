@@ -13,12 +13,12 @@ import asyncio
 from ingress.clock import Clock
 from ingress.config.model import Config, Route
 from ingress.errors import ProtocolError
-from ingress.handlers.errors import error_response
 from ingress.handlers.proxy.backends import Backends
 from ingress.handlers.proxy.handler import ProxyHandler
 from ingress.handlers.redirect import RedirectHandler
 from ingress.handlers.static import StaticHandler
 from ingress.policy.gate import Gate
+from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Request, Response
 from ingress.routing import Handler, Outcome, RouteEntry, RouteGroup, Router, normalize_path
 

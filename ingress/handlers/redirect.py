@@ -6,7 +6,7 @@ import re
 import urllib.parse
 
 from ingress.config.model import Redirect
-from ingress.handlers.errors import error_response
+from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Request, Response
 from ingress.routing import host_name
 

@@ -26,10 +26,10 @@ from email.utils import formatdate
 from ingress.clock import Clock
 from ingress.config.model import StaticSite
 from ingress.handlers import conditional
-from ingress.handlers.errors import error_response
 from ingress.handlers.mime import content_type
 from ingress.handlers.negotiate import choose_encoding
 from ingress.handlers.ranges import Unsatisfiable, parse_ranges
+from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import FileBody, FileSource, Request, Response
 from ingress.protocol.http1 import status_line
 

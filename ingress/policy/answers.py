@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from ingress.handlers.errors import error_response
+from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Response
 
 _RETRY_MEMO = 64

@@ -25,7 +25,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ingress.errors import ProtocolError
-from ingress.handlers.errors import error_response
+from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import FileBody, Request, Response
 from ingress.protocol.http1 import BODY, HEAD, IDLE, RequestParser, serialize_head
 from ingress.protocol.pipe import Pipe

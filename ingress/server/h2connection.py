@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import h2.exceptions
 from h2.errors import ErrorCodes
 
-from ingress.handlers.errors import error_response
+from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Request, Response
 from ingress.protocol.fields import STATUS_TEXT as _STATUS
 from ingress.protocol.fields import response_fields

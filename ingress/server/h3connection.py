@@ -49,7 +49,7 @@ from aioquic.quic.events import (
 )
 
 from ingress.errors import ProtocolError
-from ingress.handlers.errors import error_response
+from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Peer, Request, Response
 from ingress.protocol.fields import response_fields
 from ingress.protocol.http3 import (

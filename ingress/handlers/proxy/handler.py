@@ -27,11 +27,11 @@ import urllib.parse
 from ingress.clock import Clock
 from ingress.config.model import Route
 from ingress.handlers.cache import HIT_STALE_IF_ERROR, Lookup, SharedCache, cache_status, primary_key
-from ingress.handlers.errors import error_response
 from ingress.handlers.freshness import Kind
 from ingress.handlers.proxy.backends import Backends, UpstreamRuntime
 from ingress.handlers.proxy.headers import Outgoing, declared_length, request_framing, response_headers
 from ingress.handlers.proxy.upstream import Exchange, UpstreamError
+from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Request, Response
 from ingress.protocol.pipe import Pipe
 from ingress.routing import Outcome
