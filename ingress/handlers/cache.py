@@ -13,11 +13,19 @@ wire memos are not counted: they are dropped when the tick moves, so they
 only ever hold the entries hit within the last second.
 
 Stored headers keep the origin's case and order, minus hop-by-hop fields,
-Date, Age and Server: Date and Server come from the clock's preamble like
-every other answer of this server, and Age is recomputed per hit as the
-response's current age (§4.2.3), which already includes how old it was
-when it arrived (the origin's Date and Age). Content-Length is rewritten
-from the stored body, since the origin may have sent it chunked.
+Date, Age and Server. Server comes from the clock like every other answer
+of this server. Date is kept apart (`Entry.date_field`) and sent as the
+origin gave it, or as updated by a 304: it says when the response was
+generated (RFC 9110 §6.6.1), and a downstream cache that sends it back as
+If-Modified-Since must not be told a copy is newer than it is. Age is
+recomputed per hit as the response's current age (§4.2.3), which already
+includes how old it was when it arrived (the origin's Date and Age).
+Content-Length is rewritten from the stored body, since the origin may
+have sent it chunked.
+
+The HTTP/1.1 bytes built here carry the stored Date. The field list that
+HTTP/2, HTTP/3 and a closing HTTP/1 connection serialise leaves Date out,
+because those layers add the clock's Date to every answer themselves.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import urllib.parse
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Generic, TypeVar
 
 from ingress.clock import Clock
@@ -72,8 +81,21 @@ _HOP = frozenset(
     }
 )
 _REWRITTEN = frozenset({b"date", b"age", b"server", b"content-length"})
-# Not taken from a 304 (§3.2): they describe the stored body or select it, which a 304 does not change.
-_KEPT_ON_FRESHEN = frozenset({b"content-length", b"content-encoding", b"content-range", b"vary"})
+# Not taken from a 304 (§3.2): they describe the stored body's bytes or select it, which a 304 does not change.
+# A digest or coding that no longer matches the stored bytes would make every hit look corrupt, which §3.2 lets a
+# cache avoid ("fields necessary to assure integrity of the stored response").
+_KEPT_ON_FRESHEN = frozenset(
+    {
+        b"content-length",
+        b"content-encoding",
+        b"content-range",
+        b"content-md5",
+        b"content-digest",
+        b"repr-digest",
+        b"digest",
+        b"vary",
+    }
+)
 # A 304 to a client carries what a 200 would say about caching and identity (RFC 9110 §15.4.5).
 _NOT_MODIFIED_FIELDS = frozenset(
     {b"cache-control", b"content-location", b"etag", b"expires", b"vary", b"last-modified"}
@@ -156,6 +178,7 @@ class Entry:
         "cached",
         "cc",
         "date",
+        "date_field",
         "etag",
         "head_memo",
         "headers",
@@ -200,6 +223,10 @@ class Entry:
         self.etag = _first(stored, b"etag")
         self.last_modified = _first(stored, b"last-modified")
         self.date = date_value(received, response_time)
+        # What a hit says in Date: the origin's (from `received`, so a 304's Date replaces it, §4.3.4), or when
+        # the response arrived if it had none usable, as a cache must add one (RFC 9110 §6.6.1). Formatted from
+        # the parsed instant, so an obsolete date format is sent as IMF-fixdate.
+        self.date_field = formatdate(self.date, usegmt=True).encode("ascii")
         self.response_time = response_time
         self.initial_age = corrected_initial_age(received, request_time, response_time)
         # Lifetime from the *received* Date/Expires pair: Date is not stored, but Expires - Date needs both.
@@ -376,7 +403,18 @@ class SharedCache:
 
         An entry evicted or purged meanwhile is updated (the caller serves it)
         but not put back, so a purge during a revalidation sticks.
+
+        A 304 whose validator contradicts the entry's (`validates`) updates
+        nothing (§4.3.4: the cache MUST NOT use it to update): the entry is
+        returned as it was, for the caller to answer this one request with,
+        since the origin did answer the entry's own validators with 304; and
+        it is removed, because freshening it on the origin's word is exactly
+        what §4.3.4 forbids, and revalidating it again would only repeat
+        this. The next request fetches the response afresh.
         """
+        if not validates(entry, headers):
+            self._remove(entry)
+            return entry
         nominated = set(field_members(headers, b"connection"))
         fresh = [
             (n, v)
@@ -525,6 +563,38 @@ class SharedCache:
         if status == HIT:
             value += b"; ttl=%d" % math.floor(entry.lifetime - age)
         return [*headers, (b"Age", b"%d" % math.floor(age)), (b"Cache-Status", value)]
+
+
+def validates(entry: Entry, headers: Headers) -> bool:
+    """Whether a 304 with these fields identifies `entry` as the stored response it validates (§4.3.4).
+
+    The 304 answered the entry's own validators (`conditional_headers`), so
+    it is only refused when what it says contradicts them: a strong ETag
+    must equal the entry's strong ETag, a weak one match it weakly; with no
+    ETag, a Last-Modified must be the entry's. A 304 with neither validates
+    an entry that has no ETag, since Last-Modified is not required on a 304
+    (RFC 9110 §15.4.5) and origins validating by date often omit it; an
+    entry with an ETag needs it back, as the origin MUST send it.
+    """
+    etag = _first(headers, b"etag")
+    if etag is not None:
+        stored = entry.etag
+        if stored is None:
+            return False
+        if etag.startswith(b"W/"):
+            return _opaque(etag) == _opaque(stored)  # weak comparison (RFC 9110 §8.8.3.2)
+        return etag == stored  # a strong validator names only a response with the same strong one
+    modified = _first(headers, b"last-modified")
+    if modified is not None:
+        if entry.last_modified is None:
+            return False
+        when = conditional.http_date_seconds(modified)
+        return when is not None and when == conditional.http_date_seconds(entry.last_modified)
+    return entry.etag is None
+
+
+def _opaque(tag: bytes) -> bytes:
+    return tag[2:] if tag.startswith(b"W/") else tag
 
 
 def _not_modified(entry: Entry, headers: Mapping[bytes, bytes]) -> bool:

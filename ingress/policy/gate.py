@@ -154,8 +154,8 @@ class Gate:
         if self.trusted and client in self.trusted:
             real = forwarded_client(client, request.headers, self.trusted)
             if real != client:
-                client = real
                 request.peer = peer = dataclasses.replace(peer, client=real, remote=client)
+                client = real
         if self.screens:
             if client in self.deny or (self.allow and client not in self.allow):
                 return self._refuse(request, DENIED_IP, "address refused", "", self.answers.forbidden)

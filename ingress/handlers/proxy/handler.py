@@ -55,6 +55,7 @@ ORIGIN_FAULTS = frozenset({"connect", "connect_timeout", "tls", "reset", "first_
 # Statuses whose answers the cache may store, worth reading whole when small enough.
 _STORABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 _WS_DROP = frozenset({b"sec-websocket-accept", b"upgrade", b"connection"})
+_EDGE_OWNED = frozenset({b"date", b"server"})
 
 
 class _Waker:
@@ -233,6 +234,7 @@ class ProxyHandler:
         tried: set[int] = set()
         attempt = 0
         retrying = False
+        last: tuple[UpstreamError, int] | None = None
         try:
             while True:
                 now = time.monotonic()
@@ -241,6 +243,8 @@ class ProxyHandler:
                     skip = skip | tried
                 i = upstream.balancer.pick(key, skip, upstream.in_flight())
                 if i is None:
+                    if last is not None:  # every origin that could take a retry has had one: say why it failed
+                        return self._failed(request, out, last[0], last[1], lookup)
                     return self._failed(request, out, UpstreamError("no_origin", "no healthy origin left"), None)
                 pool = upstream.pools[i]
                 request_time = time.time()
@@ -253,9 +257,16 @@ class ProxyHandler:
                     replayable = not exc.answered and not exc.sent_body and exc.kind != "pool_full"
                     idempotent = method in IDEMPOTENT or (exc.reused and not exc.sent_body)
                     if replayable and idempotent and attempt < config.retries and not websocket:
-                        if upstream.retry_allowed():
+                        # The budget bounds requests in retry, not attempts: once admitted, a request
+                        # may use all its `retries`.
+                        if retrying or upstream.retry_allowed():
                             attempt += 1
-                            tried.add(i)
+                            last = (exc, i)
+                            if not exc.reused:
+                                # A fresh connection failed: try another origin. A reused one may just
+                                # have been closed by the origin while idle: a new connection to the
+                                # same origin is the right retry.
+                                tried.add(i)
                             upstream.stats.retries += 1
                             if not retrying:
                                 retrying = True
@@ -288,6 +299,9 @@ class ProxyHandler:
             keep_length=not switching and (pipe.length is not None or request.method == "HEAD"),
             upgrade=switching,
         )
+        # The edge writes its own Date and Server (the origin's Date still reaches the cache, for Age).
+        origin_date = [(n, v) for n, v in headers if n.lower() == b"date"]
+        headers = [(n, v) for n, v in headers if n.lower() not in _EDGE_OWNED]
         if switching and request.version != "1.1":
             headers = [(n, v) for n, v in headers if n.lower() not in _WS_DROP]
         extra_names = self.extra_names
@@ -299,7 +313,7 @@ class ProxyHandler:
             if request.method not in ("GET", "HEAD"):
                 cache.invalidate(request, status, exchange.headers)
             elif lookup is not None:
-                return await self._through_cache(request, exchange, headers, out, lookup, request_time)
+                return await self._through_cache(request, exchange, headers, origin_date, out, lookup, request_time)
         if self.request_id:
             headers.append((self.request_id, out.request_id))
         return Response(status, headers, pipe)
@@ -309,6 +323,7 @@ class ProxyHandler:
         request: Request,
         exchange: Exchange,
         headers: list[tuple[bytes, bytes]],
+        origin_date: list[tuple[bytes, bytes]],
         out: Outgoing,
         lookup: Lookup,
         request_time: float,
@@ -335,7 +350,7 @@ class ProxyHandler:
         ):
             body = await read_whole(pipe, self.loop)
             now = time.time()
-            stored = cache.store(request, status, headers, body, request_time, now)
+            stored = cache.store(request, status, [*headers, *origin_date], body, request_time, now)
             if stored is not None:
                 return cache.respond(stored, request, now, self.clock, lookup.status + "; stored")
             headers.append((b"Cache-Status", cache_status(fwd=lookup.fwd, fwd_status=status)))
@@ -375,7 +390,9 @@ class ProxyHandler:
                 "request_id": out.request_id.decode("ascii"),
             },
         )
-        extra = [pair for pair in self.extra]
+        answer = error_response(status)
+        present = {name.lower() for name, _ in answer.headers}
+        extra = [pair for pair in self.extra if pair[0].lower() not in present]
         if self.request_id:
             extra.append((self.request_id, out.request_id))
         return error_response(status, extra)
