@@ -24,6 +24,7 @@ def parse_origin(text: str) -> tuple[str, str, int]:
     path would block, and an origin that moves with DNS is not what a bank pins.
     """
     scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
     if not sep or scheme not in DEFAULT_PORTS:
         raise ValueError(f"{text!r} must start with http:// or https://")
     if "/" in rest.rstrip("/") or "?" in rest or "@" in rest:
@@ -33,19 +34,23 @@ def parse_origin(text: str) -> tuple[str, str, int]:
         host, bracket, after = rest[1:].partition("]")
         if not bracket:
             raise ValueError(f"{text!r} has an unclosed IPv6 bracket")
-        port_text = after[1:] if after.startswith(":") else ""
         if after and not after.startswith(":"):
             raise ValueError(f"{text!r}: expected :port after the IPv6 address")
+        has_port, port_text = bool(after), after[1:]
+    elif rest.count(":") > 1:
+        raise ValueError(f"{text!r}: an IPv6 address must be in brackets, as [::1]")
     else:
-        host, _, port_text = rest.partition(":")
+        host, colon, port_text = rest.partition(":")
+        has_port = bool(colon)
     if not host:
         raise ValueError(f"{text!r} has no host")
+    host = host.lower()
     if host != "localhost":
         try:
             ipaddress.ip_address(host)
         except ValueError:
             raise ValueError(f"{host!r} is not an IP address; origins are addresses (or localhost)") from None
-    if port_text:
+    if has_port:
         if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
             raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
         port = int(port_text)

@@ -42,6 +42,7 @@ from typing import Protocol, cast
 import httptools
 
 from ingress.config.upstream import Upstream
+from ingress.config.upstream_semantics import parse_origin
 from ingress.errors import EdgewardError
 from ingress.protocol.pipe import Pipe
 
@@ -67,40 +68,13 @@ class Origin:
 
     @classmethod
     def parse(cls, text: str) -> Origin:
-        """`http://127.0.0.1:9000`, `https://[::1]:8443`, `http://localhost`; ValueError says what is wrong."""
-        scheme, sep, rest = text.partition("://")
-        scheme = scheme.lower()
-        if not sep or scheme not in _DEFAULT_PORTS:
-            raise ValueError(f"origin {text!r}: must start with http:// or https://")
-        if rest.endswith("/"):
-            rest = rest[:-1]
-        if not rest or any(c in rest for c in "/?#@ \t\r\n"):
-            raise ValueError(f"origin {text!r}: must be scheme://host[:port], without path, query or user info")
-        if rest.startswith("["):
-            end = rest.find("]")
-            if end < 0:
-                raise ValueError(f"origin {text!r}: unclosed [ in an IPv6 address")
-            host, after = rest[1:end], rest[end + 1 :]
-            try:
-                host = str(ipaddress.IPv6Address(host))
-            except ValueError:
-                raise ValueError(f"origin {text!r}: {host!r} is not an IPv6 address") from None
-            if after and not after.startswith(":"):
-                raise ValueError(f"origin {text!r}: unexpected {after!r} after the address")
-            port_text, has_port = after[1:], bool(after)
-        else:
-            host, colon, port_text = rest.rpartition(":") if ":" in rest else (rest, "", "")
-            host, has_port = host.lower(), bool(colon)
-            if ":" in host:
-                raise ValueError(f"origin {text!r}: an IPv6 address must be in brackets, as [::1]")
-            if not _HOST.fullmatch(host):
-                raise ValueError(f"origin {text!r}: {host!r} is not a host name or address")
-        if has_port:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise ValueError(f"origin {text!r}: port must be a number from 1 to 65535")
-            port = int(port_text)
-        else:
-            port = _DEFAULT_PORTS[scheme]
+        """`http://127.0.0.1:9000`, `https://[::1]:8443`, `http://localhost`; ValueError says what is wrong.
+
+        The config's own rule (`parse_origin`), so what `ingress check` accepts is exactly what runs.
+        """
+        scheme, host, port = parse_origin(text)
+        if ":" in host:
+            host = str(ipaddress.IPv6Address(host))
         shown = f"[{host}]" if ":" in host else host
         return cls(scheme, host, port, f"{shown}:{port}".encode("ascii"))
 
