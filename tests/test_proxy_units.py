@@ -617,7 +617,8 @@ def test_response_headers_drop_hop_fields_and_append_via() -> None:
         (b"X-Request-ID", b"origin-made"),
         (b"Set-Cookie", b"a=1"),
     ]
-    out = response_headers(upstream, RULES.via("1.1"))
+    out, date = response_headers(upstream, RULES.via("1.1"))
+    assert date is None
     assert out == [
         (b"Content-Type", b"text/plain"),
         (b"Via", b"1.1 origin"),
@@ -625,7 +626,7 @@ def test_response_headers_drop_hop_fields_and_append_via() -> None:
         (b"Set-Cookie", b"a=1"),
         (b"via", b"1.1 edgeward"),
     ]
-    out = response_headers(upstream, b"", keep_length=True, request_id=(b"x-request-id", b"edge-id"))
+    out, _ = response_headers(upstream, b"", keep_length=True, request_id=(b"x-request-id", b"edge-id"))
     assert (b"Content-Length", b"12") in out
     assert (b"x-request-id", b"edge-id") in out and (b"X-Request-ID", b"origin-made") not in out
     assert not any(name.lower() == b"via" and value.endswith(b"edgeward") for name, value in out)
@@ -633,12 +634,29 @@ def test_response_headers_drop_hop_fields_and_append_via() -> None:
 
 def test_response_headers_for_an_accepted_websocket_upgrade() -> None:
     upstream = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"Sec-WebSocket-Accept", b"s3pPLM=")]
-    out = response_headers(upstream, b"1.1 edgeward", upgrade=True)
+    out, _ = response_headers(upstream, b"1.1 edgeward", upgrade=True)
     assert out == [
         (b"Upgrade", b"websocket"),
         (b"Sec-WebSocket-Accept", b"s3pPLM="),
         (b"connection", b"upgrade"),
         (b"via", b"1.1 edgeward"),
+    ]
+
+
+def test_response_headers_leave_date_and_server_to_the_edge_and_add_missing_security_headers() -> None:
+    upstream = [
+        (b"Date", b"Mon, 23 Nov 2026 04:00:00 GMT"),
+        (b"Server", b"origin/1.0"),
+        (b"X-Frame-Options", b"SAMEORIGIN"),
+        (b"Content-Type", b"text/plain"),
+    ]
+    extra = [(b"X-Frame-Options", b"DENY"), (b"X-Content-Type-Options", b"nosniff")]
+    out, date = response_headers(upstream, b"", extra=extra)
+    assert date == b"Mon, 23 Nov 2026 04:00:00 GMT"
+    assert out == [
+        (b"X-Frame-Options", b"SAMEORIGIN"),
+        (b"Content-Type", b"text/plain"),
+        (b"X-Content-Type-Options", b"nosniff"),
     ]
 
 

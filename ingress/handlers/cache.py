@@ -59,7 +59,17 @@ from ingress.handlers.freshness import (
 from ingress.protocol.events import Request, Response
 from ingress.protocol.http1 import status_line
 
-__all__ = ["CACHE_NAME", "Entry", "Flights", "Kind", "Lookup", "SharedCache", "cache_status", "primary_key"]
+__all__ = [
+    "CACHE_NAME",
+    "Entry",
+    "Flights",
+    "Kind",
+    "Lookup",
+    "SharedCache",
+    "cache_status",
+    "primary_key",
+    "validates",
+]
 
 CACHE_NAME = b"edgeward"
 # Variants one URI may hold; past it the least recently stored goes.
@@ -532,14 +542,14 @@ class SharedCache:
         headers = request.headers
         conditional_request = b"if-none-match" in headers or b"if-modified-since" in headers
         if conditional_request and entry.status == 200 and _not_modified(entry, headers):
-            return self._not_modified(entry, now, preamble, status)
+            return self._not_modified(entry, now, clock, status)
         head = request.method == "HEAD"
         memos = entry.head_memo if head else entry.memo
         memo = memos.get(status)
         if memo is not None and memo[0] is preamble:
             return memo[1]
         fields = self._fields(entry, entry.headers, now, status)
-        wire = status_line(entry.status) + preamble + b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n"
+        wire = _head(entry.status, entry, clock, fields)
         response = (
             Response(entry.status, fields, b"", wire)
             if head
@@ -550,11 +560,10 @@ class SharedCache:
         memos[status] = (preamble, response)
         return response
 
-    def _not_modified(self, entry: Entry, now: float, preamble: bytes, status: str) -> Response:
+    def _not_modified(self, entry: Entry, now: float, clock: Clock, status: str) -> Response:
         kept = [(n, v) for n, v in entry.headers if n.lower() in _NOT_MODIFIED_FIELDS]
         fields = self._fields(entry, kept, now, status)
-        wire = status_line(304) + preamble + b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n"
-        return Response(304, fields, b"", wire)
+        return Response(304, fields, b"", _head(304, entry, clock, fields))
 
     @staticmethod
     def _fields(entry: Entry, headers: Headers, now: float, status: str) -> Headers:
@@ -563,6 +572,12 @@ class SharedCache:
         if status == HIT:
             value += b"; ttl=%d" % math.floor(entry.lifetime - age)
         return [*headers, (b"Age", b"%d" % math.floor(age)), (b"Cache-Status", value)]
+
+
+def _head(status: int, entry: Entry, clock: Clock, fields: Headers) -> bytes:
+    """The HTTP/1.1 head of an answer from `entry`: the stored Date where other answers have the clock's."""
+    lines = b"".join(n + b": " + v + b"\r\n" for n, v in fields)
+    return status_line(status) + b"Date: " + entry.date_field + b"\r\n" + clock.server + lines + b"\r\n"
 
 
 def validates(entry: Entry, headers: Headers) -> bool:

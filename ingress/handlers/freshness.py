@@ -294,7 +294,15 @@ def heuristic_lifetime(status: int, headers: Headers, cc: CacheControl, date: fl
 
 
 def age_value(headers: Headers) -> int:
-    """The Age field's first member (§5.1); an invalid one is ignored as 0."""
+    """The Age field's first member (§5.1); an invalid one is ignored as 0.
+
+    Not "invalid means stale": drafts of RFC 9111 said so, and http-cache-tests
+    0.4.5 still expects it (its age-parse-* tests fail here), but the RFC as
+    published chose this after finding that caches almost all ignore a bad
+    Age (httpwg/http-core#778). Age can only shorten a response's life, so
+    ignoring a garbled one serves nothing the origin's own Date and freshness
+    did not allow.
+    """
     values = field_values(headers, b"age")
     if not values:
         return 0

@@ -55,7 +55,6 @@ ORIGIN_FAULTS = frozenset({"connect", "connect_timeout", "tls", "reset", "first_
 # Statuses whose answers the cache may store, worth reading whole when small enough.
 _STORABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 _WS_DROP = frozenset({b"sec-websocket-accept", b"upgrade", b"connection"})
-_EDGE_OWNED = frozenset({b"date", b"server"})
 
 
 class _Waker:
@@ -120,6 +119,8 @@ class ProxyHandler:
         self.request_id = request_id_header.lower().encode("latin-1")
         self.flights = backends.flights
         self.hash_key = self.upstream.balancer.key_of
+        self.least = self.upstream.config.balance == "least_requests"
+        self.via = self.rules.via("1.1")
 
     # the request path -------------------------------------------------------------
     def handle(self, request: Request, path: str) -> Outcome:
@@ -241,7 +242,7 @@ class ProxyHandler:
                 skip = upstream.health.unusable(now)
                 if tried:
                     skip = skip | tried
-                i = upstream.balancer.pick(key, skip, upstream.in_flight())
+                i = upstream.balancer.pick(key, skip, upstream.in_flight() if self.least else ())
                 if i is None:
                     if last is not None:  # every origin that could take a retry has had one: say why it failed
                         return self._failed(request, out, last[0], last[1], lookup)
@@ -293,29 +294,31 @@ class ProxyHandler:
         status = exchange.status
         switching = websocket and status == 101
         pipe = exchange.body
-        headers = response_headers(
+        cache = self.cache
+        # The request id goes on after the cache has stored the answer: a hit must not replay it.
+        rid = (self.request_id, out.request_id) if self.request_id and cache is None else None
+        headers, date = response_headers(
             exchange.headers,
-            self.rules.via("1.1"),
+            self.via,
             keep_length=not switching and (pipe.length is not None or request.method == "HEAD"),
             upgrade=switching,
+            request_id=rid,
+            extra=self.extra,
         )
-        # The edge writes its own Date and Server (the origin's Date still reaches the cache, for Age).
-        origin_date = [(n, v) for n, v in headers if n.lower() == b"date"]
-        headers = [(n, v) for n, v in headers if n.lower() not in _EDGE_OWNED]
+        origin_date = [(b"date", date)] if date is not None else []
         if switching and request.version != "1.1":
             headers = [(n, v) for n, v in headers if n.lower() not in _WS_DROP]
-        extra_names = self.extra_names
-        if extra_names:
-            present = {name.lower() for name, _ in headers}
-            headers.extend(pair for pair in self.extra if pair[0].lower() not in present)
-        cache = self.cache
         if cache is not None:
             if request.method not in ("GET", "HEAD"):
                 cache.invalidate(request, status, exchange.headers)
             elif lookup is not None:
                 return await self._through_cache(request, exchange, headers, origin_date, out, lookup, request_time)
-        if self.request_id:
-            headers.append((self.request_id, out.request_id))
+            if self.request_id:
+                headers.append((self.request_id, out.request_id))
+        if pipe.eof and not switching and pipe.complete:
+            # The whole answer came with its head (the usual small answer): pass it on as bytes,
+            # so the client gets head and body in one write and no stream is kept open for it.
+            return Response(status, headers, bytes(pipe.read()))
         return Response(status, headers, pipe)
 
     async def _through_cache(

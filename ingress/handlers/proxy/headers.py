@@ -70,7 +70,13 @@ _SET_BY_EDGE = frozenset(
 _NOT_NAMES = HOP_BY_HOP | {b"close", b""}
 # An origin's answer loses the same hop fields; Proxy-Authenticate asks for a credential this edge
 # would not pass on. Content-Length goes unless the body passes with its length (see below).
-_RESPONSE_DROP = (HOP_BY_HOP - {b"proxy-authorization"}) | {b"proxy-authenticate", b"content-length"}
+# The edge writes its own Date and Server; the origin's Date is handed back separately, for the cache.
+_RESPONSE_DROP = (HOP_BY_HOP - {b"proxy-authorization"}) | {
+    b"proxy-authenticate",
+    b"content-length",
+    b"date",
+    b"server",
+}
 
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._~:+/=@-]{1,128}")
@@ -243,30 +249,40 @@ def response_headers(
     keep_length: bool = False,
     upgrade: bool = False,
     request_id: tuple[bytes, bytes] | None = None,
-) -> Fields:
-    """An origin's answer as this edge passes it on: hop fields out, Via (`HeaderRules.via`) appended.
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> tuple[Fields, bytes | None]:
+    """An origin's answer as this edge passes it on, and the origin's Date (for the cache's Age).
 
-    Content-Length stays only with `keep_length`, when the caller passes
-    the body through unchanged and unframed; otherwise the client side
-    frames it. `upgrade` (a 101 to a WebSocket the caller accepted) keeps
-    the origin's Upgrade and answers `Connection: upgrade`. `request_id`
-    (lower-case name, value) replaces any the origin sent, so the client
-    sees the id this edge logged.
+    Hop fields go, and so do Date and Server, which the edge writes itself;
+    Via (`HeaderRules.via`) is appended. Content-Length stays only with
+    `keep_length`, when the caller passes the body through unchanged and
+    unframed; otherwise the client side frames it. `upgrade` (a 101 to a
+    WebSocket the caller accepted) keeps the origin's Upgrade and answers
+    `Connection: upgrade`. `request_id` (lower-case name, value) replaces
+    any the origin sent, so the client sees the id this edge logged.
+    `extra` (the route's security headers) are added where the origin did
+    not set its own. One pass over the fields: this runs per proxied answer.
     """
     out: Fields = []
     connection: bytes | None = None
+    date: bytes | None = None
     own_id = request_id[0] if request_id is not None else None
     upgrading = False
+    seen: set[bytes] | None = set() if extra else None
     for name, value in upstream_headers:
         lower = name.lower()
         if lower in _RESPONSE_DROP:
             if lower == b"connection":
                 connection = value if connection is None else connection + b"," + value
+            elif lower == b"date":
+                date = value
             elif (lower == b"content-length" and keep_length) or (lower == b"upgrade" and upgrade):
                 upgrading = upgrading or lower == b"upgrade"
                 out.append((name, value))
         elif lower != own_id:
             out.append((name, value))
+            if seen is not None:
+                seen.add(lower)
     if connection is not None:
         named = _connection_names(connection)
         if named:
@@ -275,9 +291,11 @@ def response_headers(
         out.append(_CONNECTION_UPGRADE)
     if via:
         out.append((b"via", via))
+    if seen is not None:
+        out.extend(pair for pair in extra if pair[0].lower() not in seen)
     if request_id is not None:
         out.append(request_id)
-    return out
+    return out, date
 
 
 # framing ------------------------------------------------------------------------------------
