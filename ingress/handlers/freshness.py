@@ -219,13 +219,17 @@ def unstorable_reason(
         return "method"
     if status == 206:
         return "partial"
-    if status not in UNDERSTOOD_STATUSES:
-        return "status"
+    if status < 200 or status > 599 or status == 304:
+        return "status"  # not a final answer with content of its own
     if cc is None:
         cc = response_cache_control(headers)
     request_cc = request_cache_control(request_headers)
-    # must-understand lets an origin use no-store only as a fallback for caches that do not know the status;
-    # every status reaching here is understood.
+    understood = status in UNDERSTOOD_STATUSES
+    # must-understand (§5.2.2.3): only a cache that knows the status may store it, and then no-store is
+    # just the fallback for caches that do not. Without it, §3 needs no knowledge of the status, only
+    # explicit freshness (below): an unknown status with max-age is stored like any other.
+    if "must-understand" in cc and not understood:
+        return "status"
     if ("no-store" in cc and "must-understand" not in cc) or "no-store" in request_cc:
         return "no-store"
     if "private" in cc:

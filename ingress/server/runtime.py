@@ -31,7 +31,8 @@ class Stats:
 
     connections_total: int = 0
     protocol_errors: int = 0
-    by_class: list[int] = field(default_factory=lambda: [0] * 6)
+    # Responses by status class, indexed by status // 100; 6-9 catch what an origin may send beyond 599.
+    by_class: list[int] = field(default_factory=lambda: [0] * 10)
     floods: dict[str, int] = field(default_factory=dict)
     quic: dict[str, int] = field(default_factory=dict)  # handshakes, resumed, early_data, too_early, retry
     auth: dict[str, int] = field(default_factory=dict)  # access decisions by outcome (policy.gate.OUTCOMES)

@@ -217,7 +217,7 @@ class Worker:
             "# TYPE edgeward_responses_total counter",
         ]
         for cls, n in enumerate(s.by_class):
-            if cls:
+            if 1 <= cls <= 5 or n:
                 lines.append(f'edgeward_responses_total{{worker="{self.index}",class="{cls}xx"}} {n}')
         for name, bound in self.bound.items():
             if bound.runtime.certs is not None:

@@ -23,14 +23,15 @@ import logging
 import os
 import time
 import urllib.parse
+from collections.abc import Callable
 
 from ingress.clock import Clock
 from ingress.config.model import Route
 from ingress.handlers.cache import HIT_STALE_IF_ERROR, Lookup, SharedCache, cache_status, primary_key
-from ingress.handlers.freshness import Kind
+from ingress.handlers.freshness import Kind, unstorable_reason
 from ingress.handlers.proxy.backends import Backends, UpstreamRuntime
 from ingress.handlers.proxy.headers import Outgoing, declared_length, request_framing, response_headers
-from ingress.handlers.proxy.upstream import Exchange, UpstreamError
+from ingress.handlers.proxy.upstream import Exchange, UpstreamConnection, UpstreamError
 from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Request, Response
 from ingress.protocol.pipe import Pipe
@@ -52,8 +53,6 @@ STATUS_FOR = {
 }
 # Failures that count against an origin for passive outlier detection.
 ORIGIN_FAULTS = frozenset({"connect", "connect_timeout", "tls", "reset", "first_byte_timeout", "protocol"})
-# Statuses whose answers the cache may store, worth reading whole when small enough.
-_STORABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 _WS_DROP = frozenset({b"sec-websocket-accept", b"upgrade", b"connection"})
 
 
@@ -91,6 +90,20 @@ async def read_whole(pipe: Pipe, loop: asyncio.AbstractEventLoop) -> bytes:
         if pipe.done:
             return b"".join(chunks)
         await waker.wait()
+
+
+def _aborter(pipe: Pipe, conn: UpstreamConnection) -> Callable[[], None]:
+    """What to do when the client leaves before the answer's end: close that upstream connection.
+
+    Only while the answer is still arriving: once it has ended, the connection
+    went back to its pool and may be carrying someone else's exchange.
+    """
+
+    def abandon() -> None:
+        if not pipe.eof:
+            conn.abort()
+
+    return abandon
 
 
 class ProxyHandler:
@@ -275,7 +288,7 @@ class ProxyHandler:
                             continue
                         upstream.stats.retries_refused += 1
                     return self._failed(request, out, exc, i, lookup)
-                exchange.body.on_abandon = conn.abort
+                exchange.body.on_abandon = _aborter(exchange.body, conn)
                 upstream.health.record_response(i, exchange.status, time.monotonic())
                 return await self._relay(request, exchange, out, websocket, lookup, request_time)
         finally:
@@ -346,8 +359,8 @@ class ProxyHandler:
             return cache.respond(entry, request, time.time(), self.clock, HIT_STALE_IF_ERROR)
         length = pipe.length
         if (
-            request.method == "GET"
-            and status in _STORABLE_STATUSES
+            not unstorable_reason(request.method, status, request.headers, exchange.headers)
+            and request.method == "GET"
             and length is not None
             and length <= cache.max_object_bytes
         ):

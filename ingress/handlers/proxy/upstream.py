@@ -159,6 +159,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_answered",
         "_close_delimited",
         "_complete",
+        "_due",
         "_exchange",
         "_first_byte_timeout",
         "_future",
@@ -186,6 +187,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_sent_mark",
         "_te_chunked",
         "_timer",
+        "_timer_at",
         "_timer_phase",
         "_tunnel_in",
         "_upgrade",
@@ -216,6 +218,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.failure: UpstreamError | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_phase = 0
+        self._timer_at = 0.0  # when the pending timer fires
+        self._due = 0.0  # the deadline it serves; later than _timer_at after a re-arm
         self._lost: Exception | None = None
         self._write_paused = False
         self._read_paused = False
@@ -563,19 +567,34 @@ class UpstreamConnection(asyncio.Protocol):
 
     # timers -----------------------------------------------------------------------
     def _arm(self, delay: float, phase: int) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        """Set the deadline; a timer already due no later is kept and re-aims itself when it fires.
+
+        Each exchange arms twice (first byte, then read); moving a deadline later costs
+        an attribute write instead of cancelling one timer and scheduling another.
+        """
         self._timer_phase = phase
-        self._timer = self._loop.call_later(delay, self._on_timer)
+        due = self._loop.time() + delay
+        self._due = due
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= due:
+                return
+            timer.cancel()
+        self._timer_at = due
+        self._timer = self._loop.call_at(due, self._on_timer)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """No deadline now; a pending timer finds nothing to do when it fires."""
         self._timer_phase = 0
 
     def _on_timer(self) -> None:
         self._timer = None
+        if not self._timer_phase:
+            return
+        if self._loop.time() < self._due:
+            self._timer_at = self._due
+            self._timer = self._loop.call_at(self._due, self._on_timer)
+            return
         state = self.state
         if state == HEAD and not self._answered:
             if not self._req_done:
