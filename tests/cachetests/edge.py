@@ -33,9 +33,7 @@ def edge_config(origin_port: int, port: int = 0) -> dict[str, Any]:
         "access_log": {"enabled": False},
         "admin": {"enabled": False},
         "listeners": [{"name": "http", "address": f"127.0.0.1:{port}"}],
-        "upstreams": [
-            {"name": "cachetests", "origins": [f"http://127.0.0.1:{origin_port}"], "retries": 0}
-        ],
+        "upstreams": [{"name": "cachetests", "origins": [f"http://127.0.0.1:{origin_port}"], "retries": 0}],
         "routes": [{"path": "/", "methods": METHODS, "proxy": {"upstream": "cachetests", "cache": True}}],
         "cache": {"max_bytes": 64 << 20, "max_object_bytes": 1 << 20},
     }
