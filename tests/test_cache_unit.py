@@ -905,3 +905,47 @@ def test_flights_cancelled_waiter_does_not_affect_others() -> None:
         return a.cancelled(), await b
 
     assert asyncio.run(main()) == (True, 7)
+
+
+# --- the hit fast path ----------------------------------------------------------------------------------------------
+
+
+def test_hit_gives_what_lookup_and_respond_give(clock: Clock) -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    request = req(host="example.com")
+    entry = stored(c, request)
+    fast = c.hit(request, T0 + 1, clock)
+    assert fast is not None
+    lookup = c.lookup(request, T0 + 1)
+    assert lookup.kind is Kind.FRESH
+    assert c.respond(entry, request, T0 + 1, clock, lookup.status) is fast
+    assert c.hit(req(host="example.com", method="HEAD"), T0 + 1, clock) is c.respond(
+        entry, req(host="example.com", method="HEAD"), T0 + 1, clock
+    )
+    assert c.hits == 3
+
+
+@pytest.mark.parametrize(
+    ("headers", "cache_control", "at"),
+    [
+        ({b"cache-control": b"max-age=0"}, b"max-age=60", T0 + 1),  # client directives: the full path decides
+        ({b"pragma": b"no-cache"}, b"max-age=60", T0 + 1),
+        ({b"if-none-match": b'"x"'}, b"max-age=60", T0 + 1),
+        ({}, b"max-age=60, no-cache", T0 + 1),  # always revalidated
+        ({}, b"max-age=60", T0 + 60),  # stale
+    ],
+)
+def test_hit_leaves_everything_else_to_lookup(
+    clock: Clock, headers: dict[bytes, bytes], cache_control: bytes, at: float
+) -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    stored(c, req(host="example.com"), cache_control)
+    assert c.hit(req(host="example.com", headers=headers), at, clock) is None
+
+
+def test_hit_honours_vary(clock: Clock) -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    english = req(host="example.com", headers={b"accept-language": b"en"})
+    stored(c, english, b"max-age=60", (b"Vary", b"Accept-Language"))
+    assert c.hit(english, T0 + 1, clock) is not None
+    assert c.hit(req(host="example.com", headers={b"accept-language": b"fr"}), T0 + 1, clock) is None

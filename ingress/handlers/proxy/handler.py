@@ -140,6 +140,9 @@ class ProxyHandler:
         cache = self.cache
         if cache is not None and not request.upgrade and request.method in ("GET", "HEAD"):
             now = time.time()
+            hit = cache.hit(request, now, self.clock)
+            if hit is not None:
+                return hit
             lookup = cache.lookup(request, now)
             kind = lookup.kind
             if kind is Kind.FRESH:
