@@ -42,12 +42,12 @@ def verify_config(config: Config) -> list[Problem]:
             problems.append(Problem(src, f"routes[{i}].static.root", f"{root} {why}"))
         elif not os.access(root, os.R_OK | os.X_OK):
             problems.append(Problem(src, f"routes[{i}].static.root", f"{root} is not readable by this user"))
-    for i, upstream in enumerate(config.upstreams):
+    for upstream in config.upstreams:
         if upstream.ca or upstream.client_cert or any(o.startswith("https://") for o in upstream.origins):
             try:
                 origin_context(upstream)
-            except TLSMaterialError as exc:
-                problems.append(Problem(src, f"upstreams[{i}]", str(exc)))
+            except TLSMaterialError as exc:  # its message starts with the key, e.g. upstreams[payments].ca
+                problems.append(Problem(src, "", str(exc)))
     for i, provider in enumerate(config.policy.jwt):
         at = f"policy.jwt[{i}]"
         try:

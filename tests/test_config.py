@@ -243,6 +243,33 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
         ["routes[0]: needs exactly one handler (static, redirect or proxy), has none"],
     ),
     (
+        "proxy-unknown-upstream",
+        lambda d: d["routes"].append({"path": "/api/", "proxy": {"upstream": "ap"}}),
+        ["routes[1].proxy.upstream: no upstream named 'ap'; upstreams: none are defined; add [[upstreams]]"],
+    ),
+    (
+        "upstream-origin-by-name",
+        lambda d: d.update(upstreams=[{"name": "app", "origins": ["http://origin.example:80"]}]),
+        ["upstreams[0].origins[0]: 'origin.example' is not an IP address; origins are addresses (or localhost)"],
+    ),
+    (
+        "upstream-origin-with-path",
+        lambda d: d.update(upstreams=[{"name": "app", "origins": ["http://127.0.0.1:9000/api"]}]),
+        ["upstreams[0].origins[0]: 'http://127.0.0.1:9000/api' must be scheme://host:port with no path, query or user"],
+    ),
+    (
+        "upstream-bad-hash-on",
+        lambda d: d.update(upstreams=[{"name": "app", "origins": ["http://127.0.0.1:1"], "hash_on": "header:"}]),
+        ["upstreams[0].hash_on: 'header:': use client_ip, header:NAME or cookie:NAME"],
+    ),
+    (
+        "upstream-client-cert-without-key",
+        lambda d: d.update(
+            upstreams=[{"name": "app", "origins": ["https://127.0.0.1:1"], "client_cert": "/etc/edge.pem"}]
+        ),
+        ["upstreams[0].client_key: client_cert and client_key go together; set both or neither"],
+    ),
+    (
         "route-collision",
         lambda d: d["routes"].append({"path": "/", "listeners": ["http"], "redirect": {"scheme": "https"}}),
         [
@@ -822,3 +849,11 @@ def test_version_build_id_from_environment() -> None:
     assert out.returncode == 0
     assert out.stdout.splitlines()[-1] == "build ci-1234"
     assert re.fullmatch(r"edgeward \d+\.\d+\.\d+\S*", out.stdout.splitlines()[0])
+
+
+def test_check_upstream_ca_missing(tmp_path: Path, good: Issued) -> None:
+    config = sample(str(good.cert), str(good.key), str(tmp_path))
+    missing = tmp_path / "no-ca.pem"
+    config["upstreams"] = [{"name": "payments", "origins": ["https://127.0.0.1:8443"], "ca": str(missing)}]
+    got = _check_one(tmp_path, config)
+    assert got == [f"upstreams[payments].ca: CA file {missing} does not exist"]
