@@ -377,10 +377,12 @@ class SharedCache:
         if now >= entry.fresh_until:
             return None
         self.hits += 1
-        self._lru.move_to_end(entry)
         memo = (entry.head_memo if request.method == "HEAD" else entry.memo).get(HIT)
         if memo is not None and memo[0] is clock.preamble:
+            # Memoised this second, so already moved to the recent end this second: recency is kept
+            # to the second, and the hottest entries skip the reordering.
             return memo[1]
+        self._lru.move_to_end(entry)
         return self.respond(entry, request, now, clock, HIT)
 
     def _judge(self, entry: Entry, request_cc: CacheControl, now: float) -> Lookup:
