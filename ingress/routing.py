@@ -46,7 +46,8 @@ def normalize_path(raw: bytes) -> str:
         raise ProtocolError(400, "path is not valid UTF-8") from None
     out: list[str] = []
     for segment in text.split("/")[1:]:
-        if segment == "..":
+        if segment == ".." or (";" in segment and segment.partition(";")[0] in (".", "..")):
+            # `..;/` is a dot-dot segment to Tomcat and Spring, which drop path parameters first.
             raise ProtocolError(400, "dot-dot segment in path")
         if segment in ("", "."):
             continue

@@ -290,8 +290,9 @@ class H2Session:
         conn = self.conn
         conn.initiate_connection()
         conn.decoder.max_header_list_size = 2 * self.limits.max_header_bytes
-        # Let the client send up to the body limit on the connection without waiting on updates.
-        extra = max(0, self.settings.initial_window_size - 65535)
+        # The connection window is several streams' worth, so one upload waiting on a slow upstream
+        # (its stream window full) does not hold up every other stream's body.
+        extra = max(0, min(4 * self.settings.initial_window_size, (1 << 31) - 1) - 65535)
         if extra:
             conn.increment_flow_control_window(extra)
 

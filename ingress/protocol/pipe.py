@@ -13,8 +13,10 @@ Protocols and stay on the hot path's terms.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 HIGH_WATER = 256 * 1024
 
@@ -70,6 +72,11 @@ class Pipe:
         if not n or self.eof or self.error:
             return True
         self.fed += n
+        if self.length is not None and self.fed > self.length:
+            # More than the framing promised (HTTP/3 checks Content-Length only at the stream's end):
+            # passing the excess on would let it be read upstream as a request of its own.
+            self.fail("body longer than its Content-Length")
+            return False
         if self.discarding:
             if self.on_consumed is not None:
                 self.on_consumed(n)
@@ -97,7 +104,9 @@ class Pipe:
             return
         self.error = reason or "aborted"
         self._chunks.clear()
-        self.buffered = 0
+        dropped, self.buffered = self.buffered, 0
+        if dropped and self.on_consumed is not None:
+            self.on_consumed(dropped)  # HTTP/2 window the bytes held: returned, or the connection's shrinks
         if self.on_readable is not None:
             self.on_readable()
 
@@ -181,3 +190,19 @@ class Pipe:
     def complete(self) -> bool:
         """Whether what was fed is the whole body its framing promised."""
         return self.eof and (self.length is None or self.fed == self.length)
+
+
+def drop_outcome(waiting: asyncio.Future[Any]) -> None:
+    """A handler's answer nobody will receive: cancel it, or if it is already there, let its body go.
+
+    Cancelling a Future that has finished does nothing, so an answer that
+    arrived just as its client left would keep its upstream exchange open.
+    """
+    if not waiting.done():
+        waiting.cancel()
+        return
+    if waiting.cancelled() or waiting.exception() is not None:
+        return
+    body = getattr(waiting.result(), "body", None)
+    if isinstance(body, Pipe):
+        body.abandon()

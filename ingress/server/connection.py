@@ -28,7 +28,7 @@ from ingress.errors import ProtocolError
 from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import FileBody, Request, Response
 from ingress.protocol.http1 import BODY, HEAD, IDLE, RequestParser, serialize_head
-from ingress.protocol.pipe import Pipe
+from ingress.protocol.pipe import Pipe, drop_outcome
 from ingress.server.filesend import FileSender
 from ingress.server.peer import tcp_peer
 
@@ -137,7 +137,7 @@ class HTTP1Connection(asyncio.Protocol):
             self.streaming = None
         if self.waiting is not None:
             waiting, self.waiting = self.waiting, None
-            waiting.cancel()
+            drop_outcome(waiting)
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
@@ -191,6 +191,9 @@ class HTTP1Connection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.finish()
             return True
+        upload = self.parser.pipe
+        if upload is not None:
+            upload.fail("client closed its side before the body ended")
         if not self._busy() and not self.queue:
             return None
         self.closing = True
@@ -241,6 +244,9 @@ class HTTP1Connection(asyncio.Protocol):
             return  # the connection went away and cancelled it
         request = self.current[0]
         self.waiting = self.current = None
+        if self.transport.is_closing():
+            drop_outcome(waiting)
+            return
         try:
             response = waiting.result()
         except Exception:  # a handler bug must not take the connection's other requests with it
@@ -435,7 +441,8 @@ class HTTP1Connection(asyncio.Protocol):
             return
         while self.queue and not self._busy() and not self.transport.is_closing():
             self._respond(self.queue.popleft())
-        if not self._busy() and not self.queue:
+        if not self.queue:
+            # Even while an answer is awaited: its request's body may still be arriving.
             self._resume_reading()
 
     def _log(self, request: Request, response: Response) -> None:
@@ -460,6 +467,11 @@ class HTTP1Connection(asyncio.Protocol):
         """Answer a protocol violation and close: the framing can no longer be trusted."""
         self.ctx.stats.protocol_errors += 1
         if self.transport.is_closing():
+            return
+        if self.waiting is not None or self.streaming is not None or self.tunnel is not None:
+            # An answer is still to come or going out: an error written now would land before or
+            # inside it. The framing is broken either way, so the connection just ends.
+            self.transport.abort()
             return
         if self.sender is None and not self.queue:
             response = error_response(status)
@@ -494,9 +506,19 @@ class HTTP1Connection(asyncio.Protocol):
             elif now >= self.deadline:
                 self.transport.abort()
             return
+        upload = self.parser.pipe
+        if upload is not None and not upload.paused:
+            # A body streaming to a handler: body_timeout without a byte, whatever else is under way.
+            snap = (BODY, upload.fed, self.sent)
+            if snap != self.snap:
+                self.snap = snap
+                self.deadline = now + self.ctx.limits.body_timeout
+            elif now >= self.deadline:
+                upload.fail("request body not received in time")
+                self._reject(408, "request body not received in time")
+            return
         snap = (state, self.requests, self.sent)
         relayed = self.waiting is not None or self.streaming is not None
-        upload = self.parser.pipe
         if (relayed and not self.write_paused) or (upload is not None and upload.paused):
             self.snap = snap
             self.deadline = now + self.ctx.limits.send_timeout

@@ -41,7 +41,7 @@ from ingress.protocol.http2 import (
     WindowOpened,
     encode_literal,
 )
-from ingress.protocol.pipe import Pipe
+from ingress.protocol.pipe import Pipe, drop_outcome
 from ingress.server.filesend import BodyCursor
 from ingress.server.peer import tcp_peer
 
@@ -131,7 +131,7 @@ class HTTP2Connection(asyncio.Protocol):
         self.outbound.clear()
         pending, self.pending = self.pending, {}
         for waiting, request, _ in pending.values():
-            waiting.cancel()
+            drop_outcome(waiting)
             if request.body.__class__ is Pipe:
                 request.body.fail("connection closed")
         if hasattr(self, "session"):
@@ -172,7 +172,9 @@ class HTTP2Connection(asyncio.Protocol):
                 self.ctx.stats.protocol_errors += 1
                 if self._cancel(event.stream_id):
                     self._answer(event.stream_id, None, error_response(event.status))
-                session.refuse(event.stream_id)
+                    session.refuse(event.stream_id)
+                else:  # an answer already under way is cut: a reset that cannot pass for a clean end
+                    session.refuse(event.stream_id, ErrorCodes.INTERNAL_ERROR)
             elif cls is PeerClosed:
                 # h2 refuses to send anything after the peer's GOAWAY; nothing more can be answered.
                 self._close_now()
@@ -415,7 +417,8 @@ class HTTP2Connection(asyncio.Protocol):
         snap = (self.progress, self.requests)
         limits = self.ctx.limits
         relayed = self.pending or any(out.__class__ is Pipe for out in self.outbound.values())
-        if relayed and not self.blocked_since:
+        uploading = any(i.pipe is not None and not i.pipe.paused for i in self.session.inbound.values())
+        if relayed and not self.blocked_since and not uploading:
             # A relayed answer is bounded by the upstream's timeouts, not the client's idleness.
             self.snap = snap
             self.deadline = now + limits.send_timeout

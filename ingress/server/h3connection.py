@@ -61,7 +61,7 @@ from ingress.protocol.http3 import (
     goaway_frame,
     parse_request,
 )
-from ingress.protocol.pipe import Pipe
+from ingress.protocol.pipe import Pipe, drop_outcome
 from ingress.server.filesend import BodyCursor
 from ingress.tls.quic import ServerConnection
 
@@ -300,8 +300,7 @@ class HTTP3Connection:
         if not event.stream_ended:
             length = request.headers.get(b"content-length")
             pipe = Pipe(int(length) if length is not None and not request.upgrade else None)
-            quic = self.quic
-            quic.reader_paced[stream_id] = 0
+            self.quic.reader_paced[stream_id] = lambda: pipe.buffered
             pipe.on_consumed = lambda n: self._consumed(stream_id, n)
             request.body = pipe
             self.incoming[stream_id] = _Incoming(request, pipe, t0)
@@ -309,13 +308,10 @@ class HTTP3Connection:
 
     def _consumed(self, stream_id: int, n: int) -> None:
         """The handler read `n` body bytes: window for that many more (sent with the next packet)."""
-        paced = self.quic.reader_paced
-        if stream_id in paced:
-            paced[stream_id] += n
-            if not self.crediting:
-                # The client may be blocked on exactly this window: send it soon, once per loop turn.
-                self.crediting = True
-                self.loop.call_soon(self._credit)
+        if stream_id in self.quic.reader_paced and not self.crediting:
+            # The client may be blocked on exactly this window: send it soon, once per loop turn.
+            self.crediting = True
+            self.loop.call_soon(self._credit)
 
     def _credit(self) -> None:
         self.crediting = False
@@ -342,8 +338,18 @@ class HTTP3Connection:
                 else:
                     self._stop(stream_id, event.stream_ended, H3_NO_ERROR)
                 return
-            if pending.pipe is not None:
-                pending.pipe.feed(data)
+            pipe = pending.pipe
+            if pipe is not None:
+                pipe.feed(data)
+                if pipe.error:  # more body than its content-length: a malformed request (RFC 9114 4.1.2)
+                    del self.incoming[stream_id]
+                    self.quic.reader_paced.pop(stream_id, None)
+                    self.ctx.stats.protocol_errors += 1
+                    self._cancel(stream_id)
+                    with contextlib.suppress(ValueError, AssertionError):
+                        self.quic.reset_stream(stream_id, H3_MESSAGE_ERROR)
+                    self._stop(stream_id, event.stream_ended, H3_MESSAGE_ERROR)
+                    return
             else:
                 pending.chunks.append(data)
         if event.stream_ended:
@@ -612,7 +618,7 @@ class HTTP3Connection:
         self.outgoing.clear()
         pending, self.pending = self.pending, {}
         for waiting, request, _ in pending.values():
-            waiting.cancel()
+            drop_outcome(waiting)
             if request.body.__class__ is Pipe:
                 request.body.fail("connection closed")
 

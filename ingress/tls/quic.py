@@ -37,6 +37,7 @@ in production.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 from aioquic import tls
 from aioquic._buffer import Buffer  # aioquic.buffer re-exports it without declaring so
@@ -196,8 +197,8 @@ class ServerConnection(QuicConnection):
         self._local_max_streams_bidi.value = settings.max_streams
         self._certs = certs
         self._early_data = settings.early_data
-        # Request streams whose body a handler reads at its own pace: bytes it has read so far.
-        self.reader_paced: dict[int, int] = {}
+        # Request streams whose body a handler reads at its own pace: how many body bytes wait unread.
+        self.reader_paced: dict[int, Callable[[], int]] = {}
 
     def _write_stream_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream) -> None:
         """Grant window on a paced stream only as its reader consumes, not as data arrives.
@@ -208,11 +209,12 @@ class ServerConnection(QuicConnection):
         slow origin would end up in memory.
         """
         stream_id = stream.stream_id
-        consumed = self.reader_paced.get(stream_id) if stream_id is not None else None
-        if consumed is None or stream_id is None:
+        unread = self.reader_paced.get(stream_id) if stream_id is not None else None
+        if unread is None or stream_id is None:
             super()._write_stream_limits(builder, space, stream)
             return
-        window = consumed + self._local_max_stream_data_bidi_remote
+        # Counted in stream offsets, which include HTTP/3 frame headers: what was delivered, less what waits.
+        window = stream.receiver.starting_offset() - unread() + self._local_max_stream_data_bidi_remote
         stream.max_stream_data_local = max(stream.max_stream_data_local, window)
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
             buf = builder.start_frame(

@@ -51,6 +51,8 @@ STATUS_FOR = {
     "connect_timeout": 504,
     "request_body": 400,
 }
+# Failures that happen before any byte of the request is written: even a POST may go elsewhere.
+NOT_SENT = frozenset({"connect", "connect_timeout", "tls", "pool_full", "closed"})
 # Failures that count against an origin for passive outlier detection.
 ORIGIN_FAULTS = frozenset({"connect", "connect_timeout", "tls", "reset", "first_byte_timeout", "protocol"})
 _WS_DROP = frozenset({b"sec-websocket-accept", b"upgrade", b"connection"})
@@ -211,7 +213,7 @@ class ProxyHandler:
             headers.append((b"sec-websocket-key", base64.b64encode(os.urandom(16))))
             if not any(name == b"sec-websocket-version" for name, _ in headers):
                 headers.append((b"sec-websocket-version", b"13"))
-        elif not websocket and not request.upgrade:
+        elif not websocket and not request.upgrade and not self._bodiless(request):
             framing = request_framing(method, declared_length(request))
             if framing is not None:
                 headers.append(framing)
@@ -225,6 +227,16 @@ class ProxyHandler:
             lines += (name, b": ", value, b"\r\n")
         lines.append(b"\r\n")
         return b"".join(lines), out, method, websocket
+
+    def _bodiless(self, request: Request) -> bool:
+        """A GET or HEAD on a cached route goes upstream without its body.
+
+        The answer is stored under a key that does not include the body, so
+        forwarding one would let a client poison the entry ("fat GET"); and a
+        background revalidation must not promise a body the client's
+        connection has already dropped.
+        """
+        return self.cache is not None and request.method in ("GET", "HEAD")
 
     def _target(self, request: Request, path: str) -> bytes:
         raw = request.path
@@ -245,8 +257,8 @@ class ProxyHandler:
         config = upstream.config
         head, out, method, websocket = self._head(request, path, lookup)
         body: bytes | Pipe | None = request.body
-        if request.upgrade and not websocket:
-            body = None  # an upgrade this route does not pass: a plain request with no body
+        if (request.upgrade and not websocket) or self._bodiless(request):
+            body = None  # an upgrade this route does not pass, or a body the cache key cannot see
         key = self.hash_key(request) if self.hash_key is not None else None
         tried: set[int] = set()
         attempt = 0
@@ -272,14 +284,16 @@ class ProxyHandler:
                     if exc.kind in ORIGIN_FAULTS:
                         upstream.health.record_failure(i, time.monotonic())
                     replayable = not exc.answered and not exc.sent_body and exc.kind != "pool_full"
-                    idempotent = method in IDEMPOTENT or (exc.reused and not exc.sent_body)
+                    # A non-idempotent request is retried only if the origin cannot have seen it: a
+                    # reset after the head went out may have followed the origin acting on it.
+                    idempotent = method in IDEMPOTENT or exc.kind in NOT_SENT
                     if replayable and idempotent and attempt < config.retries and not websocket:
                         # The budget bounds requests in retry, not attempts: once admitted, a request
                         # may use all its `retries`.
                         if retrying or upstream.retry_allowed():
                             attempt += 1
                             last = (exc, i)
-                            if not exc.reused:
+                            if not (exc.reused and method in IDEMPOTENT):
                                 # A fresh connection failed: try another origin. A reused one may just
                                 # have been closed by the origin while idle: a new connection to the
                                 # same origin is the right retry.
@@ -293,7 +307,11 @@ class ProxyHandler:
                     return self._failed(request, out, exc, i, lookup)
                 exchange.body.on_abandon = _aborter(exchange.body, conn)
                 upstream.health.record_response(i, exchange.status, time.monotonic())
-                return await self._relay(request, exchange, out, websocket, lookup, request_time)
+                try:
+                    return await self._relay(request, exchange, out, websocket, lookup, request_time)
+                except BaseException:
+                    exchange.body.abandon()  # cancelled (the client left) or failed: stop the upstream side
+                    raise
         finally:
             if retrying:
                 upstream.retrying -= 1
@@ -334,7 +352,10 @@ class ProxyHandler:
         if pipe.eof and not switching and pipe.complete:
             # The whole answer came with its head (the usual small answer): pass it on as bytes,
             # so the client gets head and body in one write and no stream is kept open for it.
-            return Response(status, headers, bytes(pipe.read()))
+            body = bytes(pipe.read())
+            if pipe.length is None and request.method != "HEAD" and status not in (204, 304):
+                headers.append((b"content-length", b"%d" % len(body)))  # it came chunked or close-delimited
+            return Response(status, headers, body)
         return Response(status, headers, pipe)
 
     async def _through_cache(

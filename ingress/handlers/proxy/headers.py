@@ -168,7 +168,9 @@ class HeaderRules:
             if named:
                 headers = {name: value for name, value in headers.items() if name not in named}
         drop = self._drop
-        out = [item for item in headers.items() if item[0] not in drop]
+        # Names with "_" are dropped (nginx's underscores_in_headers off): CGI, WSGI and PHP origins read
+        # X_Auth_Subject as the X-Auth-Subject the edge sets, so they could pass for identity headers.
+        out = [item for item in headers.items() if item[0] not in drop and b"_" not in item[0]]
         out.insert(0, (b"host", host if host is not None else request.host.encode("latin-1")))
         add = out.append
 
