@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
 import signal
 import socket
@@ -40,7 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.h2client import H2Client, h2_context
-from tests.h3client import H3Transport
+from tests.h3client import H3Transport, h3_configuration, h3_request
 from tests.origin import (
     OP_BINARY,
     OP_CLOSE,
@@ -758,9 +759,77 @@ def test_downloads(main: Main, proto: Clients, chunked: bool) -> None:
     assert record(main.app, marker).responded
 
 
+def test_small_chunked_answer_gets_a_length_and_keeps_the_connection(main: Main) -> None:
+    """A small chunked answer is passed on framed (with a length if it arrived whole, else re-chunked)."""
+    raw = RawHTTP(main.edge.address())
+    try:
+        for _ in range(2):
+            raw.send(f"GET /bytes?n=100&chunked=1&t={tag()} HTTP/1.1\r\nHost: edge.test\r\n\r\n".encode())
+            status, fields = raw.read_head()
+            framing = dict(fields)
+            assert status == 200, fields
+            assert framing.get("content-length") == "100" or framing.get("transfer-encoding") == "chunked", fields
+            assert len(raw.read_body(fields)) == 100
+    finally:
+        raw.close()
+
+
+def test_pipelined_upload_behind_an_awaited_answer(main: Main) -> None:
+    """A POST queued behind a slow proxied GET still gets its body read and answered, in order."""
+    body = os.urandom(300_000)
+    raw = RawHTTP(main.edge.address())
+    try:
+        raw.send(
+            f"GET /slow?ms=300&t={tag()} HTTP/1.1\r\nHost: edge.test\r\n\r\n".encode()
+            + f"POST /upload?t={tag()} HTTP/1.1\r\nHost: edge.test\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        raw.send(body)
+        first, fields = raw.read_head()
+        raw.read_body(fields)
+        second, fields = raw.read_head()
+        answer = json.loads(raw.read_body(fields))
+        assert (first, second) == (200, 200)
+        assert answer["length"] == len(body) and answer["sha256"] == hashlib.sha256(body).hexdigest()
+    finally:
+        raw.close()
+
+
+def test_http3_body_longer_than_its_content_length_is_refused(main: Main, ca: CA) -> None:
+    """HTTP/3 checks Content-Length only at the stream's end: the excess must never reach the origin."""
+    marker = tag()
+    smuggled = f"POST /echo?smuggled={marker} HTTP/1.1\r\nHost: x\r\nX-Auth-Subject: admin\r\n\r\n".encode()
+    host, port = main.edge.address("https")
+    config = h3_configuration(str(ca.pem), "localhost")
+    headers = [(b"content-length", b"10")]
+
+    async def attempt() -> None:
+        await asyncio.wait_for(
+            h3_request(
+                host,
+                port,
+                config,
+                b"POST",
+                b"localhost",
+                f"/upload?t={marker}".encode(),
+                headers,
+                b"0123456789" + smuggled,
+            ),
+            3,
+        )
+
+    with pytest.raises((TimeoutError, ConnectionError, AssertionError)):
+        asyncio.run(attempt())
+    time.sleep(0.3)
+    assert not [r for r in main.app.requests if marker in r.target and "smuggled" in r.target]
+    assert all(r.body_length <= 10 for r in main.app.requests if marker in r.target)
+
+
 def test_http1_framing_of_downloads(main: Main) -> None:
-    """On HTTP/1.1 an answer of unknown length is re-chunked by the edge; a known length passes as is."""
-    n = 500_001
+    """On HTTP/1.1 an answer of unknown length is re-chunked by the edge; a known length passes as is.
+
+    5 MB, so the answer is still arriving when it is relayed (one that has arrived whole goes on with a length).
+    """
+    n = 5_000_001
     status, headers, body = get_raw(main.edge.address(), f"/bytes?n={n}&chunked=1&t={tag()}")
     fields = dict(headers)
     assert status == 200 and fields.get("transfer-encoding") == "chunked" and "content-length" not in fields

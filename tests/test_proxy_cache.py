@@ -209,3 +209,12 @@ def test_cache_metrics_count_hits_and_misses(edge: Server, origin: Origin) -> No
     text = httpx.get(edge.admin_url("/metrics"), timeout=5).text
     hits = [line for line in text.splitlines() if line.startswith("edgeward_cache_lookups_total") and "hit" in line]
     assert hits and int(hits[0].rsplit(" ", 1)[1]) >= 1
+
+
+def test_a_get_body_is_not_forwarded_on_a_cached_route(edge: Server, origin: Origin) -> None:
+    """The key does not include the body, so forwarding one would let a client poison the entry."""
+    path = target("fatget", cc="max-age=60", body="real")
+    reply = httpx.request("GET", edge.url("http", path), content=b"poison" * 10, timeout=10)
+    assert reply.text == "real"
+    (seen,) = [r for r in origin.requests if r.target == path]
+    assert seen.body_length == 0 and seen.header("content-length") is None
