@@ -64,7 +64,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -76,10 +76,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
+from cells import CellResult, paired_ratios, ratio  # noqa: E402
 from certs import make_certs, make_client_certs  # noqa: E402
 from run import (  # noqa: E402
     BUSY_THRESHOLD,
-    CLIENT_BOUND,
     DEFAULT_INGRESS,
     FOREIGN_THRESHOLD,
     SERVER_CPU,
@@ -622,45 +622,11 @@ def edgeward_selftest(servers: Servers, inputs: Inputs) -> dict[str, Any]:
 # Results
 
 
-@dataclass
-class CellResult:
-    values: dict[str, list[float]] = field(default_factory=dict)
-    details: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def median(self, metric: str) -> float | None:
-        vals = self.values.get(metric)
-        return statistics.median(vals) if vals else None
-
-    def util(self, key: str) -> float | None:
-        vals = [d[key] for d in self.details if key in d]
-        return statistics.median(vals) if vals else None
-
-    def client_bound(self) -> bool:
-        client, srv = self.util("client_cpu_util"), self.util("server_cpu_util")
-        return client is not None and srv is not None and client >= CLIENT_BOUND and srv < CLIENT_BOUND
-
-
-def ratio(results: dict[str, CellResult], a: str, b: str, metric: str) -> float | None:
-    x, y = results[a].median(metric), results[b].median(metric)
-    return x / y if x is not None and y else None
-
-
-def paired_ratios(results: dict[str, CellResult], a: str, b: str, metric: str) -> list[float]:
-    """a / b within each round both measured (same machine state, minutes apart)."""
-
-    def by_round(c: CellResult) -> dict[int, float]:
-        return dict(zip((d["round"] for d in c.details), c.values.get(metric, []), strict=True))
-
-    ra, rb = by_round(results[a]), by_round(results[b])
-    return [ra[r] / rb[r] for r in sorted(ra) if rb.get(r)]
-
-
 def summary(results: dict[str, CellResult]) -> dict[str, Any]:
     """Ratios, targets and derived numbers from the medians."""
     out: dict[str, Any] = {"targets": [], "derived": {}}
     r = ratio(results, "auth_repeated", "noauth", "req_per_s")
-    bound = results["noauth"].client_bound() or results["auth_repeated"].client_bound()
+    bound = results["noauth"].saturated("client_cpu_util") or results["auth_repeated"].saturated("client_cpu_util")
     out["targets"].append(
         {
             "name": "auth_repeated / noauth, req/s",
@@ -991,7 +957,7 @@ def main(argv: list[str] | None = None) -> int:
                     "medians": {k: statistics.median(v) for k, v in c.values.items()},
                     "units": {k: METRIC_UNITS.get(k, "") for k in c.values},
                     "values": c.values,
-                    "client_bound": c.client_bound(),
+                    "client_bound": c.saturated("client_cpu_util"),
                     "server_cpu_util": c.util("server_cpu_util"),
                     "client_cpu_util": c.util("client_cpu_util"),
                     "errors": c.errors,

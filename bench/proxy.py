@@ -57,7 +57,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -65,6 +65,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
+from cells import CellResult, paired_ratios, ratio  # noqa: E402
 from certs import make_certs  # noqa: E402
 from run import (  # noqa: E402
     BUSY_THRESHOLD,
@@ -536,39 +537,6 @@ def foreign(detail: dict[str, Any]) -> float | None:
 # Results
 
 
-@dataclass
-class CellResult:
-    values: dict[str, list[float]] = field(default_factory=dict)
-    details: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def median(self, metric: str) -> float | None:
-        vals = self.values.get(metric)
-        return statistics.median(vals) if vals else None
-
-    def util(self, key: str) -> float | None:
-        vals = [d[key] for d in self.details if key in d]
-        return statistics.median(vals) if vals else None
-
-    def load_bound(self) -> bool:
-        """The load core (wrk + origin) was saturated while the server's was not."""
-        load, srv = self.util("load_core_cpu_util"), self.util("server_cpu_util")
-        return load is not None and srv is not None and load >= CLIENT_BOUND and srv < CLIENT_BOUND
-
-
-def ratio(results: dict[str, CellResult], a: str, b: str, metric: str) -> float | None:
-    x, y = results[a].median(metric), results[b].median(metric)
-    return x / y if x is not None and y else None
-
-
-def paired_ratios(results: dict[str, CellResult], a: str, b: str, metric: str) -> list[float]:
-    def by_round(c: CellResult) -> dict[int, float]:
-        return dict(zip((d["round"] for d in c.details), c.values.get(metric, []), strict=True))
-
-    ra, rb = by_round(results[a]), by_round(results[b])
-    return [ra[r] / rb[r] for r in sorted(ra) if rb.get(r)]
-
-
 def _status(r: float | None, target: float, override: str | None = None) -> str:
     if r is None:
         return "no data"
@@ -589,7 +557,7 @@ def summary(results: dict[str, CellResult]) -> dict[str, Any]:
         # A load-core-bound cell is a lower bound on what that server can do: bound numerator ->
         # the ratio is a lower bound (a miss is undecided); bound denominator -> an upper bound
         # (a "met" is undecided, a miss stands).
-        a_bound, b_bound = results[a].load_bound(), results[b].load_bound()
+        a_bound, b_bound = results[a].saturated("load_core_cpu_util"), results[b].saturated("load_core_cpu_util")
         bound = None if a_bound == b_bound else ("lower" if a_bound else "upper")
         for metric, judged in (("req_per_s", True), ("req_per_server_cpu_s", False)):
             r = ratio(results, a, b, metric)
@@ -666,7 +634,7 @@ def render_markdown(results: dict[str, CellResult], meta: dict[str, Any], summ: 
         if c.errors:
             rounds += f" ({len(c.errors)} ERR)"
         rps = _f(c.median("req_per_s"))
-        if c.load_bound() and c.median("req_per_s") is not None:
+        if c.saturated("load_core_cpu_util") and c.median("req_per_s") is not None:
             rps = "≥" + rps
         lines.append(
             f"| {name} | {rps} | {_f(c.median('req_per_server_cpu_s'))} | "
@@ -686,7 +654,7 @@ def render_markdown(results: dict[str, CellResult], meta: dict[str, Any], summ: 
             r = ("≤" if t["bound"] == "upper" else "≥") + r
         per_round = ", ".join(f"{x:.2f}" for x in t.get("per_round", []))
         lines.append(f"| {name} | {r} | {per_round} | ≥ {t['target']:g} | {t['status'] if t['judged'] else '—'} |")
-    if any(results[n].load_bound() for n in meta["cells"]):
+    if any(results[n].saturated("load_core_cpu_util") for n in meta["cells"]):
         lines += [
             "",
             f"≥N: the load core (wrk + origin, CPU {CLIENT_CPU}) was ≥ {CLIENT_BOUND:.0%} busy while the server's "
@@ -939,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
                     "medians": {k: statistics.median(v) for k, v in c.values.items()},
                     "units": {k: METRIC_UNITS.get(k, "") for k in c.values},
                     "values": c.values,
-                    "load_core_bound": c.load_bound(),
+                    "load_core_bound": c.saturated("load_core_cpu_util"),
                     "server_cpu_util": c.util("server_cpu_util"),
                     "client_cpu_util": c.util("client_cpu_util"),
                     "origin_cpu_util": c.util("origin_cpu_util"),

@@ -299,10 +299,10 @@ def test_first_frame_is_settings_from_config(custom: Callable[..., Server], conn
     assert first.settings[MAX_FRAME_SIZE] == 32768
     assert first.settings[MAX_HEADER_LIST_SIZE] == 4096
     assert first.settings[ENABLE_PUSH] == 0
-    # The connection window is raised to match the stream window.
+    # The connection window is raised to four streams' windows, so one slow upload cannot block the rest.
     second = client.frames[1]
     assert isinstance(second, WindowUpdateFrame)
-    assert (second.stream_id, second.window_increment) == (0, 131072 - 65535)
+    assert (second.stream_id, second.window_increment) == (0, 4 * 131072 - 65535)
     assert client.get("/hello.txt").body == HELLO
 
 
