@@ -60,13 +60,10 @@ import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import jwt
@@ -76,8 +73,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from cells import CellResult, paired_ratios, ratio  # noqa: E402
 from certs import make_certs, make_client_certs  # noqa: E402
+from interleaved import CellResult, on_signal, paired_ratios, ratio, scratch_dir  # noqa: E402
 from run import (  # noqa: E402
     BUSY_THRESHOLD,
     DEFAULT_INGRESS,
@@ -100,7 +97,6 @@ from servers import (  # noqa: E402
     RunningServer,
     Server,
     ServerError,
-    stop_all,
 )
 from workloads import (  # noqa: E402
     CLIENT_CPU,
@@ -826,35 +822,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    stop_all()
-    raise SystemExit(128 + signum)
-
-
-@contextmanager
-def _workdir(keep: bool) -> Iterator[Path]:
-    workdir = Path(tempfile.mkdtemp(prefix="edgeward-policy-bench-"))
-    workdir.chmod(0o755)  # nginx workers (user nobody) must traverse it
-    try:
-        yield workdir
-    finally:
-        stop_all()
-        if keep:
-            log(f"workdir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     for tool in ("taskset", "wrk", "openssl", "nginx"):
         if shutil.which(tool) is None and not (tool == "nginx" and Path("/usr/sbin/nginx").exists()):
             raise SystemExit(f"{tool} is required")
     pinned = pin_self_to_client_cpu()
     nofile = raise_nofile()
-    with _workdir(args.keep_workdir) as workdir:
+    with scratch_dir("edgeward-policy-bench-", args.keep_workdir) as workdir:
         www = workdir / "www"
         make_www(www)
         certs = make_certs(workdir / "tls")

@@ -52,21 +52,19 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from cells import CellResult, paired_ratios, ratio  # noqa: E402
 from certs import make_certs  # noqa: E402
+from interleaved import CellResult, on_signal, paired_ratios, ratio, scratch_dir  # noqa: E402
 from run import (  # noqa: E402
     BUSY_THRESHOLD,
     CLIENT_BOUND,
@@ -89,7 +87,6 @@ from servers import (  # noqa: E402
     RunningServer,
     Server,
     ServerError,
-    stop_all,
 )
 from workloads import (  # noqa: E402
     CLIENT_CPU,
@@ -707,25 +704,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    stop_all()
-    raise SystemExit(128 + signum)
-
-
-@contextmanager
-def _workdir(keep: bool) -> Iterator[Path]:
-    workdir = Path(tempfile.mkdtemp(prefix="edgeward-proxy-bench-"))
-    workdir.chmod(0o755)  # nginx workers (user nobody) must traverse it
-    try:
-        yield workdir
-    finally:
-        stop_all()
-        if keep:
-            log(f"workdir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
 def ingress_check(args: argparse.Namespace, servers: Servers, workdir: Path) -> dict[str, str]:
     """``ingress check`` on the two proxy configs (placeholder ports) before anything runs."""
     out = {}
@@ -801,14 +779,14 @@ def _first_line(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     for tool in ("taskset", "wrk", "curl", "nginx"):
         if shutil.which(tool) is None and not (tool == "nginx" and Path("/usr/sbin/nginx").exists()):
             raise SystemExit(f"{tool} is required (apt-get install -y {tool})")
     pinned = pin_self_to_client_cpu()
     nofile = raise_nofile()
-    with _workdir(args.keep_workdir) as workdir:
+    with scratch_dir("edgeward-proxy-bench-", args.keep_workdir) as workdir:
         www = workdir / "www"
         make_www(www)
         certs = make_certs(workdir / "tls")

@@ -1,17 +1,25 @@
-"""What the interleaved benches keep per cell, and the ratios they report.
+"""What the interleaved benches (policy.py, proxy.py) share: per-cell results, ratios, and scaffolding.
 
-Shared by policy.py and proxy.py: each cell collects one value per round
-and metric, plus the CPU use measured alongside; ratios are of medians,
-or per round (both cells measured minutes apart, in the same machine state).
+Each cell collects one value per round and metric, plus the CPU use
+measured alongside; ratios are of medians, or per round (both cells
+measured minutes apart, in the same machine state). Servers started in a
+work directory are stopped however the run ends.
 """
 
 from __future__ import annotations
 
+import shutil
 import statistics
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from run import CLIENT_BOUND
+from run import CLIENT_BOUND, log
+from servers import stop_all
 
 
 @dataclass
@@ -47,3 +55,22 @@ def paired_ratios(results: dict[str, CellResult], a: str, b: str, metric: str) -
 
     ra, rb = by_round(results[a]), by_round(results[b])
     return [ra[r] / rb[r] for r in sorted(ra) if rb.get(r)]
+
+
+def on_signal(signum: int, frame: FrameType | None) -> None:
+    stop_all()
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def scratch_dir(prefix: str, keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)  # nginx workers (user nobody) must traverse it
+    try:
+        yield path
+    finally:
+        stop_all()
+        if keep:
+            log(f"workdir kept: {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
