@@ -551,7 +551,9 @@ class HTTP3Connection:
         if not (self.outgoing or self.incoming or self.pending):
             self.snap = -1
             return
-        if self.pending or any(out.__class__ is Pipe for out in self.outgoing.values()):
+        relayed = self.pending or any(out.__class__ is Pipe for out in self.outgoing.values())
+        uploading = any(i.pipe is not None and not i.pipe.paused for i in self.incoming.values())
+        if relayed and not uploading:
             self.snap = -1  # a relayed answer: the upstream's timeouts govern
             return
         if self.progress != self.snap:
