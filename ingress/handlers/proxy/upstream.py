@@ -185,6 +185,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_sent",
         "_sent_body",
         "_sent_mark",
+        "_spare_parser",
         "_te_chunked",
         "_timer",
         "_timer_at",
@@ -216,6 +217,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.held = False
         # What ended the last exchange, for outlier detection of failures after the head.
         self.failure: UpstreamError | None = None
+        self._spare_parser: httptools.HttpResponseParser | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_phase = 0
         self._timer_at = 0.0  # when the pending timer fires
@@ -292,7 +294,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._future = fut
         self._head_only = method == "HEAD"
         self._upgrade = upgrade
-        self._parser = httptools.HttpResponseParser(self)
+        spare, self._spare_parser = self._spare_parser, None
+        # llhttp is at a message boundary after an answer read whole, so its parser serves the next one;
+        # an answer to HEAD is fed line by line and leaves it expecting a body, so HEAD gets a fresh one.
+        self._parser = spare if spare is not None and method != "HEAD" else httptools.HttpResponseParser(self)
         self.state = HEAD
         fut.add_done_callback(self._future_done)
         if transport.is_closing():
@@ -626,7 +631,9 @@ class UpstreamConnection(asyncio.Protocol):
             reusable = reusable and exchange.keep_alive
         unsent = self._req
         reusable = reusable and self._req_done and self.state == BODY
+        spare = self._parser if reusable and not self._head_only else None
         self._clear()
+        self._spare_parser = spare
         if unsent is not None:
             # The origin answered before taking the whole body: nobody will read the rest of it.
             unsent.on_readable = None
