@@ -1168,6 +1168,8 @@ def test_streams_survive_a_reload(lab: Lab) -> None:
         sse.close()
         sock.close()
     (rec,) = [r for r in app.requests if r.path == "/sse"]
+    # The origin marks the answer sent after its last write, which may be after the client read it.
+    app.wait_until(lambda: rec.responded or rec.aborted, 5, "the origin's record of the finished stream")
     assert rec.responded and not rec.aborted
 
 
@@ -1192,6 +1194,7 @@ def test_drain_lets_an_in_flight_stream_finish(lab: Lab) -> None:
     assert edge.server.wait(10) == 0
     assert events(edge.server, "worker.drain_deadline") == []
     (rec,) = [r for r in app.requests if r.path == "/sse"]
+    app.wait_until(lambda: rec.responded or rec.aborted, 5, "the origin's record of the finished stream")
     assert rec.responded and not rec.aborted
 
 
