@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from http import HTTPStatus
 
 from ingress.protocol.events import Response
@@ -24,3 +26,18 @@ def error_response(status: int, extra: list[tuple[bytes, bytes]] | None = None) 
     if extra:
         headers.extend(extra)
     return Response(status, headers, body)
+
+
+def settled(waiting: asyncio.Future[Response], protocol: str) -> Response:
+    """A handler's deferred answer, or 500 if the handler failed.
+
+    A handler bug must not take the connection's other requests or streams with it;
+    it is logged once as `<protocol>.handler_failed`.
+    """
+    try:
+        return waiting.result()
+    except Exception:
+        logging.getLogger(f"edgeward.{protocol}").exception(
+            "handler failed", extra={"event": f"{protocol}.handler_failed"}
+        )
+        return error_response(500)

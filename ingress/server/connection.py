@@ -25,7 +25,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ingress.errors import ProtocolError
-from ingress.protocol.errorpages import error_response
+from ingress.protocol.errorpages import error_response, settled
 from ingress.protocol.events import FileBody, Request, Response
 from ingress.protocol.http1 import BODY, HEAD, IDLE, RequestParser, serialize_head
 from ingress.protocol.pipe import Pipe, drop_outcome
@@ -247,11 +247,7 @@ class HTTP1Connection(asyncio.Protocol):
         if self.transport.is_closing():
             drop_outcome(waiting)
             return
-        try:
-            response = waiting.result()
-        except Exception:  # a handler bug must not take the connection's other requests with it
-            log.exception("handler failed", extra={"event": "http1.handler_failed"})
-            response = error_response(500)
+        response = settled(waiting, "http1")
         self._deliver(request, response)
         if not self._busy() and not self.transport.is_closing():
             self._next()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import h2.exceptions
 from h2.errors import ErrorCodes
 
-from ingress.protocol.errorpages import error_response
+from ingress.protocol.errorpages import error_response, settled
 from ingress.protocol.events import Request, Response
 from ingress.protocol.fields import STATUS_TEXT as _STATUS
 from ingress.protocol.fields import response_fields
@@ -247,11 +247,7 @@ class HTTP2Connection(asyncio.Protocol):
             return  # the stream or the connection went away and cancelled it
         del self.pending[stream_id]
         _, request, t0 = entry
-        try:
-            response = waiting.result()
-        except Exception:  # a handler bug must not take the connection's other streams with it
-            log.exception("handler failed", extra={"event": "http2.handler_failed"})
-            response = error_response(500)
+        response = settled(waiting, "http2")
         self._settle(stream_id, request, response)
         self._answer(stream_id, request, response)
         if self.logging:

@@ -29,7 +29,6 @@ slows the client instead of filling memory.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 import typing
 from typing import TYPE_CHECKING, Protocol
@@ -49,7 +48,7 @@ from aioquic.quic.events import (
 )
 
 from ingress.errors import ProtocolError
-from ingress.protocol.errorpages import error_response
+from ingress.protocol.errorpages import error_response, settled
 from ingress.protocol.events import Peer, Request, Response
 from ingress.protocol.fields import response_fields
 from ingress.protocol.http3 import (
@@ -88,8 +87,6 @@ class Endpoint(Protocol):
 
     def forget(self, conn: HTTP3Connection) -> None: ...
 
-
-log = logging.getLogger("edgeward.http3")
 
 CHUNK = 64 * 1024
 STREAM_WINDOW = 256 * 1024
@@ -404,11 +401,7 @@ class HTTP3Connection:
             return  # the stream or the connection went away and cancelled it
         del self.pending[stream_id]
         _, request, t0 = entry
-        try:
-            response = waiting.result()
-        except Exception:  # a handler bug must not take the connection's other streams with it
-            log.exception("handler failed", extra={"event": "http3.handler_failed"})
-            response = error_response(500)
+        response = settled(waiting, "http3")
         self._deliver(stream_id, request, response, t0)
         self.transmit()
 

@@ -393,14 +393,17 @@ class ProxyHandler:
             stored = cache.store(request, status, [*headers, *origin_date], body, request_time, now)
             if stored is not None:
                 return cache.respond(stored, request, now, self.clock, lookup.status + "; stored")
-            headers.append((b"Cache-Status", cache_status(fwd=lookup.fwd, fwd_status=status)))
-            if self.request_id:
-                headers.append((self.request_id, out.request_id))
-            return Response(status, headers, body)
+            return self._not_stored(status, headers, body, lookup, out)
+        return self._not_stored(status, headers, pipe, lookup, out)
+
+    def _not_stored(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes | Pipe, lookup: Lookup, out: Outgoing
+    ) -> Response:
+        """An answer that went through the cache without being stored: it says so, and carries its request id."""
         headers.append((b"Cache-Status", cache_status(fwd=lookup.fwd, fwd_status=status)))
         if self.request_id:
             headers.append((self.request_id, out.request_id))
-        return Response(status, headers, pipe)
+        return Response(status, headers, body)
 
     def _failed(
         self, request: Request, out: Outgoing, exc: UpstreamError, origin: int | None, lookup: Lookup | None = None
