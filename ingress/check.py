@@ -13,6 +13,7 @@ import os
 from ingress.config.model import Config
 from ingress.errors import Problem, TLSMaterialError
 from ingress.policy.keys import PolicyMaterialError, load_static_keys
+from ingress.telemetry.export import otlp_file_problems
 from ingress.tls.material import client_material, load_pair
 from ingress.tls.origin import origin_context
 
@@ -57,4 +58,28 @@ def verify_config(config: Config) -> list[Problem]:
         jwks = provider.jwks
         if jwks is not None and jwks.ca and not os.path.isfile(jwks.ca):
             problems.append(Problem(src, f"{at}.jwks.ca", f"{jwks.ca} does not exist"))
+    problems.extend(_telemetry_file_problems(config))
+    return problems
+
+
+def _telemetry_file_problems(config: Config) -> list[Problem]:
+    """Files the server appends to must be creatable; the collector's TLS material must load as `serve` loads it."""
+    src = config.source
+    problems: list[Problem] = []
+    files = config.telemetry.files
+    for key, path in (
+        ("telemetry.files.traces", files.traces),
+        ("telemetry.files.logs", files.logs),
+        ("audit.file", config.audit.file),
+    ):
+        if not path:
+            continue
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            problems.append(Problem(src, key, f"directory {parent} does not exist; create it or change the path"))
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            problems.append(Problem(src, key, f"directory {parent} is not writable by this user"))
+        elif os.path.exists(path) and not os.access(path, os.W_OK):
+            problems.append(Problem(src, key, f"{path} is not writable by this user"))
+    problems.extend(otlp_file_problems(config))
     return problems

@@ -1,4 +1,4 @@
-"""`ingress serve | check | schema | version`. The only module that exits.
+"""`ingress serve | check | schema | version | audit-verify`. The only module that exits.
 
 Exit codes: 0 ok, 1 a finding or runtime failure, 2 usage or config error.
 """
@@ -55,7 +55,37 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, required=True)
     sub.add_parser("schema", help="print the JSON Schema of the config")
     sub.add_parser("version", help="print version, Python, OpenSSL and build id")
+    verify = sub.add_parser(
+        "audit-verify",
+        help="check the audit trail's hash chain; name the first broken link",
+        epilog=AUDIT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verify.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="the audit file (its rotated files are found beside it), a directory, or files in chain order",
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     return parser
+
+
+AUDIT_EXAMPLES = """examples:
+  ingress audit-verify /var/log/edgeward/audit.jsonl    the file and every rotated audit.jsonl.<UTC time>
+  ingress audit-verify /var/log/edgeward/                a directory holding one audit trail
+  ingress audit-verify a.jsonl.20250101T000000Z a.jsonl  exactly these files, in this order
+"""
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from ingress.telemetry.auditchain import resolve_files, verify_chain
+
+    report = verify_chain(resolve_files(args.files))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    print(str(report), file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 def _load_checked(path: Path) -> Config:
@@ -138,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
                 file=sys.stderr,
             )
             code = 0
+        elif args.command == "audit-verify":
+            code = _audit_verify(args)
         elif args.command == "schema":
             print(json.dumps(config_schema(), indent=2))
             code = 0

@@ -21,6 +21,7 @@ from ingress.policy.gate import Gate
 from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Request, Response
 from ingress.routing import Handler, Outcome, RouteEntry, RouteGroup, Router, normalize_path
+from ingress.telemetry.context import Tracer
 
 
 def _security_headers(route: Route, tls: bool) -> list[tuple[bytes, bytes]]:
@@ -81,6 +82,7 @@ class Site:
         if hit is None:
             return self._first_sight(request, group)
         entry, path = hit
+        request.route = entry.prefix
         if request.method not in entry.methods:
             return _method_not_allowed(request, entry)
         return entry.handle(request, path)
@@ -99,6 +101,7 @@ class Site:
         if entry is None or group is None:
             return error_response(404)
         group.remember(request.path, entry, path)
+        request.route = entry.prefix
         if request.method not in entry.methods:
             return _method_not_allowed(request, entry)
         return entry.handle(request, path)
@@ -119,11 +122,13 @@ def build_site(
     gate: Gate | None = None,
     backends: Backends | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
+    tracer: Tracer | None = None,
 ) -> Site:
     """`alt_svc` advertises HTTP/3; it rides with the security headers, so pre-serialised responses carry it free.
 
     `gate` is the worker's access policy, shared by its listeners so rate limits count across them;
-    `backends` its upstream pools and cache, needed (with `loop`) by proxy routes.
+    `backends` its upstream pools and cache, needed (with `loop`) by proxy routes; `tracer` gives
+    proxied requests the trace context they carry upstream.
     """
     router = Router()
     streaming = False
@@ -139,7 +144,7 @@ def build_site(
         elif route.redirect is not None:
             handle = RedirectHandler(route.redirect).handle
         elif route.proxy is not None and backends is not None and loop is not None:
-            handle = ProxyHandler(route, backends, clock, extra, loop, config.proxy.request_id_header).handle
+            handle = ProxyHandler(route, backends, clock, extra, loop, config.proxy.request_id_header, tracer).handle
         else:  # rejected by config semantics; kept total for the type checker
             continue
         methods = frozenset(route.methods) | ({"HEAD"} if "GET" in route.methods else set())

@@ -5,6 +5,7 @@ Every problem is asserted as the exact line an operator reads: `FILE: key.path: 
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import dataclasses
 import datetime as dt
@@ -687,6 +688,12 @@ def _walk_model(cls: type, node: dict[str, Any], where: str, seen: set[str]) -> 
         elif get_origin(tp) is Literal:
             assert prop["enum"] == list(get_args(tp)), at
             assert "type" not in prop, at
+        elif get_origin(tp) is collections.abc.Mapping:
+            assert prop == {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": f.metadata["doc"],
+            }
         else:
             assert prop["type"] == _PY[tp], at
 
@@ -708,11 +715,15 @@ def test_schema_is_json_schema(schema: dict[str, Any]) -> None:
 
     keys(schema)
     objects = [n for n in nodes if n.get("type") == "object"]
-    assert len(objects) == 29  # every dataclass in the model, policy and upstreams included
+    # Every dataclass in the model (policy, upstreams and telemetry included), and the two string
+    # tables: telemetry.resource and telemetry.otlp.headers.
+    assert len(objects) == 36
     for node in nodes:
         if "type" in node:
             assert node["type"] in _JSON_TYPES
-        if node.get("type") == "object":
+        if node.get("type") == "object" and "properties" not in node:  # a table of strings
+            assert node["additionalProperties"] == {"type": "string"}
+        elif node.get("type") == "object":
             assert node["additionalProperties"] is False
             assert isinstance(node["properties"], dict)
             assert node["properties"]
@@ -766,6 +777,11 @@ def test_schema_matches_model(schema: dict[str, Any]) -> None:
         "ProxyRoute",
         "ProxySettings",
         "CacheSettings",
+        "Telemetry",
+        "Tracing",
+        "OTLP",
+        "Files",
+        "Audit",
     }
 
 
@@ -804,6 +820,8 @@ def test_schema_defaults_load(schema: dict[str, Any], tmp_path: Path) -> None:
         for name, prop in node["properties"].items():
             if "default" in prop:
                 out[name] = prop["default"]
+            elif prop.get("type") == "object" and "properties" not in prop:
+                out[name] = {}  # a table of strings, empty by default
             elif prop.get("type") == "object" and not prop.get("required"):
                 out[name] = defaults(prop)
         return out

@@ -435,6 +435,8 @@ def main(tmp_path_factory: pytest.TempPathFactory, ca: CA, localhost_cert: Issue
             ca=ca,
             policy=policy,
             limits={"max_body_bytes": 64 * MiB},
+            # The test client is the trusted source whose trace context is continued.
+            telemetry={"tracing": {"trusted_sources": ["127.0.0.1/32"]}},
         )
         yield Main(lab.edge(config, "main"), app, guard, jwt_keys, lab)
     finally:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
+from ingress.config.telemetry import Tracing
 from ingress.config.upstream import HealthCheck, OutlierDetection, ProxySettings, Upstream
 from ingress.handlers.proxy.balancer import (
     ConsistentHash,
@@ -25,11 +26,10 @@ from ingress.handlers.proxy.balancer import (
     hash_key,
 )
 from ingress.handlers.proxy.headers import (
-    ENTROPY,
     HeaderRules,
+    Outgoing,
     declared_length,
     dn_value,
-    parse_traceparent,
     request_framing,
     response_headers,
     text_value,
@@ -38,6 +38,8 @@ from ingress.handlers.proxy.health import MAX_EJECTION_MULTIPLIER, ActiveChecker
 from ingress.policy.network import AddressSet
 from ingress.protocol.events import Decision, Peer, Request
 from ingress.protocol.pipe import Pipe
+from ingress.telemetry.context import TraceContext, Tracer, new_span_id, parse_traceparent
+from ingress.telemetry.ids import ENTROPY
 from ingress.tls.identity import ClientIdentity
 
 NONE: frozenset[int] = frozenset()
@@ -552,13 +554,47 @@ def test_via_is_appended_with_the_clients_version() -> None:
     assert as_dict(quiet.request_headers(request({b"via": b"1.1 lb"})).headers)[b"via"] == b"1.1 lb"
 
 
-def test_a_valid_traceparent_continues_the_trace_with_a_new_span() -> None:
-    result = RULES.request_headers(request({b"traceparent": VALID_TP, b"tracestate": b"congo=t61rcWkgMzE"}))
-    fields = as_dict(result.headers)
-    assert result.trace_id == b"4bf92f3577b34da6a3ce929d0e0e4736"
-    assert result.span_id != b"00f067aa0ba902b7" and re.fullmatch(rb"[0-9a-f]{16}", result.span_id)
-    assert fields[b"traceparent"] == b"00-" + result.trace_id + b"-" + result.span_id + b"-01"
+def traced(
+    headers: dict[bytes, bytes] | None = None, client: str = "10.1.2.3", ratio: float = 1.0
+) -> tuple[TraceContext, dict[bytes, bytes], Outgoing]:
+    """The trace context a tracer trusting 10/8 gives a request, and the head sent upstream with it."""
+    tracer = Tracer(Tracing(trusted_sources=("10.0.0.0/8",), sample_ratio=ratio))
+    req = request(headers, client=client)
+    trace = tracer.context(req)
+    assert tracer.context(req) is trace  # made once, kept on the request
+    span_id = new_span_id()
+    out = RULES.request_headers(req, trace=trace, span_id=span_id)
+    fields = as_dict(out.headers)
+    assert fields[b"traceparent"] == out.traceparent == trace.traceparent(span_id)
+    assert trace.traceparent(span_id).split(b"-")[2] == span_id.hex().encode()
+    return trace, fields, out
+
+
+def test_a_trusted_traceparent_continues_the_trace_with_a_new_span() -> None:
+    trace, fields, _ = traced({b"traceparent": VALID_TP, b"tracestate": b"congo=t61rcWkgMzE"})
+    assert trace.trace_id.hex() == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert trace.parent_id.hex() == "00f067aa0ba902b7" and trace.sampled
+    assert trace.span_id not in (trace.parent_id, b"\0" * 8)
+    assert fields[b"traceparent"].startswith(b"00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    assert fields[b"traceparent"].endswith(b"-01")
     assert fields[b"tracestate"] == b"congo=t61rcWkgMzE"
+
+
+def test_an_untrusted_traceparent_is_replaced_by_a_new_trace() -> None:
+    trace, fields, _ = traced({b"traceparent": VALID_TP, b"tracestate": b"a=b"}, client="192.0.2.7")
+    assert trace.trace_id.hex() != "4bf92f3577b34da6a3ce929d0e0e4736" and trace.parent_id == b""
+    assert b"tracestate" not in fields
+
+
+def test_a_trusted_unsampled_parent_is_followed() -> None:
+    trace, fields, _ = traced({b"traceparent": VALID_TP[:-2] + b"00"})
+    assert not trace.sampled and fields[b"traceparent"].endswith(b"-00")
+
+
+def test_no_trace_context_no_traceparent() -> None:
+    out = RULES.request_headers(request({b"traceparent": VALID_TP, b"tracestate": b"a=b"}))
+    fields = as_dict(out.headers)
+    assert b"traceparent" not in fields and b"tracestate" not in fields and out.traceparent == b""
 
 
 @pytest.mark.parametrize(
@@ -578,10 +614,9 @@ def test_a_valid_traceparent_continues_the_trace_with_a_new_span() -> None:
 )
 def test_an_invalid_traceparent_starts_a_new_trace(value: bytes) -> None:
     assert parse_traceparent(value) is None
-    result = RULES.request_headers(request({b"traceparent": value, b"tracestate": b"a=b"}))
-    fields = as_dict(result.headers)
-    assert HEX32.fullmatch(result.trace_id) and result.trace_id != b"4bf92f3577b34da6a3ce929d0e0e4736"
-    assert fields[b"traceparent"] == b"00-" + result.trace_id + b"-" + result.span_id + b"-00"
+    trace, fields, _ = traced({b"traceparent": value, b"tracestate": b"a=b"})
+    assert trace.trace_id.hex() != "4bf92f3577b34da6a3ce929d0e0e4736" and trace.parent_id == b""
+    assert fields[b"traceparent"].endswith(b"-01")  # a new trace, sampled at ratio 1
     assert b"tracestate" not in fields  # it belongs to the trace that was dropped
 
 
@@ -589,15 +624,22 @@ def test_later_traceparent_versions_are_read_as_version_00() -> None:
     later = b"01" + VALID_TP[2:] + b"-what-comes-next"
     assert parse_traceparent(later) == (b"4bf92f3577b34da6a3ce929d0e0e4736", b"00f067aa0ba902b7", b"01")
     assert parse_traceparent(b"01" + VALID_TP[2:]) is not None
-    sampled = HeaderRules(ProxySettings(), TRUSTED, sampled=True)
-    assert as_dict(sampled.request_headers(request()).headers)[b"traceparent"].endswith(b"-01")
+
+
+def test_sampling_follows_the_trace_id_ratio_rule() -> None:
+    """OpenTelemetry's TraceIdRatioBased: the low 64 bits of the trace id against ratio * 2**64."""
+    kept = [traced(ratio=0.25)[0] for _ in range(2000)]
+    for trace in kept:
+        assert trace.sampled == (int.from_bytes(trace.trace_id[8:], "big") < 2**62)
+    assert 350 < sum(trace.sampled for trace in kept) < 650
+    assert not any(traced(ratio=0.0)[0].sampled for _ in range(50))
 
 
 def test_generated_ids_are_fresh() -> None:
-    results = [RULES.request_headers(request()) for _ in range(300)]  # crosses a buffer refill
-    ids = {r.request_id for r in results} | {r.trace_id for r in results}
+    results = [traced() for _ in range(300)]  # crosses a buffer refill
+    ids = {out.request_id for _, _, out in results} | {trace.trace_id.hex().encode() for trace, _, _ in results}
     assert len(ids) == 600
-    assert len({r.span_id for r in results}) == 300
+    assert len({trace.span_id for trace, _, _ in results}) == 300
     ENTROPY.reset()
     assert HEX32.fullmatch(ENTROPY.hex(32))
 

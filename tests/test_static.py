@@ -900,6 +900,8 @@ def test_many_large_files_do_not_exhaust_file_descriptors(
 # --- access log ----------------------------------------------------------------------------------------------------
 
 LOG_KEYS = {
+    "trace_id",
+    "span_id",
     "time",
     "client",
     "method",
@@ -943,6 +945,7 @@ def test_access_log_json_lines(custom: Callable[..., Server], tmp_path: Path, cl
     assert len(entries) == 4
     for entry in entries:
         assert set(entry) == LOG_KEYS
+        assert re.fullmatch(r"[0-9a-f]{32}", entry["trace_id"]) and re.fullmatch(r"[0-9a-f]{16}", entry["span_id"])
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
         assert entry["client"] == "127.0.0.1"
         assert entry["client_cert"] == ""  # no listener here asks for a client certificate

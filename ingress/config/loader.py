@@ -8,6 +8,7 @@ closest valid name.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import re
@@ -21,6 +22,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 from ingress.config.model import Config
 from ingress.config.policy_semantics import policy_problems
 from ingress.config.semantics import semantic_problems
+from ingress.config.telemetry_semantics import telemetry_problems
 from ingress.config.upstream_semantics import upstream_problems
 from ingress.errors import ConfigError, Problem
 
@@ -46,6 +48,8 @@ def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
         return " or ".join(repr(a) for a in get_args(tp))
+    if origin is collections.abc.Mapping:
+        return "table of strings"
     if origin is tuple:
         return f"array of {_type_name(get_args(tp)[0])}"
     if origin in (typing.Union, types.UnionType):
@@ -73,6 +77,14 @@ def _convert(tp: Any, value: Any, path: str, out: _Collector, meta: Mapping[str,
         (item_tp, _ellipsis) = get_args(tp)
         items = [_convert(item_tp, v, f"{path}[{i}]", out, {}) for i, v in enumerate(value)]
         return _MISSING if any(i is _MISSING for i in items) else tuple(items)
+    if origin is collections.abc.Mapping:
+        if not isinstance(value, dict):
+            out.add(path, f"expected a table of strings, got {_describe(value)}")
+            return _MISSING
+        bad = [k for k, v in value.items() if not isinstance(v, str)]
+        for key in bad:
+            out.add(_join(path, key), f"expected a string, got {_describe(value[key])}")
+        return _MISSING if bad else types.MappingProxyType(dict(value))
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed or type(value) is not type(allowed[0]):
@@ -162,7 +174,9 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
     if built is _MISSING:
         raise ConfigError(out.problems)
     config = dataclasses.replace(typing.cast(Config, built), source=source)
-    problems = semantic_problems(config) + policy_problems(config) + upstream_problems(config)
+    problems = (
+        semantic_problems(config) + policy_problems(config) + upstream_problems(config) + telemetry_problems(config)
+    )
     if problems:
         raise ConfigError(problems)
     return config

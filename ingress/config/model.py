@@ -12,6 +12,7 @@ from typing import Literal
 
 from ingress.config.meta import doc
 from ingress.config.policy import Policy
+from ingress.config.telemetry import Audit, Telemetry
 from ingress.config.upstream import CacheSettings, ProxyRoute, ProxySettings, Upstream
 
 
@@ -305,4 +306,8 @@ class Config:
         default_factory=ProxySettings, metadata=doc("Headers the edge sets on proxied requests.")
     )
     cache: CacheSettings = field(default_factory=CacheSettings, metadata=doc("The shared response cache."))
+    telemetry: Telemetry = field(
+        default_factory=Telemetry, metadata=doc("Traces and metrics: OTLP export and JSON Lines files.")
+    )
+    audit: Audit = field(default_factory=Audit, metadata=doc("The hash-chained audit file of security events."))
     source: str = field(default="", metadata=doc("Where this config came from (set by the loader).", internal=True))

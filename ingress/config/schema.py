@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
@@ -20,6 +21,8 @@ def _schema(tp: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
         out = _object(typing.cast(type, tp))
     elif origin is tuple:
         out = {"type": "array", "items": _schema(get_args(tp)[0], {})}
+    elif origin is collections.abc.Mapping:
+        out = {"type": "object", "additionalProperties": {"type": "string"}}
     elif origin is Literal:
         out = {"enum": list(get_args(tp))}
     else:

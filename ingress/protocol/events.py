@@ -20,6 +20,8 @@ from ingress.protocol.pipe import Pipe
 if TYPE_CHECKING:
     # For annotations only: protocol/ must not import tls/ (they are siblings below routing),
     # and the connection, not the protocol parser, attaches the identity.
+    from ingress.telemetry.context import TraceContext
+    from ingress.telemetry.record import Attempt
     from ingress.tls.identity import ClientIdentity
 
 
@@ -67,8 +69,11 @@ class Decision:
 
 class Request:
     __slots__ = (
+        "attempts",
         "body",
+        "cache",
         "decision",
+        "error",
         "headers",
         "host",
         "keep_alive",
@@ -76,8 +81,11 @@ class Request:
         "path",
         "peer",
         "query",
+        "route",
         "scheme",
+        "trace",
         "upgrade",
+        "upstream",
         "version",
     )
 
@@ -111,6 +119,16 @@ class Request:
         self.peer = ANONYMOUS
         # What the access policy decided and why, for logs and telemetry; None when no policy ran.
         self.decision: Decision | None = None
+        # What telemetry reports about it, filled in as the request goes: the matched route's path
+        # prefix (set by the pipeline), its trace context (made on first use by the tracer), and for a
+        # proxied request the upstream pool, the cache's verdict, each origin attempt and, for an
+        # answer the edge made itself, why.
+        self.route = ""
+        self.trace: TraceContext | None = None
+        self.upstream = ""
+        self.cache = ""
+        self.attempts: list[Attempt] | None = None
+        self.error = ""
 
 
 class FileSource:

@@ -99,7 +99,7 @@ class HTTP1Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)
         ctx = self.ctx
-        self.logging = ctx.access_log is not None
+        self.logging = ctx.observer is not None and self.listener.observed
         self.peer = tcp_peer(transport, self.listener, self.logging, self.client)
         counted = ctx.admit(self.listener, self.peer.client)
         if counted is None:
@@ -443,21 +443,8 @@ class HTTP1Connection(asyncio.Protocol):
 
     def _log(self, request: Request, response: Response) -> None:
         nbytes = response.body_length if request.method != "HEAD" else 0
-        assert self.ctx.access_log is not None
-        self.ctx.access_log.request(
-            request.peer,
-            request.method,
-            request.path.decode("latin-1"),
-            response.status,
-            nbytes,
-            self.t0,
-            "HTTP/" + request.version,
-            request.decision,
-        )
-
-    def _record(self, method: str, path: str, status: int, nbytes: int, protocol: str) -> None:
-        assert self.ctx.access_log is not None
-        self.ctx.access_log.request(self.peer, method, path, status, nbytes, self.t0, protocol)
+        assert self.ctx.observer is not None
+        self.ctx.observer.request(request, response.status, nbytes, self.t0, request.version)
 
     def _reject(self, status: int, reason: str) -> None:
         """Answer a protocol violation and close: the framing can no longer be trusted."""
@@ -478,7 +465,8 @@ class HTTP1Connection(asyncio.Protocol):
             self.ctx.stats.by_class[status // 100] += 1
             if self.logging:
                 # The request never became an event; log what the edge answered.
-                self._record("", "", status, len(response.body), "HTTP/1.1")
+                assert self.ctx.observer is not None
+                self.ctx.observer.refused(self.peer, status, self.t0, "1.1", self.parser.scheme)
         self.closing = True
         if self.sender is None:
             self.transport.close()

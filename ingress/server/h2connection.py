@@ -97,7 +97,7 @@ class HTTP2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)
         ctx = self.ctx
-        self.logging = ctx.access_log is not None
+        self.logging = ctx.observer is not None and self.listener.observed
         self.peer = tcp_peer(transport, self.listener, self.logging, self.client)
         counted = ctx.admit(self.listener, self.peer.client)
         if counted is None:
@@ -173,6 +173,10 @@ class HTTP2Connection(asyncio.Protocol):
                 if self._cancel(event.stream_id):
                     self._answer(event.stream_id, None, error_response(event.status))
                     session.refuse(event.stream_id)
+                    if self.logging:
+                        assert self.ctx.observer is not None
+                        scheme = "https" if self.listener.tls else "http"
+                        self.ctx.observer.refused(self.peer, event.status, time.perf_counter(), "2", scheme)
                 else:  # an answer already under way is cut: a reset that cannot pass for a clean end
                     session.refuse(event.stream_id, ErrorCodes.INTERNAL_ERROR)
             elif cls is PeerClosed:
@@ -367,18 +371,9 @@ class HTTP2Connection(asyncio.Protocol):
         return not self.outbound and not self.session.inbound and not self.pending
 
     def _log(self, request: Request, response: Response, t0: float) -> None:
-        assert self.ctx.access_log is not None
+        assert self.ctx.observer is not None
         nbytes = response.body_length if request.method != "HEAD" else 0
-        self.ctx.access_log.request(
-            request.peer,
-            request.method,
-            request.path.decode("latin-1"),
-            response.status,
-            nbytes,
-            t0,
-            "HTTP/2",
-            request.decision,
-        )
+        self.ctx.observer.request(request, response.status, nbytes, t0, "2")
 
     # abuse and errors ---------------------------------------------------------
     def _flood(self, kind: str) -> None:

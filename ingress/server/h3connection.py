@@ -180,7 +180,7 @@ class HTTP3Connection:
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at: float | None = None
-        self.logging = ctx.access_log is not None
+        self.logging = ctx.observer is not None
         ctx.connections.add(self)
         ctx.stats.connections_total += 1
         if ctx.draining:
@@ -413,7 +413,7 @@ class HTTP3Connection:
             response.status = 200
         self._send(stream_id, request.method, response)
         if self.logging:
-            self._log(request.method, request.path.decode("latin-1"), response, t0, request)
+            self._log(response, t0, request)
 
     def _refuse(self, stream_id: int, status: int, ended: bool, t0: float, request: Request | None = None) -> None:
         """Answer without running the request, and stop reading the rest of it (RFC 9114 section 4.1.2)."""
@@ -422,7 +422,7 @@ class HTTP3Connection:
         self._send(stream_id, method, response)
         self._stop(stream_id, ended, H3_MESSAGE_ERROR if status == 400 else H3_NO_ERROR)
         if self.logging:
-            self._log(method, request.path.decode("latin-1") if request is not None else "", response, t0)
+            self._log(response, t0, request)
 
     def _stop(self, stream_id: int, ended: bool, code: int) -> None:
         if not ended:
@@ -525,13 +525,15 @@ class HTTP3Connection:
             pipe.abandon()
         return sent
 
-    def _log(self, method: str, path: str, response: Response, t0: float, request: Request | None = None) -> None:
-        access_log = self.ctx.access_log
-        if access_log is None:
+    def _log(self, response: Response, t0: float, request: Request | None = None) -> None:
+        observer = self.ctx.observer
+        if observer is None:
             return
-        nbytes = response.body_length if method != "HEAD" else 0
-        peer, decision = (request.peer, request.decision) if request is not None else (self.peer, None)
-        access_log.request(peer, method, path, response.status, nbytes, t0, "HTTP/3", decision)
+        if request is None:
+            observer.refused(self.peer, response.status, t0, "3", "https")
+            return
+        nbytes = response.body_length if request.method != "HEAD" else 0
+        observer.request(request, response.status, nbytes, t0, "3")
 
     # lifecycle (called by the worker, not per request) ------------------------------
     def sweep(self, now: float) -> None:

@@ -16,7 +16,8 @@ from ingress.config.model import Config, Limits, Listener
 from ingress.handlers.proxy.backends import Backends
 from ingress.pipeline import Site, build_site
 from ingress.policy.gate import Gate, build_gate
-from ingress.telemetry.accesslog import AccessLog
+from ingress.telemetry.context import Tracer
+from ingress.telemetry.observer import Observer
 from ingress.tls.sni import CertStore
 
 # Why a connection was closed before it could send a request (edgeward_connections_refused_total).
@@ -64,17 +65,23 @@ class ListenerRuntime:
     # Subject to policy.network.max_connections_per_ip; the admin listener is not, so that a
     # client at the cap (or a balancer carrying many) cannot lock monitoring and health checks out.
     capped: bool = True
+    # Whether its requests are recorded (spans, access log, request metrics): not the admin
+    # listener's, so a scraper polling /metrics does not count as traffic of the site.
+    observed: bool = True
 
 
 class WorkerContext:
     """State shared by every connection of one worker."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, config: Config) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: Config, worker: int = 0) -> None:
         self.loop = loop
+        self.worker = worker
         self.connections: set[Connection] = set()
         self.stats = Stats()
         self.draining = False
-        self.access_log: AccessLog | None = None
+        # Told about every answered request (access log, metrics, spans, audit); None when nothing
+        # would use it, and then the connections skip even the timing.
+        self.observer: Observer | None = None
         self.clock = Clock(config.server.server_header)
         self.gate: Gate | None = None
         self.backends: Backends | None = None
@@ -106,10 +113,15 @@ class WorkerContext:
         # counts only connections opened after it; one that lifts it still releases the counted.
         self.ip_cap = config.policy.network.max_connections_per_ip
         self.clock.set_server(config.server.server_header)
-        old = self.access_log
-        self.access_log = AccessLog(config.access_log.path) if config.access_log.enabled else None
-        if old is not None:
-            old.close()
+        self.tracer = Tracer(config.telemetry.tracing)
+        if observed(config):
+            if self.observer is None:
+                self.observer = Observer(self.loop, config, self.worker, self.tracer)
+            else:
+                self.observer.apply(config, self.tracer)
+        elif self.observer is not None:
+            self.loop.create_task(self.observer.close())
+            self.observer = None
 
     def admit(self, listener: ListenerRuntime, client: str) -> bool | None:
         """Count a new connection against policy.network.max_connections_per_ip.
@@ -137,6 +149,18 @@ class WorkerContext:
             per_ip.pop(client, None)
 
 
+def observed(config: Config) -> bool:
+    """Whether requests are recorded at all: `telemetry.tracing.enabled = false` with the access log,
+    the audit file and the collector off is the one way to skip it, request metrics included."""
+    telemetry = config.telemetry
+    return (
+        config.access_log.enabled
+        or telemetry.tracing.enabled
+        or bool(config.audit.file)
+        or bool(telemetry.otlp.endpoint)
+    )
+
+
 def build_listener(
     config: Config,
     listener: Listener,
@@ -145,6 +169,7 @@ def build_listener(
     gate: Gate | None = None,
     backends: Backends | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
+    tracer: Tracer | None = None,
 ) -> ListenerRuntime:
     """`quic_port`: the UDP port serving HTTP/3 for this listener, 0 when none does."""
     tls = listener.tls is not None
@@ -152,5 +177,5 @@ def build_listener(
     alt_svc = b""
     if quic_port and tls and listener.quic.enabled:
         alt_svc = b'h3=":%d"; ma=%d' % (quic_port, listener.quic.alt_svc_max_age)
-    site = build_site(config, listener.name, tls, clock, alt_svc, gate, backends, loop)
+    site = build_site(config, listener.name, tls, clock, alt_svc, gate, backends, loop, tracer)
     return ListenerRuntime(listener, site, tls, certs)

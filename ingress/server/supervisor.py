@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -33,6 +34,10 @@ from ingress.handlers.purgelog import PurgeLog
 from ingress.server import reload
 from ingress.server.listeners import format_address, refuse_if_listening, reserve, reserve_with_udp
 from ingress.server.worker import ADMIN, Worker
+from ingress.telemetry.audit import AuditTrail, audit_handler
+from ingress.telemetry.export import transport_for
+from ingress.telemetry.otlp.logs import LogEvent, export_request
+from ingress.telemetry.otlp.resource import resource_attributes
 from ingress.tls.contexts import base_context
 
 log = logging.getLogger("edgeward.supervisor")
@@ -67,6 +72,7 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.load = load
+        self._audit(config)
         self.count = workers or os.cpu_count() or 1
         self.state_file = state_file
         self.slots = [_Slot(i) for i in range(self.count)]
@@ -226,8 +232,44 @@ class Supervisor:
         if config is None:
             return
         self.config = config
+        self._audit(config)
         log.info("config valid; reloading workers", extra={"event": "config.reload"})
         self._signal_workers(signal.SIGHUP)
+
+    def _audit(self, config: Config) -> None:
+        """The supervisor's own audit events (reloads, stop) go to the trail as they are logged."""
+        handler = audit_handler()
+        old = handler.trail
+        if config.audit.file:
+            if old is None or old.settings != config.audit:
+                resource = resource_attributes(config.telemetry.service_name, config.telemetry.resource)
+                handler.trail = AuditTrail(config.audit, resource)
+        else:
+            handler.trail = None
+        if old is not None and handler.trail is not old:
+            old.close()
+        handler.immediate = True
+        handler.forward = self._exporter(config) if handler.trail is not None else None
+
+    @staticmethod
+    def _exporter(config: Config) -> Callable[[list[LogEvent]], None] | None:
+        """Send the supervisor's audit records to the collector as they are written.
+
+        Synchronously, within two seconds: these are a handful of events
+        (reloads, stop), and a thread here would be forked with the workers.
+        A failure is logged by nobody (it would be audited in turn); the file
+        keeps the record.
+        """
+        otlp = config.telemetry.otlp
+        if not (otlp.endpoint and otlp.logs):
+            return None
+        transport = transport_for(dataclasses.replace(otlp, timeout=min(otlp.timeout, 2.0)), config.source)
+        resource = resource_attributes(config.telemetry.service_name, config.telemetry.resource)
+
+        def forward(events: list[LogEvent]) -> None:
+            transport.export("logs", export_request(events, resource))
+
+        return forward
 
     def _stop(self, signo: int) -> int:
         self.stopping = True

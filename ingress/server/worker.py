@@ -11,6 +11,7 @@ import logging
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,6 +30,8 @@ from ingress.server.listeners import listen
 from ingress.server.proxied import ProxiedServer
 from ingress.server.runtime import ListenerRuntime, WorkerContext, build_listener
 from ingress.server.selector import protocol_factory
+from ingress.telemetry.metrics import WorkerCollector
+from ingress.telemetry.otlp.metrics import encode_metrics
 from ingress.tls.contexts import base_context, tls_policy
 
 if TYPE_CHECKING:
@@ -79,13 +82,18 @@ class Worker:
     async def run(self, ready: ReadyFn) -> None:
         loop = asyncio.get_running_loop()
         self.loop = loop
-        self.ctx = WorkerContext(loop, self.config)
+        self.ctx = WorkerContext(loop, self.config, self.index)
+        self.started_ns = time.time_ns()
+        self.collector = WorkerCollector(
+            self.index, self.ctx, lambda: [b.runtime for b in self.bound.values()], self.quic
+        )
         loop.set_exception_handler(self._loop_exception)
         self.done = loop.create_future()
         for listener in self.config.listeners:
             quic_port = self.quic_ports.get(listener.name, 0)
+            ctx = self.ctx
             runtime = build_listener(
-                self.config, listener, self.ctx.clock, quic_port, self.ctx.gate, self.ctx.backends, self.loop
+                self.config, listener, ctx.clock, quic_port, ctx.gate, ctx.backends, self.loop, ctx.tracer
             )
             await self._bind(listener, runtime)
         await self._serve_quic()
@@ -97,6 +105,8 @@ class Worker:
         loop.call_later(1.0, self._tick)
         loop.call_later(self.config.server.cert_poll_interval, self._poll_certs)
         loop.call_later(self.config.access_log.flush_interval, self._flush)
+        loop.call_later(self.config.telemetry.interval, self._observe)
+        loop.call_later(self.config.telemetry.otlp.metrics_interval, self._export_metrics)
         if self.index == 0 and any(listener.tls for listener in self.config.listeners):
             log.info(
                 "large files over TLS are sent as mmap slices; kTLS %s",
@@ -109,8 +119,8 @@ class Worker:
             self.ctx.gate.stop()
         if self.ctx.backends is not None:
             self.ctx.backends.stop()
-        if self.ctx.access_log is not None:
-            self.ctx.access_log.close()
+        if self.ctx.observer is not None:
+            await self.ctx.observer.close()
 
     # binding ---------------------------------------------------------------
     async def _bind(self, listener: Listener, runtime: ListenerRuntime) -> None:
@@ -163,7 +173,7 @@ class Worker:
         methods = frozenset({"GET", "HEAD", "PURGE"})
         router.add("*", RouteEntry("/", methods, b"GET, HEAD, OPTIONS, PURGE", handler.handle))
         admin_listener = Listener(name=ADMIN, address=self.config.admin.address)
-        runtime = ListenerRuntime(admin_listener, Site(router), tls=False, capped=False)
+        runtime = ListenerRuntime(admin_listener, Site(router), tls=False, capped=False, observed=False)
         await self._bind(admin_listener, runtime)
 
     def _purge(self, host: str, path: str, prefix: bool) -> int | None:
@@ -200,71 +210,28 @@ class Worker:
         self.loop.call_later(self.ctx.config.server.cert_poll_interval, self._poll_certs)
 
     def _flush(self) -> None:
-        if self.ctx.access_log is not None:
-            self.ctx.access_log.flush()
+        observer = self.ctx.observer
+        if observer is not None and observer.access_log is not None:
+            observer.access_log.flush()
         self.loop.call_later(self.ctx.config.access_log.flush_interval, self._flush)
 
-    def _metrics(self) -> str:
-        s = self.ctx.stats
-        lines = [
-            "# HELP edgeward_connections_open Connections open in this worker.",
-            "# TYPE edgeward_connections_open gauge",
-            f'edgeward_connections_open{{worker="{self.index}"}} {len(self.ctx.connections)}',
-            "# TYPE edgeward_connections_total counter",
-            f'edgeward_connections_total{{worker="{self.index}"}} {s.connections_total}',
-            "# TYPE edgeward_protocol_errors_total counter",
-            f'edgeward_protocol_errors_total{{worker="{self.index}"}} {s.protocol_errors}',
-            "# TYPE edgeward_responses_total counter",
-        ]
-        for cls, n in enumerate(s.by_class):
-            if 1 <= cls <= 5 or n:
-                lines.append(f'edgeward_responses_total{{worker="{self.index}",class="{cls}xx"}} {n}')
-        for name, bound in self.bound.items():
-            if bound.runtime.certs is not None:
-                lines.append(f'edgeward_cert_reloads_total{{listener="{name}"}} {bound.runtime.certs.reloads}')
-                lines.append(f'edgeward_cert_refusals_total{{listener="{name}"}} {bound.runtime.certs.refusals}')
-                lines.extend(bound.runtime.certs.metric_lines())
-        from ingress.tls import failures
+    def _observe(self) -> None:
+        if self.ctx.observer is not None:
+            self.ctx.observer.tick()
+        self.loop.call_later(self.ctx.config.telemetry.interval, self._observe)
 
-        lines.extend(failures.metric_lines(self.index))
-        lines.append("# TYPE edgeward_http2_floods_total counter")
-        for kind, n in sorted(s.floods.items()):
-            lines.append(f'edgeward_http2_floods_total{{worker="{self.index}",kind="{kind}"}} {n}')
-        if self.quic:
-            lines.append("# TYPE edgeward_quic_events_total counter")
-            for kind, n in sorted(s.quic.items()):
-                lines.append(f'edgeward_quic_events_total{{worker="{self.index}",kind="{kind}"}} {n}')
-            lines.append("# TYPE edgeward_quic_connections_open gauge")
-            for name, endpoint in self.quic.items():
-                lines.append(f'edgeward_quic_connections_open{{listener="{name}"}} {len(endpoint.connections)}')
-        if s.auth:
-            lines.append("# TYPE edgeward_auth_decisions_total counter")
-            for outcome, n in sorted(s.auth.items()):
-                lines.append(f'edgeward_auth_decisions_total{{worker="{self.index}",outcome="{outcome}"}} {n}')
-        gate = self.ctx.gate
-        if gate is not None and gate.verifiers:
-            lines.append("# TYPE edgeward_jwt_verifications_total counter")
-            for name, verifier in sorted(gate.verifiers.items()):
-                labels = f'worker="{self.index}",provider="{name}"'
-                for result, n in (("cached", verifier.cache_hits), ("checked", verifier.cache_misses)):
-                    lines.append(f'edgeward_jwt_verifications_total{{{labels},result="{result}"}} {n}')
-                remote = verifier.remote
-                if remote is not None:
-                    lines.append(f"edgeward_jwks_fetches_total{{{labels}}} {remote.fetches}")
-                    lines.append(f"edgeward_jwks_fetch_failures_total{{{labels}}} {remote.failures}")
-        if self.ctx.backends is not None:
-            lines.extend(self.ctx.backends.metric_lines(self.index))
-        lines.append("# HELP edgeward_connections_refused_total Connections closed before any request, by reason.")
-        lines.append("# TYPE edgeward_connections_refused_total counter")
-        for reason, n in s.refused.items():
-            lines.append(f'edgeward_connections_refused_total{{worker="{self.index}",reason="{reason}"}} {n}')
-        if any(b.runtime.config.proxy_protocol != "off" for b in self.bound.values()):
-            lines.append("# TYPE edgeward_proxy_protocol_errors_total counter")
-            for reason, n in s.proxy_errors.items():
-                lines.append(f'edgeward_proxy_protocol_errors_total{{worker="{self.index}",reason="{reason}"}} {n}')
-        if self.ctx.access_log is not None:
-            lines.append(f"edgeward_access_log_dropped_total {self.ctx.access_log.dropped}")
-        return "\n".join(lines) + "\n"
+    def _export_metrics(self) -> None:
+        if self.ctx.observer is not None:
+            self.ctx.observer.export_metrics(self._otlp_metrics)
+        self.loop.call_later(self.ctx.config.telemetry.otlp.metrics_interval, self._export_metrics)
+
+    def _otlp_metrics(self) -> bytes:
+        observer = self.ctx.observer
+        assert observer is not None
+        return encode_metrics(self.collector.collect(), observer.resource, self.started_ns, time.time_ns())
+
+    def _metrics(self) -> str:
+        return self.collector.prometheus()
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
         exc = context.get("exception")
@@ -299,6 +266,7 @@ class Worker:
                 self.ctx.gate,
                 self.ctx.backends,
                 self.loop,
+                self.ctx.tracer,
             )
             old = self.bound.get(listener.name)
             # Certificates are picked per handshake from runtime.certs, so only a new

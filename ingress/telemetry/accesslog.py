@@ -1,9 +1,13 @@
 """Buffered JSON-lines access log.
 
-The request path only appends a tuple of values it already has; formatting
-and the write happen in `flush`, which the worker calls from its timer, so
-a slow disk never adds latency to a request. The buffer is bounded: when it
-is full, records are dropped and counted rather than growing memory.
+Lines are formatted from the telemetry batch (see `record.Exchange`) and
+written when `flush` is called from the worker's timer, so a slow disk
+never adds latency to a request. The buffer is bounded: when it is full,
+records are dropped and counted rather than growing memory.
+
+The token subject and certificate names stay out of the access log: they
+are personal data, and the certificate fingerprint and the trace id
+suffice to correlate a line with the audit trail and the span.
 """
 
 from __future__ import annotations
@@ -11,30 +15,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 
-from ingress.protocol.events import Decision, Peer
-
-# client_cert is the SHA-256 fingerprint (hex) of the client certificate, "" without one; auth and
-# auth_reason are the access policy's outcome and why ("" when no policy ran). The token subject and
-# certificate names stay out of the access log: they are personal data, and the fingerprint suffices
-# to correlate with the audit trail.
-Record = tuple[float, str, str, str, int, int, float, str, str, str, str, str, str]
-
-_FIELDS = (
-    "time",
-    "client",
-    "method",
-    "path",
-    "status",
-    "bytes",
-    "duration_ms",
-    "protocol",
-    "tls",
-    "sni",
-    "client_cert",
-    "auth",
-    "auth_reason",
-)
+from ingress.telemetry.record import Exchange
 
 
 class AccessLog:
@@ -46,57 +29,45 @@ class AccessLog:
         else:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
             self._owns_fd = True
-        self._buffer: list[Record] = []
+        self._buffer: list[Exchange] = []
         self.max_buffer = max_buffer
         self.dropped = 0
 
-    def record(self, rec: Record) -> None:
-        if len(self._buffer) < self.max_buffer:
-            self._buffer.append(rec)
+    def add(self, batch: Sequence[Exchange]) -> None:
+        room = self.max_buffer - len(self._buffer)
+        if len(batch) <= room:
+            self._buffer.extend(batch)
         else:
-            self.dropped += 1
-
-    def request(
-        self,
-        peer: Peer,
-        method: str,
-        path: str,
-        status: int,
-        nbytes: int,
-        t0: float,
-        protocol: str,
-        decision: Decision | None = None,
-    ) -> None:
-        """One answered request, whatever protocol carried it; `t0` is its `perf_counter` start."""
-        duration = time.perf_counter() - t0
-        self.record(
-            (
-                time.time(),
-                peer.client,
-                method,
-                path,
-                status,
-                nbytes,
-                duration,
-                protocol,
-                peer.tls,
-                peer.sni,
-                peer.client_cert,
-                decision.outcome if decision is not None else "",
-                decision.reason if decision is not None else "",
-            )
-        )
+            self._buffer.extend(batch[: max(room, 0)])
+            self.dropped += len(batch) - max(room, 0)
 
     def flush(self) -> None:
         if not self._buffer:
             return
         records, self._buffer = self._buffer, []
         lines = []
+        dumps = json.dumps
         for rec in records:
-            item = dict(zip(_FIELDS, rec, strict=True))
-            item["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec[0])) + f".{int(rec[0] % 1 * 1000):03d}Z"
-            item["duration_ms"] = round(rec[6] * 1000, 3)
-            lines.append(json.dumps(item, separators=(",", ":")))
+            seconds, nanos = divmod(rec.end_ns, 1_000_000_000)
+            decision = rec.decision
+            item = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1_000_000:03d}Z",
+                "client": rec.client,
+                "method": rec.method,
+                "path": rec.path,
+                "status": rec.status,
+                "bytes": rec.body_bytes,
+                "duration_ms": round((rec.end_ns - rec.start_ns) / 1e6, 3),
+                "protocol": "HTTP/" + rec.protocol if rec.protocol else "",
+                "tls": rec.tls,
+                "sni": rec.sni,
+                "client_cert": rec.client_cert,
+                "auth": decision.outcome if decision is not None else "",
+                "auth_reason": decision.reason if decision is not None else "",
+                "trace_id": rec.trace_id.hex(),
+                "span_id": rec.span_id.hex(),
+            }
+            lines.append(dumps(item, separators=(",", ":")))
         data = ("\n".join(lines) + "\n").encode()
         try:
             while data:

@@ -36,6 +36,10 @@ here.
 from __future__ import annotations
 
 import ssl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ingress.telemetry.metrics import Registry
 
 REASONS = (
     "no_client_cert",
@@ -129,12 +133,13 @@ def tcp_reason(exc: ssl.SSLError) -> str:
     return "other"
 
 
-def metric_lines(worker: int) -> list[str]:
-    """Prometheus lines for this worker's counts; every reason is listed, zeros too, so alerts see the series."""
-    lines = [
-        "# HELP edgeward_tls_handshake_failures_total TLS handshakes refused or failed, by reason (TCP and QUIC).",
-        "# TYPE edgeward_tls_handshake_failures_total counter",
-    ]
+def add_metrics(into: Registry, worker: int) -> None:
+    """This worker's counts; every reason is listed, zeros too, so alerts see the series."""
+    family = into.counter(
+        "edgeward_tls_handshake_failures_total",
+        "TLS handshakes refused or failed, by reason (TCP and QUIC).",
+        ("reason",),
+        const=(("worker", str(worker)),),
+    )
     for reason, n in counts.items():
-        lines.append(f'edgeward_tls_handshake_failures_total{{worker="{worker}",reason="{reason}"}} {n}')
-    return lines
+        family.set((reason,), n)

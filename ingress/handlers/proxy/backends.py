@@ -16,6 +16,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ingress.config.model import Config
 from ingress.config.upstream import Upstream
@@ -27,6 +28,9 @@ from ingress.handlers.proxy.pool import OriginPool
 from ingress.handlers.proxy.upstream import Origin
 from ingress.policy.network import AddressSet
 from ingress.tls.origin import origin_context
+
+if TYPE_CHECKING:
+    from ingress.telemetry.metrics import Registry
 
 log = logging.getLogger("edgeward.upstream")
 
@@ -152,46 +156,84 @@ class Backends:
         for runtime in self.upstreams.values():
             runtime.retire()
 
-    def metric_lines(self, worker: int) -> list[str]:
-        """Prometheus text for the upstreams and the cache of one worker."""
-        lines: list[str] = []
+    def add_metrics(self, into: Registry, worker: int) -> None:
+        """The upstreams (traffic, retries, errors, each origin's health and connections) and the cache."""
+        const = (("worker", str(worker)),)
         if self.upstreams:
-            lines += [
-                "# HELP edgeward_upstream_requests_total Requests proxied, retries, and retries the budget refused.",
-                "# TYPE edgeward_upstream_requests_total counter",
-            ]
-            for name, runtime in sorted(self.upstreams.items()):
-                stats = runtime.stats
-                labels = f'worker="{worker}",upstream="{name}"'
-                lines.append(f"edgeward_upstream_requests_total{{{labels}}} {stats.requests}")
-                lines.append(f"edgeward_upstream_retries_total{{{labels}}} {stats.retries}")
-                lines.append(f"edgeward_upstream_retries_refused_total{{{labels}}} {stats.retries_refused}")
-                for kind, n in stats.errors.items():
-                    if n:
-                        lines.append(f'edgeward_upstream_errors_total{{{labels},reason="{kind}"}} {n}')
-                health = runtime.health
-                ejections = health.ejections_total
-                for i, origin in enumerate(runtime.origins):
-                    pool = runtime.pools[i]
-                    olabels = f'{labels},origin="{origin}"'
-                    up = 0 if i in health.down else 1
-                    lines.append(f"edgeward_upstream_origin_up{{{olabels}}} {up}")
-                    lines.append(f"edgeward_upstream_ejections_total{{{olabels}}} {ejections[i]}")
-                    lines.append(f"edgeward_upstream_connections_active{{{olabels}}} {pool.active}")
-                    lines.append(f"edgeward_upstream_connections_idle{{{olabels}}} {pool.idle}")
-                    lines.append(f"edgeward_upstream_connections_opened_total{{{olabels}}} {pool.opened_total}")
-                    lines.append(f"edgeward_upstream_pending{{{olabels}}} {pool.pending}")
+            self._upstream_metrics(into, const)
         cache = self.cache
-        if cache is not None:
-            labels = f'worker="{worker}"'
-            lines += [
-                "# HELP edgeward_cache_lookups_total Cache lookups by result.",
-                "# TYPE edgeward_cache_lookups_total counter",
-                f'edgeward_cache_lookups_total{{{labels},result="hit"}} {cache.hits}',
-                f'edgeward_cache_lookups_total{{{labels},result="miss"}} {cache.misses}',
-                f"edgeward_cache_stores_total{{{labels}}} {cache.stores}",
-                f"edgeward_cache_evictions_total{{{labels}}} {cache.evictions}",
-                f"edgeward_cache_bytes{{{labels}}} {cache.bytes}",
-                f"edgeward_cache_entries{{{labels}}} {len(cache)}",
-            ]
-        return lines
+        if cache is None:
+            return
+        lookups = into.counter("edgeward_cache_lookups_total", "Cache lookups by result.", ("result",), const=const)
+        lookups.set(("hit",), cache.hits)
+        lookups.set(("miss",), cache.misses)
+        into.counter("edgeward_cache_stores_total", "Answers stored in the cache.", const=const).set((), cache.stores)
+        into.counter(
+            "edgeward_cache_evictions_total", "Entries evicted to stay within the cache's size.", const=const
+        ).set((), cache.evictions)
+        into.gauge("edgeward_cache_bytes", "Bytes held by the cache.", unit="By", const=const).set((), cache.bytes)
+        into.gauge("edgeward_cache_entries", "Entries in the cache.", const=const).set((), len(cache))
+
+    def _upstream_metrics(self, into: Registry, const: tuple[tuple[str, str], ...]) -> None:
+        pool, origin = ("upstream",), ("upstream", "origin")
+        requests = into.counter("edgeward_upstream_requests_total", "Requests proxied.", pool, const=const)
+        retries = into.counter("edgeward_upstream_retries_total", "Retries sent to another try.", pool, const=const)
+        refused = into.counter(
+            "edgeward_upstream_retries_refused_total", "Retries the retry budget did not allow.", pool, const=const
+        )
+        errors = into.counter(
+            "edgeward_upstream_errors_total",
+            "Proxied requests answered with an error, by reason.",
+            ("upstream", "reason"),
+            const=const,
+        )
+        healthy = into.gauge(
+            "edgeward_upstream_origins_healthy",
+            "Origins of a pool that may take requests (neither failing probes nor ejected).",
+            pool,
+            const=const,
+        )
+        up = into.gauge(
+            "edgeward_upstream_origin_up",
+            "1 if the origin may take requests, 0 if down or ejected.",
+            origin,
+            const=const,
+        )
+        ejections = into.counter(
+            "edgeward_upstream_ejections_total",
+            "Times the origin was ejected by outlier detection.",
+            origin,
+            const=const,
+        )
+        active = into.gauge(
+            "edgeward_upstream_connections_active", "Connections to the origin carrying a request.", origin, const=const
+        )
+        idle = into.gauge(
+            "edgeward_upstream_connections_idle", "Keep-alive connections to the origin at rest.", origin, const=const
+        )
+        opened = into.counter(
+            "edgeward_upstream_connections_opened_total", "Connections opened to the origin.", origin, const=const
+        )
+        pending = into.gauge(
+            "edgeward_upstream_pending", "Requests waiting for a connection to the origin.", origin, const=const
+        )
+        for name, runtime in sorted(self.upstreams.items()):
+            stats = runtime.stats
+            requests.set((name,), stats.requests)
+            retries.set((name,), stats.retries)
+            refused.set((name,), stats.retries_refused)
+            for kind, n in stats.errors.items():
+                if n:
+                    errors.set((name, kind), n)
+            health = runtime.health
+            totals = health.ejections_total
+            healthy.set((name,), len(runtime.origins) - len(health.down))
+            for i, address in enumerate(runtime.origins):
+                conns = runtime.pools[i]
+                key = (name, str(address))
+                up.set(key, 0 if i in health.down else 1)
+                ejections.set(key, totals[i])
+                active.set(key, conns.active)
+                idle.set(key, conns.idle)
+                opened.set(key, conns.opened_total)
+                pending.set(key, conns.pending)

@@ -36,6 +36,8 @@ from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Request, Response
 from ingress.protocol.pipe import Pipe
 from ingress.routing import Outcome
+from ingress.telemetry.context import TraceContext, Tracer, new_span_id
+from ingress.telemetry.record import Attempt
 
 log = logging.getLogger("edgeward.proxy")
 
@@ -117,7 +119,9 @@ class ProxyHandler:
         extra: list[tuple[bytes, bytes]],
         loop: asyncio.AbstractEventLoop,
         request_id_header: str,
+        tracer: Tracer | None = None,
     ) -> None:
+        """`tracer` gives each request its trace context for `traceparent` and the upstream spans."""
         proxy = route.proxy
         assert proxy is not None
         self.loop = loop
@@ -136,27 +140,38 @@ class ProxyHandler:
         self.hash_key = self.upstream.balancer.key_of
         self.least = self.upstream.config.balance == "least_requests"
         self.via = self.rules.via("1.1")
+        self.tracer = tracer
+        self.name = proxy.upstream
+        # "host:port" of each origin, as the CLIENT spans name it.
+        self.authorities = [origin.authority.decode("ascii") for origin in self.upstream.origins]
 
     # the request path -------------------------------------------------------------
     def handle(self, request: Request, path: str) -> Outcome:
+        request.upstream = self.name
         cache = self.cache
         if cache is not None and not request.upgrade and request.method in ("GET", "HEAD"):
             now = time.time()
             hit = cache.hit(request, now, self.clock)
             if hit is not None:
+                request.cache = "hit"
                 return hit
             lookup = cache.lookup(request, now)
             kind = lookup.kind
             if kind is Kind.FRESH:
                 assert lookup.entry is not None
+                request.cache = "hit"
                 return cache.respond(lookup.entry, request, now, self.clock, lookup.status)
+            request.cache = "miss"
             if kind is Kind.ONLY_IF_CACHED:
                 return error_response(504, [(b"Cache-Status", cache_status(fwd="miss", detail="only-if-cached"))])
             if kind is Kind.STALE_WHILE_REVALIDATE:
                 assert lookup.entry is not None
+                request.cache = "stale"
                 self.loop.create_task(self._revalidate(request, path, lookup))
                 return cache.respond(lookup.entry, request, now, self.clock, lookup.status)
             return self.loop.create_task(self._cached(request, path, lookup))
+        if cache is not None:
+            request.cache = "bypass"
         return self.loop.create_task(self._forward(request, path))
 
     async def _cached(self, request: Request, path: str, lookup: Lookup) -> Response:
@@ -172,6 +187,7 @@ class ProxyHandler:
             now = time.time()
             again = cache.lookup(request, now)
             if again.kind is Kind.FRESH and again.entry is not None:
+                request.cache = "hit"
                 return cache.respond(again.entry, request, now, self.clock, again.status + "; collapsed")
             return await self._forward(request, path, lookup)
         try:
@@ -200,12 +216,16 @@ class ProxyHandler:
         finally:
             upstream.active -= 1
 
-    def _head(self, request: Request, path: str, lookup: Lookup | None) -> tuple[bytes, Outgoing, str, bool]:
+    def _head(
+        self, request: Request, path: str, lookup: Lookup | None, trace: TraceContext | None, span_id: bytes
+    ) -> tuple[bytes, Outgoing, str, bool]:
         """The serialised request head for the origin, its ids, the method sent, and whether it is a WebSocket."""
         websocket = self.websocket and request.upgrade == b"websocket"
         method = request.method
         peer = request.peer
-        out = self.rules.request_headers(request, self.host, peer=peer.remote or peer.client, websocket=websocket)
+        out = self.rules.request_headers(
+            request, self.host, peer=peer.remote or peer.client, websocket=websocket, trace=trace, span_id=span_id
+        )
         headers = out.headers
         if websocket and method == "CONNECT":
             # RFC 8441 extended CONNECT arrives as CONNECT with :protocol; the origin speaks HTTP/1.1 Upgrade.
@@ -255,7 +275,13 @@ class ProxyHandler:
     async def _attempts(self, request: Request, path: str, lookup: Lookup | None) -> Response:
         upstream = self.upstream
         config = upstream.config
-        head, out, method, websocket = self._head(request, path, lookup)
+        trace = self.tracer.context(request) if self.tracer is not None else None
+        span_id = new_span_id()
+        head, out, method, websocket = self._head(request, path, lookup, trace, span_id)
+        # Each try is a CLIENT span of a sampled trace; unsampled requests skip the bookkeeping.
+        attempts: list[Attempt] | None = None
+        if trace is not None and trace.sampled:
+            attempts = request.attempts = []
         body: bytes | Pipe | None = request.body
         if (request.upgrade and not websocket) or self._bodiless(request):
             body = None  # an upgrade this route does not pass, or a body the cache key cannot see
@@ -277,10 +303,15 @@ class ProxyHandler:
                     return self._failed(request, out, UpstreamError("no_origin", "no healthy origin left"), None)
                 pool = upstream.pools[i]
                 request_time = time.time()
+                started = time.time_ns() if attempts is not None else 0
                 try:
                     conn = await pool.acquire()
                     exchange = await conn.start(head, body, method, upgrade=websocket)
                 except UpstreamError as exc:
+                    if attempts is not None:
+                        attempts.append(
+                            Attempt(span_id, started, time.time_ns(), self.authorities[i], 0, exc.kind, attempt)
+                        )
                     if exc.kind in ORIGIN_FAULTS:
                         upstream.health.record_failure(i, time.monotonic())
                     replayable = not exc.answered and not exc.sent_body and exc.kind != "pool_full"
@@ -299,6 +330,12 @@ class ProxyHandler:
                                 # same origin is the right retry.
                                 tried.add(i)
                             upstream.stats.retries += 1
+                            if trace is not None:
+                                # The retry is a span of its own: the origin sees it as the parent.
+                                span_id = new_span_id()
+                                fresh = trace.traceparent(span_id)
+                                head = head.replace(out.traceparent, fresh, 1)
+                                out = out._replace(traceparent=fresh)
                             if not retrying:
                                 retrying = True
                                 upstream.retrying += 1
@@ -306,6 +343,10 @@ class ProxyHandler:
                         upstream.stats.retries_refused += 1
                     return self._failed(request, out, exc, i, lookup)
                 exchange.body.on_abandon = _aborter(exchange.body, conn)
+                if attempts is not None:
+                    attempts.append(
+                        Attempt(span_id, started, time.time_ns(), self.authorities[i], exchange.status, "", attempt)
+                    )
                 upstream.health.record_response(i, exchange.status, time.monotonic())
                 try:
                     return await self._relay(request, exchange, out, websocket, lookup, request_time)
@@ -374,11 +415,13 @@ class ProxyHandler:
         pipe = exchange.body
         entry = lookup.entry
         if status == 304 and entry is not None:
+            request.cache = "revalidated"
             pipe.abandon()
             now = time.time()
             fresh = cache.freshen(entry, exchange.headers, request_time, now)
             return cache.respond(fresh, request, now, self.clock, lookup.status + "; fwd-status=304")
         if status >= 500 and entry is not None and cache.stale_if_error_ok(entry, request, time.time()):
+            request.cache = "stale"
             pipe.abandon()
             return cache.respond(entry, request, time.time(), self.clock, HIT_STALE_IF_ERROR)
         length = pipe.length
@@ -415,8 +458,10 @@ class ProxyHandler:
         if cache is not None and lookup is not None and lookup.entry is not None:
             now = time.time()
             if cache.stale_if_error_ok(lookup.entry, request, now):
+                request.cache = "stale"
                 return cache.respond(lookup.entry, request, now, self.clock, HIT_STALE_IF_ERROR)
         status = STATUS_FOR.get(exc.kind, 502)
+        request.error = exc.kind
         where = str(upstream.origins[origin]) if origin is not None else ""
         log.warning(
             "upstream %s%s: %s; answered %d",

@@ -23,7 +23,6 @@ which of the two to add for the body actually sent.
 from __future__ import annotations
 
 import functools
-import os
 import re
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
@@ -32,6 +31,8 @@ from ingress.config.upstream import ProxySettings
 from ingress.policy.gate import ALLOWED
 from ingress.policy.network import AddressSet
 from ingress.protocol.events import Request
+from ingress.telemetry.context import TraceContext
+from ingress.telemetry.ids import ENTROPY
 
 Fields = list[tuple[bytes, bytes]]
 
@@ -80,11 +81,6 @@ _RESPONSE_DROP = (HOP_BY_HOP - {b"proxy-authorization"}) | {
 
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._~:+/=@-]{1,128}")
-_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-_ZERO_TRACE = b"0" * 32
-_ZERO_SPAN = b"0" * 16
-_ONE_TRACE = b"0" * 31 + b"1"
-_ONE_SPAN = b"0" * 15 + b"1"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CONTENT_LENGTH_0 = (b"content-length", b"0")
 _CHUNKED = (b"transfer-encoding", b"chunked")
@@ -98,8 +94,7 @@ class Outgoing(NamedTuple):
 
     headers: Fields
     request_id: bytes
-    trace_id: bytes
-    span_id: bytes  # this hop's span: the parent-id the origin sees
+    traceparent: bytes  # as sent, b"" without one; a retry swaps in its own span id
 
 
 # NamedTuple's generated __new__ is Python code; tuple's own makes the same object in a third of the time.
@@ -115,7 +110,6 @@ class HeaderRules:
         "_cert_fingerprint",
         "_cert_subject",
         "_drop",
-        "_flags",
         "_pseudonym",
         "_request_id",
         "_rfc7239",
@@ -124,8 +118,7 @@ class HeaderRules:
         "_xf",
     )
 
-    def __init__(self, settings: ProxySettings, trusted: AddressSet, *, sampled: bool = False) -> None:
-        """`sampled` is the trace-flags of traces this edge starts (a received traceparent keeps its own)."""
+    def __init__(self, settings: ProxySettings, trusted: AddressSet) -> None:
         self._cert_subject = _name(settings.cert_subject_header)
         self._cert_fingerprint = _name(settings.cert_fingerprint_header)
         self._auth_subject = _name(settings.auth_subject_header)
@@ -138,7 +131,6 @@ class HeaderRules:
         self._rfc7239 = settings.forwarded in ("rfc7239", "both")
         self._xf = settings.forwarded in ("x-forwarded", "both")
         self._trusted = trusted
-        self._flags = b"01" if sampled else b"00"
 
     def via(self, version: str) -> bytes:
         """This edge's Via element for a message received over HTTP `version` ("1.1", "2"); b"" when Via is off."""
@@ -150,7 +142,14 @@ class HeaderRules:
         return element
 
     def request_headers(
-        self, request: Request, host: bytes | None = None, *, peer: str | None = None, websocket: bool = False
+        self,
+        request: Request,
+        host: bytes | None = None,
+        *,
+        peer: str | None = None,
+        websocket: bool = False,
+        trace: TraceContext | None = None,
+        span_id: bytes = b"",
     ) -> Outgoing:
         """The fields sent to the origin, Host first, without framing (see `request_framing`).
 
@@ -159,7 +158,8 @@ class HeaderRules:
         to `request.peer.client`, which is only right while nothing has
         replaced that by the client behind a trusted proxy. `websocket`
         sends `Connection: upgrade` and `Upgrade: websocket`, the only
-        upgrade this edge passes.
+        upgrade this edge passes. `trace` and `span_id` (this hop's CLIENT
+        span) make the `traceparent`; without a trace none is sent.
         """
         headers = request.headers
         connection = headers.get(b"connection")
@@ -197,31 +197,20 @@ class HeaderRules:
             prior = headers.get(b"x-forwarded-host") if trusted else None
             add((b"x-forwarded-host", prior or request.host.encode("latin-1")))
 
-        # One cut of the random buffer gives the request id, a trace id and this hop's span id,
-        # whichever of them are needed.
-        fresh = ENTROPY.hex(80)
         request_id = headers.get(self._request_id) if trusted else None
         if request_id is None or _REQUEST_ID.fullmatch(request_id) is None:
-            request_id = fresh[:32]
+            request_id = ENTROPY.hex(32)
         if self._request_id:
             add((self._request_id, request_id))
 
-        span_id = fresh[64:]
-        if span_id == _ZERO_SPAN:
-            span_id = _ONE_SPAN  # a 2**-64 chance; any non-zero id will do
-        traceparent = headers.get(b"traceparent")
-        parent = parse_traceparent(traceparent) if traceparent is not None else None
-        if parent is not None:
-            trace_id, _, flags = parent
-            add((b"traceparent", b"00-" + trace_id + b"-" + span_id + b"-" + flags))
-            state = headers.get(b"tracestate")
-            if state:
-                add((b"tracestate", state))
-        else:
-            trace_id = fresh[32:64]
-            if trace_id == _ZERO_TRACE:
-                trace_id = _ONE_TRACE
-            add((b"traceparent", b"00-" + trace_id + b"-" + span_id + b"-" + self._flags))
+        # The client's own traceparent and tracestate were dropped above; the tracer decided whether to
+        # continue them (a trusted source) or start a new trace, and this hop's span is the parent.
+        traceparent = b""
+        if trace is not None:
+            traceparent = trace.traceparent(span_id)
+            add((b"traceparent", traceparent))
+            if trace.state:
+                add((b"tracestate", trace.state.encode("ascii")))
 
         identity = request.peer.identity
         if identity is not None:
@@ -241,7 +230,7 @@ class HeaderRules:
         if websocket:
             add(_CONNECTION_UPGRADE)
             add(_UPGRADE_WEBSOCKET)
-        return _outgoing(Outgoing, (out, request_id, trace_id, span_id))
+        return _outgoing(Outgoing, (out, request_id, traceparent))
 
 
 def response_headers(
@@ -332,63 +321,6 @@ def request_framing(method: str, length: int | None) -> tuple[bytes, bytes] | No
 
 
 # trace context --------------------------------------------------------------------------------
-def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """(trace-id, parent-id, flags) of a valid W3C traceparent; None starts a new trace.
-
-    Lower-case hex only, version ff and all-zero ids refused. A later
-    version is read as version 00 when its first 55 characters are
-    (followed by the end or "-"), as the spec asks of a version-00 parser,
-    and propagated as version 00.
-    """
-    match = _TRACEPARENT.match(value)
-    if match is None:
-        return None
-    version, trace_id, parent_id, flags = match.groups()
-    if version == b"00":
-        if len(value) != 55:
-            return None
-    elif version == b"ff" or (len(value) > 55 and value[55] != 0x2D):
-        return None
-    if trace_id == _ZERO_TRACE or parent_id == _ZERO_SPAN:
-        return None
-    return trace_id, parent_id, flags
-
-
-class Entropy:
-    """Random hex ids from a buffer of CSPRNG output, refilled one system call per ~100 requests.
-
-    Ids must not be guessable (an origin may key idempotency or audit on
-    a request id, and a counter would also tell anyone the traffic
-    volume), but `os.urandom` per id is a system call per request. The
-    buffer is dropped in a forked child, so workers never share ids.
-    """
-
-    __slots__ = ("_buffer", "_position")
-
-    SIZE = 4096  # hex digits per refill
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._position = 0
-
-    def reset(self) -> None:
-        self._buffer = b""
-        self._position = 0
-
-    def hex(self, digits: int) -> bytes:
-        start = self._position
-        end = start + digits
-        if end > len(self._buffer):
-            self._buffer = os.urandom(self.SIZE // 2).hex().encode("ascii")
-            start, end = 0, digits
-        self._position = end
-        return self._buffer[start:end]
-
-
-ENTROPY = Entropy()
-os.register_at_fork(after_in_child=ENTROPY.reset)
-
-
 # values ---------------------------------------------------------------------------------------
 def _name(header: str) -> bytes:
     return header.strip().lower().encode("latin-1")

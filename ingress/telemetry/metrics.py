@@ -1,0 +1,628 @@
+"""Metric families: one model behind the admin `/metrics` text and the OTLP metrics export.
+
+Counts live where they are bumped (plain ints in `Stats`, the cache, the
+upstream pools, the TLS failure table) and cost nothing until someone
+asks. A scrape or an OTLP export then gathers them into typed families
+here, so both outputs show the same numbers under the same names, and the
+text format's rules (HELP and TYPE once, a family's samples together,
+label values escaped, cumulative buckets) are kept in one renderer rather
+than in every module that has something to count.
+
+Request latency is the exception: it is a distribution, not a count, so
+`RequestMetrics` keeps histograms itself, fed from the batches of
+`Exchange` records the telemetry timer drains, never from the request path.
+
+Every family holds at most `LIMIT` label sets of its own. Label values that
+come from traffic or configuration (routes, origins, providers) could
+otherwise grow a family without bound; past the limit a new label set is
+folded into one set whose values are all "other", and the sets folded are
+reported (`edgeward_metrics_folded_label_sets`) so that an operator learns
+the limit was reached instead of reading silently merged numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from ingress.server.h3connection import HTTP3Connection
+    from ingress.server.runtime import ListenerRuntime, WorkerContext
+    from ingress.telemetry.record import Exchange
+
+# Upper bounds (seconds) of the request-duration buckets; an implicit +Inf bucket follows.
+BOUNDS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LIMIT: Final = 64  # label sets per family with a series of their own
+OTHER: Final = "other"
+# Distinct folded label sets remembered per family, so the report of them is bounded too.
+FOLD_MEMORY: Final = 1024
+
+Number = int | float
+Key = tuple[str, ...]
+ConstLabels = tuple[tuple[str, str], ...]
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+S = TypeVar("S")
+
+
+class Family(Generic[S]):
+    """One metric: its name, what it means, its label names, and a sample per label-value tuple.
+
+    `const` labels (the worker index) are the same on every sample: they are
+    written first and are not part of the keys, so recording costs nothing
+    for them. `otlp_name` is the OpenTelemetry name where a semantic
+    convention defines one; otherwise OTLP uses the Prometheus name.
+    """
+
+    kind: ClassVar[str]
+
+    __slots__ = ("_folded", "_overflow", "const", "help", "labels", "limit", "name", "otlp_name", "samples", "unit")
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        labels: tuple[str, ...] = (),
+        *,
+        unit: str = "",
+        const: ConstLabels = (),
+        otlp_name: str = "",
+        limit: int = LIMIT,
+    ) -> None:
+        if not _NAME.match(name):
+            raise ValueError(f"invalid metric name {name!r}")
+        for label in (*labels, *(k for k, _ in const)):
+            if not _LABEL.match(label) or label.startswith("__") or (label == "le" and self.kind == "histogram"):
+                raise ValueError(f"invalid label name {label!r} for {name}")
+        if len({*labels, *(k for k, _ in const)}) != len(labels) + len(const):
+            raise ValueError(f"duplicate label names for {name}")
+        self.name = name
+        self.help = help
+        self.labels = labels
+        self.unit = unit
+        self.const = const
+        self.otlp_name = otlp_name
+        self.limit = limit
+        self.samples: dict[Key, S] = {}
+        self._overflow: Key = (OTHER,) * len(labels)
+        self._folded: set[Key] = set()
+
+    @property
+    def folded(self) -> int:
+        """Distinct label sets folded into "other" (counted up to FOLD_MEMORY)."""
+        return len(self._folded)
+
+    @property
+    def otlp(self) -> str:
+        """The name this family has in OTLP."""
+        return self.otlp_name or self.name
+
+    def _key(self, values: Key) -> tuple[Key, bool]:
+        """Where a label set not yet in `samples` is stored, and whether that is the folded set."""
+        if len(values) != len(self.labels):
+            raise ValueError(f"{self.name} takes labels {self.labels}, got {values}")
+        if len(self.samples) < self.limit or values == self._overflow:
+            return values, False
+        if len(self._folded) < FOLD_MEMORY:
+            self._folded.add(values)
+        return self._overflow, True
+
+
+class Counter(Family[Number]):
+    """A count that only goes up (until the worker restarts)."""
+
+    kind = "counter"
+    __slots__ = ()
+
+    @property
+    def otlp(self) -> str:
+        # OpenTelemetry names carry no `_total`; a Prometheus receiver adds it back to a monotonic sum.
+        return self.otlp_name or self.name.removesuffix("_total")
+
+    def inc(self, values: Key = (), n: Number = 1) -> None:
+        samples = self.samples
+        if values in samples:
+            samples[values] += n
+            return
+        key, _ = self._key(values)
+        samples[key] = samples.get(key, 0) + n
+
+    def set(self, values: Key, total: Number) -> None:
+        """Report a total kept elsewhere; in a snapshot, totals folded into "other" add up."""
+        samples = self.samples
+        if values in samples:
+            samples[values] = total
+            return
+        key, folded = self._key(values)
+        samples[key] = samples.get(key, 0) + total if folded else total
+
+
+class Gauge(Family[Number]):
+    """A level that goes up and down: connections open, origins healthy."""
+
+    kind = "gauge"
+    __slots__ = ()
+
+    def set(self, values: Key, value: Number) -> None:
+        """Report a level; in a snapshot, levels folded into "other" add up."""
+        samples = self.samples
+        if values in samples:
+            samples[values] = value
+            return
+        key, folded = self._key(values)
+        samples[key] = samples.get(key, 0) + value if folded else value
+
+    def add(self, values: Key, delta: Number) -> None:
+        samples = self.samples
+        if values in samples:
+            samples[values] += delta
+            return
+        key, _ = self._key(values)
+        samples[key] = samples.get(key, 0) + delta
+
+
+class Buckets:
+    """One label set's distribution: a count per bucket (not cumulative), and the sum of the values."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BOUNDS) + 1)
+        self.sum = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[int]:
+        return list(accumulate(self.counts))
+
+
+class Histogram(Family[Buckets]):
+    """Values (seconds) counted into the fixed buckets of BOUNDS, as Prometheus and OTLP both expect."""
+
+    kind = "histogram"
+    bounds: ClassVar[tuple[float, ...]] = BOUNDS
+    __slots__ = ()
+
+    def cell(self, values: Key) -> Buckets:
+        """The buckets of a label set, made (or folded) on first use."""
+        found = self.samples.get(values)
+        if found is not None:
+            return found
+        key, _ = self._key(values)
+        found = self.samples.get(key)
+        if found is None:
+            found = self.samples[key] = Buckets()
+        return found
+
+    def observe(self, values: Key, value: float) -> None:
+        """Count one value; a value on a bound falls in that bound's bucket (`le` is inclusive)."""
+        cell = self.samples.get(values)
+        if cell is None:
+            cell = self.cell(values)
+        cell.counts[bisect_left(BOUNDS, value)] += 1
+        cell.sum += value
+
+
+AnyFamily = Family[Any]
+F = TypeVar("F", bound=AnyFamily)
+
+
+class Registry:
+    """The families of one collection, by name, in the order they were first asked for.
+
+    Several sources may fill one family (each listener's certificate store
+    adds its own series to `edgeward_cert_reloads_total`), so `counter` and
+    `gauge` return the family of that name if there is one.
+    """
+
+    def __init__(self) -> None:
+        self._families: dict[str, AnyFamily] = {}
+
+    def counter(
+        self,
+        name: str,
+        help: str,
+        labels: tuple[str, ...] = (),
+        *,
+        unit: str = "",
+        const: ConstLabels = (),
+        otlp_name: str = "",
+    ) -> Counter:
+        return self._get(Counter, name, help, labels, unit, const, otlp_name)
+
+    def gauge(
+        self,
+        name: str,
+        help: str,
+        labels: tuple[str, ...] = (),
+        *,
+        unit: str = "",
+        const: ConstLabels = (),
+        otlp_name: str = "",
+    ) -> Gauge:
+        return self._get(Gauge, name, help, labels, unit, const, otlp_name)
+
+    def _get(
+        self,
+        cls: type[F],
+        name: str,
+        help: str,
+        labels: tuple[str, ...],
+        unit: str,
+        const: ConstLabels,
+        otlp_name: str,
+    ) -> F:
+        found = self._families.get(name)
+        if found is None:
+            family = cls(name, help, labels, unit=unit, const=const, otlp_name=otlp_name)
+            self._families[name] = family
+            return family
+        if not isinstance(found, cls) or found.labels != labels or found.const != const:
+            raise ValueError(f"metric {name} asked for as two different families")
+        return found
+
+    def add(self, family: AnyFamily) -> None:
+        """Include a family kept elsewhere (request histograms, exporter counters)."""
+        if family.name in self._families:
+            raise ValueError(f"metric {family.name} added twice")
+        self._families[family.name] = family
+
+    def __iter__(self) -> Iterator[AnyFamily]:
+        return iter(self._families.values())
+
+    def __len__(self) -> int:
+        return len(self._families)
+
+
+def folded_family(families: Iterable[AnyFamily], const: ConstLabels = ()) -> Gauge:
+    """How many label sets each family folded into "other"; a series only for families that did."""
+    gauge = Gauge(
+        "edgeward_metrics_folded_label_sets",
+        f"Label sets merged into the 'other' series because their family already had {LIMIT} of its own.",
+        ("family",),
+        const=const,
+        limit=1 << 30,  # one series per family at most: bounded by the code, not by traffic
+    )
+    for family in families:
+        if family.folded:
+            gauge.set((family.name,), family.folded)
+    return gauge
+
+
+# Prometheus text exposition format 0.0.4 ---------------------------------------------------------
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _number(value: Number) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if value != value:  # noqa: PLR0124 - NaN is the one value not equal to itself
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+_LE = (*(f'le="{bound!r}"' for bound in BOUNDS), 'le="+Inf"')
+
+
+def prometheus_text(families: Iterable[AnyFamily]) -> str:
+    """The families as Prometheus text (version 0.0.4): HELP and TYPE once each, then every sample."""
+    out: list[str] = []
+    for family in families:
+        name = family.name
+        out.append(f"# HELP {name} {_escape_help(family.help)}")
+        out.append(f"# TYPE {name} {family.kind}")
+        const = [f'{k}="{_escape_label(v)}"' for k, v in family.const]
+        names = family.labels
+        for key, sample in family.samples.items():
+            pairs = const + [f'{k}="{_escape_label(v)}"' for k, v in zip(names, key, strict=True)]
+            if isinstance(sample, Buckets):
+                for le, n in zip(_LE, sample.cumulative(), strict=True):
+                    out.append(f"{name}_bucket{{{','.join([*pairs, le])}}} {n}")
+                labels = "{" + ",".join(pairs) + "}" if pairs else ""
+                out.append(f"{name}_sum{labels} {_number(sample.sum)}")
+                out.append(f"{name}_count{labels} {sample.count}")
+            else:
+                labels = "{" + ",".join(pairs) + "}" if pairs else ""
+                out.append(f"{name}{labels} {_number(sample)}")
+    return "\n".join(out) + "\n"
+
+
+# request metrics -------------------------------------------------------------------------------
+
+_CLASSES = tuple(f"{n}xx" for n in range(10))
+# BOUNDS in integer nanoseconds, so a record's duration is bucketed without a division.
+BOUNDS_NS: Final = tuple(round(bound * 1e9) for bound in BOUNDS)
+MEMO_SIZE: Final = 4096
+
+
+class RequestMetrics:
+    """Request latency by route, status class and protocol, and responses by cache status.
+
+    Fed by `observe` with the batch the telemetry timer drains, so a request
+    pays nothing for it; per record it is a few dict lookups and a bisect.
+    Auth decisions are not counted here: the gate counts them as it decides
+    (`Stats.auth`), and counting them again from the records would say the
+    same thing twice.
+    """
+
+    def __init__(self, worker: int = 0) -> None:
+        const = (("worker", str(worker)),)
+        self.duration = Histogram(
+            "edgeward_http_server_request_duration_seconds",
+            "Time from the first byte of a request to the last byte of its answer.",
+            ("route", "status_class", "protocol"),
+            unit="s",
+            const=const,
+            otlp_name="http.server.request.duration",
+        )
+        self.cache = Counter(
+            "edgeward_cache_responses_total",
+            "Answers on cached routes by cache status (hit, stale, revalidated, miss, bypass).",
+            ("status",),
+            const=const,
+        )
+        # (route, status, protocol) as recorded -> its buckets: one lookup per record instead of
+        # working out the status class and the label tuple each time. Cleared if it ever grows large.
+        self._memo: dict[tuple[str, int, str], Buckets] = {}
+
+    def observe(self, exchanges: Sequence[Exchange]) -> None:
+        memo = self._memo
+        bounds = BOUNDS_NS
+        cache = self.cache
+        cached = cache.samples
+        for exchange in exchanges:
+            route, status, protocol = exchange.route, exchange.status, exchange.protocol
+            cell = memo.get((route, status, protocol))
+            if cell is None:
+                cell = self._cell(route, status, protocol)
+            # Wall-clock ends: a clock stepped back mid-request must not make a negative latency.
+            ns = exchange.end_ns - exchange.start_ns
+            if ns < 0:  # noqa: PLR1730 - a builtin call costs more than the branch, once per request
+                ns = 0
+            cell.counts[bisect_left(bounds, ns)] += 1
+            cell.sum += ns / 1e9
+            status_text = exchange.cache
+            if status_text:
+                key = (status_text,)
+                if key in cached:
+                    cached[key] += 1
+                else:
+                    cache.inc(key)
+
+    def _cell(self, route: str, status: int, protocol: str) -> Buckets:
+        memo = self._memo
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        cls = status // 100
+        key = (route or "unmatched", _CLASSES[cls] if 0 <= cls < 10 else OTHER, protocol)
+        cell = memo[route, status, protocol] = self.duration.cell(key)
+        return cell
+
+    def collect(self, into: Registry) -> None:
+        into.add(self.duration)
+        into.add(self.cache)
+
+
+# the worker's families ---------------------------------------------------------------------------
+
+Source = Callable[[Registry], None]
+
+
+class QuicCount(Protocol):
+    """What the collector needs of a QUIC endpoint (not imported: aioquic is worker 0's cost only)."""
+
+    @property
+    def connections(self) -> Sized: ...
+
+
+class WorkerCollector:
+    """Everything one worker reports, gathered into families when asked: a scrape, an OTLP export.
+
+    `listeners` and `quic` are read at each collection, so listeners bound
+    or replaced by a reload are seen without rebuilding the collector.
+    `sources` add families kept elsewhere (request histograms, exporter and
+    audit counters); each is called with the registry being filled.
+    """
+
+    def __init__(
+        self,
+        worker: int,
+        ctx: WorkerContext,
+        listeners: Callable[[], Iterable[ListenerRuntime]],
+        quic: Mapping[str, QuicCount],
+        sources: Iterable[Source] = (),
+    ) -> None:
+        self.worker = worker
+        self.ctx = ctx
+        self.listeners = listeners
+        self.quic = quic
+        self.sources: list[Source] = list(sources)
+        self.const: ConstLabels = (("worker", str(worker)),)
+
+    def collect(self) -> list[AnyFamily]:
+        registry = Registry()
+        self._connections(registry)
+        self._tls(registry)
+        self._http(registry)
+        self._policy(registry)
+        ctx = self.ctx
+        if ctx.backends is not None:
+            ctx.backends.add_metrics(registry, self.worker)
+        self._refusals(registry)
+        observer = ctx.observer
+        if observer is not None:
+            observer.add_metrics(registry)
+            if observer.access_log is not None:
+                registry.counter(
+                    "edgeward_access_log_dropped_total", "Access-log records dropped because the writer fell behind."
+                ).set((), observer.access_log.dropped)
+        for source in self.sources:
+            source(registry)
+        families = list(registry)
+        families.append(folded_family(families, self.const))
+        return families
+
+    def prometheus(self) -> str:
+        return prometheus_text(self.collect())
+
+    def _connections(self, registry: Registry) -> None:
+        ctx, const = self.ctx, self.const
+        stats = ctx.stats
+        registry.gauge("edgeward_connections_open", "Connections open in this worker.", const=const).set(
+            (), len(ctx.connections)
+        )
+        registry.counter("edgeward_connections_total", "Connections accepted since start.", const=const).set(
+            (), stats.connections_total
+        )
+        active = registry.gauge(
+            "edgeward_http_server_active_requests",
+            "Requests received and not yet fully answered (HTTP/2 and HTTP/3: open streams).",
+            ("protocol",),
+            unit="{request}",
+            const=const,
+            otlp_name="http.server.active_requests",
+        )
+        for protocol, n in active_requests(ctx.connections, bool(self.quic)).items():
+            active.set((protocol,), n)
+
+    def _tls(self, registry: Registry) -> None:
+        for runtime in self.listeners():
+            if runtime.certs is not None:
+                runtime.certs.add_metrics(registry)
+        from ingress.tls import failures
+
+        failures.add_metrics(registry, self.worker)
+        if self.quic:
+            opened = registry.gauge(
+                "edgeward_quic_connections_open", "QUIC connections open, closing ones included.", ("listener",)
+            )
+            for name, endpoint in self.quic.items():
+                opened.set((name,), len(endpoint.connections))
+
+    def _http(self, registry: Registry) -> None:
+        stats, const = self.ctx.stats, self.const
+        registry.counter("edgeward_protocol_errors_total", "Requests or frames refused as malformed.", const=const).set(
+            (), stats.protocol_errors
+        )
+        responses = registry.counter(
+            "edgeward_responses_total", "Responses sent, by status class.", ("class",), const=const
+        )
+        for cls, n in enumerate(stats.by_class):
+            if 1 <= cls <= 5 or n:
+                responses.set((f"{cls}xx",), n)
+        floods = registry.counter(
+            "edgeward_http2_floods_total", "HTTP/2 abuse detected and stopped, by kind.", ("kind",), const=const
+        )
+        for kind, n in sorted(stats.floods.items()):
+            floods.set((kind,), n)
+        if self.quic:
+            quic = registry.counter(
+                "edgeward_quic_events_total", "QUIC handshakes and what they used, by kind.", ("kind",), const=const
+            )
+            for kind, n in sorted(stats.quic.items()):
+                quic.set((kind,), n)
+
+    def _policy(self, registry: Registry) -> None:
+        stats, const = self.ctx.stats, self.const
+        if stats.auth:
+            auth = registry.counter(
+                "edgeward_auth_decisions_total", "Access-policy decisions, by outcome.", ("outcome",), const=const
+            )
+            for outcome, n in sorted(stats.auth.items()):
+                auth.set((outcome,), n)
+        gate = self.ctx.gate
+        if gate is None or not gate.verifiers:
+            return
+        checks = registry.counter(
+            "edgeward_jwt_verifications_total",
+            "JWTs accepted from the verified-token cache or checked anew, by provider.",
+            ("provider", "result"),
+            const=const,
+        )
+        fetches = failures = None
+        for name, verifier in sorted(gate.verifiers.items()):
+            checks.set((name, "cached"), verifier.cache_hits)
+            checks.set((name, "checked"), verifier.cache_misses)
+            remote = verifier.remote
+            if remote is not None:
+                if fetches is None or failures is None:
+                    fetches = registry.counter(
+                        "edgeward_jwks_fetches_total", "JWKS fetches, by provider.", ("provider",), const=const
+                    )
+                    failures = registry.counter(
+                        "edgeward_jwks_fetch_failures_total", "JWKS fetches that failed.", ("provider",), const=const
+                    )
+                fetches.set((name,), remote.fetches)
+                failures.set((name,), remote.failures)
+
+    def _refusals(self, registry: Registry) -> None:
+        stats, const = self.ctx.stats, self.const
+        refused = registry.counter(
+            "edgeward_connections_refused_total",
+            "Connections closed before any request, by reason.",
+            ("reason",),
+            const=const,
+        )
+        for reason, n in stats.refused.items():
+            refused.set((reason,), n)
+        if any(runtime.config.proxy_protocol != "off" for runtime in self.listeners()):
+            errors = registry.counter(
+                "edgeward_proxy_protocol_errors_total",
+                "PROXY protocol headers refused, by reason.",
+                ("reason",),
+                const=const,
+            )
+            for reason, n in stats.proxy_errors.items():
+                errors.set((reason,), n)
+
+
+def active_requests(connections: Iterable[object], quic: bool) -> dict[str, int]:
+    """Requests in flight by protocol version, summed over open connections (read at a scrape, not kept).
+
+    HTTP/1.1: the request being answered (a deferred answer, a streamed or
+    sent body, a tunnel) plus those pipelined behind it. HTTP/2 and HTTP/3:
+    every stream with a request whose answer is not finished, whether its
+    body is still arriving, its answer is awaited, or the answer is being sent.
+    """
+    from ingress.server.connection import HTTP1Connection
+    from ingress.server.h2connection import HTTP2Connection
+
+    h3: type[HTTP3Connection] | None = None
+    if quic:  # aioquic is loaded already when there is a QUIC endpoint, and only then
+        from ingress.server.h3connection import HTTP3Connection
+
+        h3 = HTTP3Connection
+    h1 = h2 = n3 = 0
+    for conn in connections:
+        if isinstance(conn, HTTP1Connection):
+            busy = (
+                conn.waiting is not None
+                or conn.streaming is not None
+                or conn.sender is not None
+                or conn.tunnel is not None
+            )
+            h1 += busy + len(conn.queue)
+        elif isinstance(conn, HTTP2Connection):
+            h2 += len(conn.session.inbound.keys() | conn.pending.keys() | conn.outbound.keys())
+        elif h3 is not None and isinstance(conn, h3):
+            n3 += len(conn.incoming.keys() | conn.pending.keys() | conn.outgoing.keys())
+    counts = {"1.1": h1, "2": h2}
+    if quic:
+        counts["3"] = n3
+    return counts

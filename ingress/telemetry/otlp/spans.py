@@ -1,0 +1,652 @@
+"""Exchanges to OTLP spans, written as protobuf wire bytes and as OTLP JSON lines.
+
+Exporting every request's span must cost a few microseconds, a fraction of
+serving the request, which rules out the SDK (span objects plus its protobuf
+encoder cost over 90 µs a span here). Almost everything in a span repeats from
+request to request (method, route, status, protocol, host, client, user
+agent, policy outcome), so each repeating value is encoded once into the
+exact bytes it contributes to a span and kept in a bounded memo; a span is
+then its ids, two timestamps and a dozen dict lookups, joined. Only the ids
+and times are encoded per span.
+
+Values are grouped so that each memo's working set stays small whatever the
+traffic: values that vary together share one key ((method, route, scheme);
+(status, protocol, TLS, error); the policy decision with cache and upstream),
+while values that a client chooses (path, host, address, user agent, subject)
+each get their own. Every memo is emptied when it reaches `MEMO_LIMIT` keys,
+so hostile variety costs encoding time, never unbounded memory.
+
+Span shape: one ResourceSpans / ScopeSpans per batch; a SERVER span per
+exchange, named "{method} {route}" (or "{method}"; "HTTP" for a method the
+semantic conventions do not name), with HTTP, TLS and `edge.*` attributes; a
+CLIENT span per upstream attempt under it. String attributes are left out
+when empty. A 5xx (and a failed attempt) sets status ERROR and `error.type`.
+Flags carry the sampled bit and whether the parent is remote: only a SERVER
+span continuing a trusted `traceparent` has a remote parent.
+
+The loops unpack `Exchange` and `Attempt` positionally for speed; the check
+at the bottom of this module refuses to import if their fields change.
+"""
+
+from __future__ import annotations
+
+import binascii
+import struct
+from collections.abc import Callable, Hashable, Mapping, Sequence, Sized
+from typing import Final, TypeAlias, TypeVar
+
+import ingress
+from ingress.telemetry.otlp.wire import (
+    AttributeValue,
+    attribute,
+    attributes,
+    attributes_json,
+    encode_resource,
+    encode_scope,
+    json_string,
+    length_delimited,
+    resource_json,
+    scope_json,
+    string_field,
+    utf8,
+    varint,
+)
+from ingress.telemetry.record import Attempt, Exchange
+
+MEMO_LIMIT: Final = 4096
+"""Keys a memo holds at most; reaching it empties the memo (cheaper per span than LRU bookkeeping)."""
+
+MEMO_MAX_CHARS: Final = 256
+"""Longer request strings (paths, user agents) are encoded every time, not kept, so a flood of long unique
+values costs some encoding time but never more than MEMO_LIMIT short entries of memory per memo."""
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Memo(dict[K, V]):
+    """A dict that renders a missing key on lookup, so the hot path is one subscript per value."""
+
+    __slots__ = ("_render",)
+
+    def __init__(self, render: Callable[[K], V]) -> None:
+        super().__init__()
+        self._render = render
+
+    def __missing__(self, key: K) -> V:
+        if len(self) >= MEMO_LIMIT:
+            self.clear()
+        value = self[key] = self._render(key)
+        return value
+
+
+class _TextMemo(_Memo[str, V]):
+    """A memo for strings a client chooses, which keeps only the short ones."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: str) -> V:
+        value = self._render(key)
+        if len(key) <= MEMO_MAX_CHARS:
+            if len(self) >= MEMO_LIMIT:
+                self.clear()
+            self[key] = value
+        return value
+
+
+# Methods with a name in the HTTP semantic conventions; others become "_OTHER" (and a span named "HTTP").
+_KNOWN_METHODS: Final = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
+
+SERVER: Final = 2
+CLIENT: Final = 3
+_STATUS_ERROR: Final = 2
+
+# SpanFlags: the W3C trace flags in the low byte, then "is_remote is known" and "the parent is remote".
+_SAMPLED: Final = 0x01
+_HAS_IS_REMOTE: Final = 0x100
+_IS_REMOTE: Final = 0x200
+
+_FLAGS = struct.Struct("<I").pack
+_TIMES = struct.Struct("<BQBQ").pack  # start_time_unix_nano (7) and end_time_unix_nano (8), both fixed64
+_START: Final = (7 << 3) | 1
+_END: Final = (8 << 3) | 1
+
+# Span fields written straight into the loop (opentelemetry/proto/trace/v1/trace.proto).
+_TRACE_ID: Final = b"\x0a\x10"  # 1: trace_id, 16 bytes
+_SPAN_ID: Final = b"\x12\x08"  # 2: span_id, 8 bytes
+_PARENT_ID: Final = b"\x22\x08"  # 4: parent_span_id, 8 bytes
+_FLAGS_TAG: Final = b"\x85\x01"  # 16: flags, fixed32
+_STATUS_FIELD: Final = length_delimited(15, b"\x18" + varint(_STATUS_ERROR))  # 15: status, Status.code (3) = ERROR
+_SPAN_ATTR: Final = 9  # 9: attributes
+
+Attrs: TypeAlias = list[tuple[str, AttributeValue]]
+ServerRequestKey: TypeAlias = tuple[str, str, str]  # method, route, scheme
+ServerResultKey: TypeAlias = tuple[int, str, str, str]  # status, protocol, tls, error
+ServerEdgeKey: TypeAlias = tuple[str, str, str, str, str]  # outcome, reason, rule, cache, upstream
+ClientKey: TypeAlias = tuple[str, str, int, str, int, str]  # method, origin, status, error, resend, upstream
+
+
+def _flags(sampled: bool, parent_remote: bool) -> int:
+    return (_SAMPLED if sampled else 0) | _HAS_IS_REMOTE | (_IS_REMOTE if parent_remote else 0)
+
+
+def _method(method: str) -> tuple[str, Attrs]:
+    """The span-name verb and the method attributes, per the HTTP semantic conventions."""
+    if method in _KNOWN_METHODS:
+        return method, [("http.request.method", method)]
+    if not method:  # the request could not be parsed: there is no method to report
+        return "HTTP", []
+    return "HTTP", [("http.request.method", "_OTHER"), ("http.request.method_original", method)]
+
+
+def _tls(version: str) -> Attrs:
+    """OpenSSL's "TLSv1.3" as tls.protocol.name "tls" and tls.protocol.version "1.3"."""
+    if not version:
+        return []
+    for prefix, name in (("TLSv", "tls"), ("SSLv", "ssl")):
+        if version.startswith(prefix):
+            return [("tls.protocol.name", name), ("tls.protocol.version", version[len(prefix) :])]
+    return [("tls.protocol.name", "tls"), ("tls.protocol.version", version)]
+
+
+def split_origin(origin: str) -> tuple[str, int | None]:
+    """Split "host:port" or "[v6]:port" into (server.address, server.port); the address loses IPv6 brackets."""
+    if origin.startswith("["):
+        host, _, rest = origin[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port = origin.rpartition(":")
+        if not sep or ":" in host:  # no port, or a bare IPv6 address
+            host, port = origin, ""
+    return host, int(port) if port.isascii() and port.isdigit() else None
+
+
+def _present(attrs: Attrs) -> Attrs:
+    """String attributes are left out when empty; numbers and booleans always count."""
+    return [(key, value) for key, value in attrs if value != ""]
+
+
+def _server_request(key: ServerRequestKey) -> tuple[str, Attrs]:
+    method, route, scheme = key
+    verb, attrs = _method(method)
+    attrs += [("url.scheme", scheme), ("http.route", route), ("network.protocol.name", "http")]
+    return (f"{verb} {route}" if route else verb), _present(attrs)
+
+
+def _server_result(key: ServerResultKey) -> tuple[Attrs, bool]:
+    status, protocol, tls, error = key
+    attrs: Attrs = [("http.response.status_code", status)] if status else []
+    attrs += [("network.protocol.version", protocol), *_tls(tls)]
+    failed = status >= 500
+    if failed:
+        attrs.append(("error.type", error or str(status)))
+    return _present(attrs), failed
+
+
+def _server_edge(key: ServerEdgeKey) -> Attrs:
+    outcome, reason, rule, cache, upstream = key
+    return _present(
+        [
+            ("edge.auth.outcome", outcome),
+            ("edge.auth.reason", reason),
+            ("edge.auth.rule", rule),
+            ("edge.cache.status", cache),
+            ("edge.upstream", upstream),
+        ]
+    )
+
+
+def _client(key: ClientKey) -> tuple[str, Attrs, bool]:
+    method, origin, status, error, resend, upstream = key
+    verb, attrs = _method(method)
+    address, port = split_origin(origin)
+    attrs.append(("server.address", address))
+    if port is not None:
+        attrs.append(("server.port", port))
+    if status:
+        attrs.append(("http.response.status_code", status))
+    if resend > 0:
+        attrs.append(("http.request.resend_count", resend))
+    error_type = error or (str(status) if status >= 500 else "")
+    attrs += [("error.type", error_type), ("edge.upstream", upstream)]
+    return verb, _present(attrs), bool(error_type)
+
+
+def _head(name: str, kind: int) -> bytes:
+    return string_field(5, name) + b"\x30" + varint(kind)  # 5: name, 6: kind
+
+
+def _head_json(name: str, kind: int) -> bytes:
+    return f',"name":{json_string(name)},"kind":{kind}'.encode()
+
+
+def _string_attr(key: str, transform: Callable[[str], str] | None = None) -> Callable[[str], bytes]:
+    """Renders one string attribute as a whole Span.attributes entry; "" renders as nothing."""
+    prefix = string_field(1, key) + b"\x12"  # KeyValue.key, then the tag of KeyValue.value
+    # Up to this many bytes of text, every length below fits one varint byte (the common case, done in one step).
+    short = 127 - len(prefix) - 3
+
+    def render(value: str) -> bytes:
+        if not value:
+            return b""
+        text = utf8(transform(value) if transform else value)
+        size = len(text)
+        if size <= short:
+            # Span.attributes, KeyValue length, key, KeyValue.value length, AnyValue.string_value, its length.
+            return b"\x4a%c%b%c\x0a%c%b" % (len(prefix) + 3 + size, prefix, size + 2, size, text)
+        any_value = b"\x0a" + varint(size) + text
+        kv = prefix + varint(len(any_value)) + any_value
+        return b"\x4a" + varint(len(kv)) + kv
+
+    return render
+
+
+def _string_attr_json(key: str, transform: Callable[[str], str] | None = None) -> Callable[[str], bytes]:
+    """The JSON twin of `_string_attr`, with a leading comma so fragments concatenate."""
+    prefix = f',{{"key":{json_string(key)},"value":{{"stringValue":'
+
+    def render(value: str) -> bytes:
+        return f"{prefix}{json_string(transform(value) if transform else value)}}}}}".encode() if value else b""
+
+    return render
+
+
+def _host_attrs(*, json: bool) -> Callable[[str], bytes]:
+    """The request's Host as server.address and, when it names one, server.port."""
+    address = _string_attr_json("server.address") if json else _string_attr("server.address")
+
+    def render(value: str) -> bytes:
+        host, port = split_origin(value)
+        if port is None:
+            return address(value)
+        return address(host) + (
+            _attrs_json([("server.port", port)]) if json else attribute(_SPAN_ATTR, "server.port", port)
+        )
+
+    return render
+
+
+def _attrs_json(attrs: Attrs) -> bytes:
+    return ("," + attributes_json(attrs)).encode() if attrs else b""
+
+
+def _upper(value: str) -> str:
+    return value.upper()
+
+
+# The per-request strings memoised one by one: (attribute key, how the value is shown).
+_STRING_ATTRS: Final[tuple[tuple[str, Callable[[str], str] | None], ...]] = (
+    ("url.path", None),
+    ("server.address", None),
+    ("client.address", None),
+    ("user_agent.original", None),
+    ("tls.client.server_name", None),
+    # The semantic conventions ask for certificate hashes in upper case, like other hash values.
+    ("tls.client.hash.sha256", _upper),
+    ("edge.auth.subject", None),
+)
+
+
+class SpanEncoder:
+    """Turns batches of exchanges into OTLP trace payloads; one per worker, reused for every batch."""
+
+    def __init__(
+        self,
+        resource: Mapping[str, AttributeValue],
+        scope_name: str = "edgeward",
+        scope_version: str = ingress.__version__,
+    ) -> None:
+        # Everything above the spans is the same in every batch: ResourceSpans.resource (1), ScopeSpans.scope (1).
+        self._resource = length_delimited(1, encode_resource(resource))
+        self._scope = length_delimited(1, encode_scope(scope_name, scope_version))
+        self._json_prefix = (
+            f'{{"resourceSpans":[{{"resource":{resource_json(resource)},'
+            f'"scopeSpans":[{{"scope":{scope_json(scope_name, scope_version)},"spans":['
+        ).encode()
+
+        self._span_head = _Memo[int, bytes](lambda size: b"\x12" + varint(size))  # ScopeSpans.spans (2)
+        self._trace_state = _TextMemo[bytes](lambda state: string_field(3, state) if state else b"")
+        self._request = _Memo[ServerRequestKey, bytes](self._render_request)
+        self._result = _Memo[ServerResultKey, bytes](self._render_result)
+        self._edge = _Memo[ServerEdgeKey, bytes](lambda key: attributes(_SPAN_ATTR, _server_edge(key)))
+        self._client = _Memo[ClientKey, bytes](self._render_client)
+        self._body_size = _Memo[int, bytes](lambda size: attribute(_SPAN_ATTR, "http.response.body.size", size))
+        self._strings = tuple(
+            _TextMemo[bytes](_host_attrs(json=False) if key == "server.address" else _string_attr(key, transform))
+            for key, transform in _STRING_ATTRS
+        )
+
+        # OTLP JSON is built as bytes too: joining ASCII bytes is several times cheaper than joining str.
+        self._trace_state_json = _TextMemo[bytes](
+            lambda state: f',"traceState":{json_string(state)}'.encode() if state else b""
+        )
+        self._request_json = _Memo[ServerRequestKey, tuple[bytes, bytes]](self._render_request_json)
+        self._result_json = _Memo[ServerResultKey, tuple[bytes, bytes]](self._render_result_json)
+        self._edge_json = _Memo[ServerEdgeKey, bytes](lambda key: _attrs_json(_server_edge(key)))
+        self._client_json = _Memo[ClientKey, bytes](self._render_client_json)
+        self._body_size_json = _Memo[int, bytes](lambda size: _attrs_json([("http.response.body.size", size)]))
+        self._strings_json = tuple(
+            _TextMemo[bytes](_host_attrs(json=True) if key == "server.address" else _string_attr_json(key, transform))
+            for key, transform in _STRING_ATTRS
+        )
+
+    @staticmethod
+    def span_count(exchanges: Sequence[Exchange]) -> int:
+        return len(exchanges) + sum(len(exchange.attempts) for exchange in exchanges)
+
+    def memo_sizes(self) -> dict[str, int]:
+        """Keys held per memo, to show (and test) that they stay bounded."""
+        memos: dict[str, Sized] = {
+            "span_head": self._span_head,
+            "trace_state": self._trace_state,
+            "request": self._request,
+            "result": self._result,
+            "edge": self._edge,
+            "client": self._client,
+            "body_size": self._body_size,
+            "trace_state_json": self._trace_state_json,
+            "request_json": self._request_json,
+            "result_json": self._result_json,
+            "edge_json": self._edge_json,
+            "client_json": self._client_json,
+            "body_size_json": self._body_size_json,
+        }
+        for (key, _), proto, text in zip(_STRING_ATTRS, self._strings, self._strings_json, strict=True):
+            memos[key] = proto
+            memos[key + "_json"] = text
+        return {name: len(memo) for name, memo in memos.items()}
+
+    # --- protobuf ---------------------------------------------------------------------------------------------
+
+    def encode(self, exchanges: Sequence[Exchange]) -> bytes:
+        """ExportTraceServiceRequest protobuf bytes: one ResourceSpans, one ScopeSpans, a SERVER span per exchange
+        plus a CLIENT span per Attempt. The caller passes only sampled exchanges. No exchanges give b"" (an empty,
+        valid request that there is no point in sending)."""
+        if not exchanges:
+            return b""
+        out: list[bytes] = [b""]  # out[0]: the envelope, written once the spans' length is known
+        append = out.append
+        join = b"".join
+        times = _TIMES
+        span_head = self._span_head
+        trace_states = self._trace_state
+        requests, results, edges = self._request, self._result, self._edge
+        clients, sizes = self._client, self._body_size
+        paths, hosts, addresses, agents, snis, certs, subjects = self._strings
+        root_flags, remote_flags, child_flags = _ROOT_FLAGS, _REMOTE_FLAGS, _CHILD_FLAGS
+        for (
+            trace_id,
+            span_id,
+            parent_id,
+            trace_state,
+            sampled,
+            start_ns,
+            end_ns,
+            method,
+            path,
+            route,
+            status,
+            protocol,
+            tls,
+            host,
+            client,
+            user_agent,
+            decision,
+            cache,
+            upstream,
+            attempts,
+            body_bytes,
+            scheme,
+            sni,
+            client_cert,
+            error,
+        ) in exchanges:
+            if decision is None:
+                edge = edges[("", "", "", cache, upstream)]
+                subject = b""
+            else:
+                edge = edges[(decision.outcome, decision.reason, decision.rule, cache, upstream)]
+                subject = subjects[decision.subject]
+            state = trace_states[trace_state]
+            span = join(
+                (
+                    _TRACE_ID,
+                    trace_id,
+                    _SPAN_ID,
+                    span_id,
+                    state,
+                    _PARENT_ID + parent_id + remote_flags[sampled] if parent_id else root_flags[sampled],
+                    requests[(method, route, scheme)],
+                    results[(status, protocol, tls, error)],
+                    times(_START, start_ns, _END, end_ns),
+                    paths[path],
+                    hosts[host],
+                    addresses[client],
+                    agents[user_agent],
+                    sizes[body_bytes],
+                    snis[sni],
+                    certs[client_cert],
+                    edge,
+                    subject,
+                )
+            )
+            append(span_head[len(span)])
+            append(span)
+            for attempt_id, attempt_start, attempt_end, origin, attempt_status, attempt_error, resend in attempts:
+                span = join(
+                    (
+                        _TRACE_ID,
+                        trace_id,
+                        _SPAN_ID,
+                        attempt_id,
+                        state,
+                        _PARENT_ID,
+                        span_id,
+                        child_flags[sampled],
+                        clients[(method, origin, attempt_status, attempt_error, resend, upstream)],
+                        times(_START, attempt_start, _END, attempt_end),
+                    )
+                )
+                append(span_head[len(span)])
+                append(span)
+        scope_spans = len(self._scope) + sum(map(len, out))
+        scope_head = varint(scope_spans)
+        resource_spans = len(self._resource) + 1 + len(scope_head) + scope_spans
+        # ExportTraceServiceRequest.resource_spans (1) { resource, ResourceSpans.scope_spans (2) { scope, spans } }
+        out[0] = join((b"\x0a", varint(resource_spans), self._resource, b"\x12", scope_head, self._scope))
+        return join(out)
+
+    @staticmethod
+    def _render_request(key: ServerRequestKey) -> bytes:
+        name, attrs = _server_request(key)
+        return _head(name, SERVER) + attributes(_SPAN_ATTR, attrs)
+
+    @staticmethod
+    def _render_result(key: ServerResultKey) -> bytes:
+        attrs, failed = _server_result(key)
+        return attributes(_SPAN_ATTR, attrs) + (_STATUS_FIELD if failed else b"")
+
+    @staticmethod
+    def _render_client(key: ClientKey) -> bytes:
+        name, attrs, failed = _client(key)
+        return _head(name, CLIENT) + attributes(_SPAN_ATTR, attrs) + (_STATUS_FIELD if failed else b"")
+
+    # --- OTLP JSON --------------------------------------------------------------------------------------------
+
+    def json_line(self, exchanges: Sequence[Exchange]) -> bytes:
+        """One OTLP JSON TracesData object for the batch, followed by b"\\n", per the OpenTelemetry file-exporter
+        spec: lowerCamelCase field names, trace/span ids as lower-case hex, enums as integers, 64-bit integers
+        (timestamps, intValue) as decimal strings, flags as a number. No exchanges give b"" (no line)."""
+        if not exchanges:
+            return b""
+        # One list, one join: the line is several MB for a full batch, so every extra copy shows per span.
+        # Each span leads with its separating comma; the first one's is cut off at the end.
+        spans: list[bytes] = [self._json_prefix]
+        append = spans.append
+        join = b"".join
+        hexlify = binascii.hexlify
+        trace_states = self._trace_state_json
+        requests, results, edges = self._request_json, self._result_json, self._edge_json
+        clients, sizes = self._client_json, self._body_size_json
+        paths, hosts, addresses, agents, snis, certs, subjects = self._strings_json
+        root_flags, remote_flags, child_flags = _ROOT_FLAGS_JSON, _REMOTE_FLAGS_JSON, _CHILD_FLAGS_JSON
+        for (
+            trace_id,
+            span_id,
+            parent_id,
+            trace_state,
+            sampled,
+            start_ns,
+            end_ns,
+            method,
+            path,
+            route,
+            status,
+            protocol,
+            tls,
+            host,
+            client,
+            user_agent,
+            decision,
+            cache,
+            upstream,
+            attempts,
+            body_bytes,
+            scheme,
+            sni,
+            client_cert,
+            error,
+        ) in exchanges:
+            if decision is None:
+                edge = edges[("", "", "", cache, upstream)]
+                subject = b""
+            else:
+                edge = edges[(decision.outcome, decision.reason, decision.rule, cache, upstream)]
+                subject = subjects[decision.subject]
+            trace_hex = hexlify(trace_id)
+            span_hex = hexlify(span_id)
+            state = trace_states[trace_state]
+            head, request_attrs = requests[(method, route, scheme)]
+            result_attrs, status_json = results[(status, protocol, tls, error)]
+            append(
+                join(
+                    (
+                        b',{"traceId":"',
+                        trace_hex,
+                        b'","spanId":"',
+                        span_hex,
+                        b'"',
+                        state,
+                        b',"parentSpanId":"' + hexlify(parent_id) + remote_flags[sampled]
+                        if parent_id
+                        else root_flags[sampled],
+                        head,
+                        b',"startTimeUnixNano":"',
+                        b"%d" % start_ns,
+                        b'","endTimeUnixNano":"',
+                        b"%d" % end_ns,
+                        b'","attributes":[',
+                        request_attrs,  # never empty (network.protocol.name), so the only fragment without a comma
+                        result_attrs,
+                        paths[path],
+                        hosts[host],
+                        addresses[client],
+                        agents[user_agent],
+                        sizes[body_bytes],
+                        snis[sni],
+                        certs[client_cert],
+                        edge,
+                        subject,
+                        b"]",
+                        status_json,
+                        b"}",
+                    )
+                )
+            )
+            for attempt_id, attempt_start, attempt_end, origin, attempt_status, attempt_error, resend in attempts:
+                append(
+                    join(
+                        (
+                            b',{"traceId":"',
+                            trace_hex,
+                            b'","spanId":"',
+                            hexlify(attempt_id),
+                            b'"',
+                            state,
+                            b',"parentSpanId":"',
+                            span_hex,
+                            child_flags[sampled],
+                            b',"startTimeUnixNano":"',
+                            b"%d" % attempt_start,
+                            b'","endTimeUnixNano":"',
+                            b"%d" % attempt_end,
+                            b'"',
+                            clients[(method, origin, attempt_status, attempt_error, resend, upstream)],
+                            b"}",
+                        )
+                    )
+                )
+        spans[1] = spans[1][1:]
+        append(b"]}]}]}\n")
+        return join(spans)
+
+    @staticmethod
+    def _render_request_json(key: ServerRequestKey) -> tuple[bytes, bytes]:
+        name, attrs = _server_request(key)
+        return _head_json(name, SERVER), attributes_json(attrs).encode()
+
+    @staticmethod
+    def _render_result_json(key: ServerResultKey) -> tuple[bytes, bytes]:
+        attrs, failed = _server_result(key)
+        return _attrs_json(attrs), (_STATUS_JSON if failed else b"")
+
+    @staticmethod
+    def _render_client_json(key: ClientKey) -> bytes:
+        name, attrs, failed = _client(key)
+        body = _head_json(name, CLIENT)
+        if attrs:
+            body += b',"attributes":[' + attributes_json(attrs).encode() + b"]"
+        return body + (_STATUS_JSON if failed else b"")
+
+
+_STATUS_JSON: Final = b',"status":{"code":%d}' % _STATUS_ERROR
+
+# Indexed by `sampled`: a root SERVER span, a SERVER span under a remote parent, a CLIENT span under its SERVER span.
+_ROOT_FLAGS: Final = tuple(_FLAGS_TAG + _FLAGS(_flags(sampled, False)) for sampled in (False, True))
+_REMOTE_FLAGS: Final = tuple(_FLAGS_TAG + _FLAGS(_flags(sampled, True)) for sampled in (False, True))
+_CHILD_FLAGS: Final = _ROOT_FLAGS
+_ROOT_FLAGS_JSON: Final = tuple(b',"flags":%d' % _flags(sampled, False) for sampled in (False, True))
+_REMOTE_FLAGS_JSON: Final = tuple(b'","flags":%d' % _flags(sampled, True) for sampled in (False, True))
+_CHILD_FLAGS_JSON: Final = tuple(b'","flags":%d' % _flags(sampled, False) for sampled in (False, True))
+
+# The hot loops unpack these tuples by position; a reordered or added field must be noticed, not mis-encoded.
+_EXCHANGE_FIELDS: Final = (
+    "trace_id",
+    "span_id",
+    "parent_id",
+    "trace_state",
+    "sampled",
+    "start_ns",
+    "end_ns",
+    "method",
+    "path",
+    "route",
+    "status",
+    "protocol",
+    "tls",
+    "host",
+    "client",
+    "user_agent",
+    "decision",
+    "cache",
+    "upstream",
+    "attempts",
+    "body_bytes",
+    "scheme",
+    "sni",
+    "client_cert",
+    "error",
+)
+_ATTEMPT_FIELDS: Final = ("span_id", "start_ns", "end_ns", "origin", "status", "error", "resend")
+if Exchange._fields != _EXCHANGE_FIELDS or Attempt._fields != _ATTEMPT_FIELDS:
+    raise ImportError("ingress.telemetry.record changed shape: update the unpacking in SpanEncoder.encode/json_line")

@@ -1,0 +1,60 @@
+"""What the request path hands to telemetry: one flat tuple per answered request.
+
+The connection builds an `Exchange` from values it already holds and
+appends it to a list; nothing is formatted, hashed or encoded while the
+request is in flight. Everything derived from it (the access-log line, the
+OTLP span, the metric samples, an audit event for a denial) is computed
+later, in batches, from the loop's telemetry timer.
+
+Ids are raw bytes (16 for a trace, 8 for a span), as OTLP's protobuf
+encoding carries them; text forms (`traceparent`, the access log, OTLP
+JSON) are lower-case hex of the same bytes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ingress.protocol.events import Decision
+
+
+class Attempt(NamedTuple):
+    """One try at an origin, a CLIENT span under the request's SERVER span."""
+
+    span_id: bytes
+    start_ns: int
+    end_ns: int
+    origin: str  # "host:port" of the origin tried
+    status: int  # the origin's status; 0 when no response head arrived
+    error: str  # "" on a response; otherwise why it failed ("connect_refused", "timeout", ...)
+    resend: int  # 0 for the first try, 1 for the first retry, ...
+
+
+class Exchange(NamedTuple):
+    """One answered request (or a request refused before it became one), as telemetry sees it."""
+
+    trace_id: bytes  # 16 bytes, never all zero
+    span_id: bytes  # 8 bytes: this request's SERVER span
+    parent_id: bytes  # 8 bytes from a trusted traceparent, b"" when this edge started the trace
+    trace_state: str  # a trusted tracestate, passed through as received; "" without one
+    sampled: bool  # whether the span is exported; the access log and metrics see every request
+    start_ns: int  # wall clock, Unix nanoseconds
+    end_ns: int
+    method: str  # "" when the request could not be parsed
+    path: str  # url.path as received (before normalisation), "" when unparsed
+    route: str  # the matched route's path prefix (http.route), "" when nothing matched
+    status: int
+    protocol: str  # network.protocol.version: "1.0", "1.1", "2" or "3"
+    tls: str  # the TLS version as OpenSSL names it ("TLSv1.3"), "" on plain TCP
+    host: str  # server.address: the request's Host / :authority, lower-case
+    client: str  # client.address
+    user_agent: str
+    decision: Decision | None  # the access policy's outcome, None when no policy ran
+    cache: str  # edge.cache.status: "hit", "stale", "revalidated", "miss", "bypass"; "" off the cache
+    upstream: str  # edge.upstream: the upstream pool's name, "" when not proxied
+    attempts: tuple[Attempt, ...]
+    body_bytes: int  # response body bytes sent
+    scheme: str  # "https" or "http"
+    sni: str
+    client_cert: str  # SHA-256 fingerprint (hex) of a verified client certificate, "" without one
+    error: str  # for a 5xx the edge made itself, why ("upstream_timeout", ...); "" otherwise
