@@ -198,7 +198,8 @@ def test_records_are_otlp_json_lines_with_the_chain_fields(tmp_path: Path) -> No
     assert got["url.path"] == "/api/orders/7"
     assert got["http.request.method"] == "DELETE"
     assert got["http.route"] == "/api/"
-    assert got["tls.client.hash.sha256"] == "ab" * 32
+    assert got["tls.client.hash.sha256"] == "AB" * 32  # upper case, as the span and the conventions spell it
+    assert got["server.address"] == "edge.example" and "server.port" not in got
     assert got["http.response.status_code"] == "403"
     assert "user_agent.original" not in got
 

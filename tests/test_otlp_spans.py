@@ -22,10 +22,11 @@ from opentelemetry.proto_json.trace.v1.trace import TracesData
 
 import ingress
 from ingress.protocol.events import Decision
+from ingress.protocol.trace import Attempt
 from ingress.telemetry.otlp import wire
 from ingress.telemetry.otlp.resource import resource_attributes
 from ingress.telemetry.otlp.spans import MEMO_LIMIT, MEMO_MAX_CHARS, SpanEncoder, split_origin
-from ingress.telemetry.record import Attempt, Exchange
+from ingress.telemetry.record import Exchange
 
 TRACE = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
 SPAN = bytes.fromhex("00f067aa0ba902b7")

@@ -38,7 +38,8 @@ from ingress.handlers.proxy.health import MAX_EJECTION_MULTIPLIER, ActiveChecker
 from ingress.policy.network import AddressSet
 from ingress.protocol.events import Decision, Peer, Request
 from ingress.protocol.pipe import Pipe
-from ingress.telemetry.context import TraceContext, Tracer, new_span_id, parse_traceparent
+from ingress.protocol.trace import TraceContext
+from ingress.telemetry.context import Tracer, new_span_id, parse_traceparent
 from ingress.telemetry.ids import ENTROPY
 from ingress.tls.identity import ClientIdentity
 

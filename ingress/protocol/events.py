@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ingress.protocol.pipe import Pipe
+from ingress.protocol.trace import Attempt, TraceContext
 
 if TYPE_CHECKING:
     # For annotations only: protocol/ must not import tls/ (they are siblings below routing),
     # and the connection, not the protocol parser, attaches the identity.
-    from ingress.telemetry.context import TraceContext
-    from ingress.telemetry.record import Attempt
     from ingress.tls.identity import ClientIdentity
 
 

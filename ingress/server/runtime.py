@@ -31,6 +31,7 @@ class Stats:
     """Per-worker counters; plain ints, bumped on the request path without locks."""
 
     connections_total: int = 0
+    tls_handshakes: int = 0  # completed on TCP listeners; failures are counted by tls.failures
     protocol_errors: int = 0
     # Responses by status class, indexed by status // 100; 6-9 catch what an origin may send beyond 599.
     by_class: list[int] = field(default_factory=lambda: [0] * 10)
@@ -129,6 +130,8 @@ class WorkerContext:
         True: counted (release it when it closes); False: no cap applies, nothing counted;
         None: refused, `client` already holds the cap.
         """
+        if listener.tls:
+            self.stats.tls_handshakes += 1  # a connection is admitted once its handshake is done
         if not (self.ip_cap and listener.capped):
             return False
         per_ip = self.per_ip

@@ -27,10 +27,10 @@ from ingress.routing import RouteEntry, Router
 from ingress.server import reload
 from ingress.server.filesend import ktls_status
 from ingress.server.listeners import listen
+from ingress.server.metrics import WorkerCollector
 from ingress.server.proxied import ProxiedServer
 from ingress.server.runtime import ListenerRuntime, WorkerContext, build_listener
 from ingress.server.selector import protocol_factory
-from ingress.telemetry.metrics import WorkerCollector
 from ingress.telemetry.otlp.metrics import encode_metrics
 from ingress.tls.contexts import base_context, tls_policy
 

@@ -11,16 +11,18 @@ against a bound), so collectors and other tracers agree on it.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
 from ingress.config.telemetry import Tracing
 from ingress.policy.network import AddressSet
+from ingress.protocol.trace import TraceContext
 from ingress.telemetry.ids import ENTROPY
 
 if TYPE_CHECKING:
-    from ingress.protocol.events import Request
+    from ingress.protocol.events import Peer, Request
 
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE = b"0" * 32
@@ -52,36 +54,20 @@ def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bytes] | None:
     return trace_id, parent_id, flags
 
 
-class TraceContext:
-    """One request's place in a trace: ids as raw bytes, as OTLP carries them."""
-
-    __slots__ = ("parent_id", "sampled", "span_id", "state", "trace_id")
-
-    def __init__(self, trace_id: bytes, span_id: bytes, parent_id: bytes, state: str, sampled: bool) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_id = parent_id
-        self.state = state
-        self.sampled = sampled
-
-    def traceparent(self, span_id: bytes) -> bytes:
-        """The header value a next hop sees, with `span_id` (this edge's span for that hop) as its parent."""
-        return b"00-%s-%s-%s" % (
-            self.trace_id.hex().encode("ascii"),
-            span_id.hex().encode("ascii"),
-            b"01" if self.sampled else b"00",
-        )
+_ZERO_ID = b"\0" * 8
+_ONE_ID = b"\0" * 7 + b"\1"  # any non-zero id will do, for a 2**-64 chance
+_ZERO_TRACE_ID = _ZERO_ID * 2
 
 
 def new_span_id() -> bytes:
     span_id = ENTROPY.raw(8)
-    return span_id if span_id != b"\0" * 8 else b"\0" * 7 + b"\1"
+    return span_id if span_id != _ZERO_ID else _ONE_ID
 
 
 class Tracer:
     """Starts or continues the trace of each request; one per config, shared by a worker's listeners."""
 
-    __slots__ = ("_all", "_bound", "enabled", "trusted")
+    __slots__ = ("_all", "_bound", "always", "enabled", "trusted")
 
     def __init__(self, settings: Tracing) -> None:
         """Raises ValueError naming a bad `trusted_sources` entry (config checks report it first)."""
@@ -89,35 +75,42 @@ class Tracer:
         self.trusted = AddressSet(settings.trusted_sources) if settings.trusted_sources else None
         self._all = settings.sample_ratio >= 1.0
         self._bound = TraceIdRatioBased.get_bound_for_rate(settings.sample_ratio)
+        # Every new trace is sampled, and no client's context is ever continued: the common case,
+        # which `Observer` serves from one block of random bytes per batch.
+        self.always = self.enabled and self._all and self.trusted is None
 
     def context(self, request: Request) -> TraceContext:
-        """The request's trace context, made on first use and kept on the request."""
+        """The request's trace context, made on first use and kept on the request (a proxy needs it early)."""
         trace = request.trace
-        if trace is not None:
-            return trace
-        parent = None
-        trusted = self.trusted
-        if trusted is not None:
-            peer = request.peer
-            if (peer.remote or peer.client) in trusted:
-                value = request.headers.get(b"traceparent")
-                if value is not None:
-                    parent = parse_traceparent(value)
-        if parent is not None:
-            trace_hex, parent_hex, flags = parent
-            state = request.headers.get(b"tracestate", b"")
-            trace = TraceContext(
-                bytes.fromhex(trace_hex.decode("ascii")),
-                new_span_id(),
-                bytes.fromhex(parent_hex.decode("ascii")),
-                state.decode("ascii") if state and _TRACESTATE.fullmatch(state) else "",
-                self.enabled and bool(int(flags, 16) & 1),
-            )
-        else:
-            ids = ENTROPY.raw(24)
-            trace_id = ids[:16] if ids[:16] != b"\0" * 16 else b"\0" * 15 + b"\1"
-            span_id = ids[16:] if ids[16:] != b"\0" * 8 else b"\0" * 7 + b"\1"
-            sampled = self.enabled and (self._all or int.from_bytes(trace_id[8:], "big") < self._bound)
-            trace = TraceContext(trace_id, span_id, b"", "", sampled)
-        request.trace = trace
+        if trace is None:
+            trace = request.trace = TraceContext(*self.start(request.peer, request.headers))
         return trace
+
+    def sampled(self, trace_id: bytes) -> bool:
+        """Whether a new trace with this id is sampled (TraceIdRatioBased: its low 64 bits against the bound)."""
+        return self.enabled and (self._all or int.from_bytes(trace_id[8:], "big") < self._bound)
+
+    def start(self, peer: Peer, headers: Mapping[bytes, bytes]) -> tuple[bytes, bytes, bytes, str, bool]:
+        """(trace id, span id, parent id, tracestate, sampled) of a request that has no context yet.
+
+        Most requests never need a TraceContext object: telemetry asks for
+        these values when it records the request, after it was answered.
+        """
+        trusted = self.trusted
+        if trusted is not None and (peer.remote or peer.client) in trusted:
+            value = headers.get(b"traceparent")
+            parent = parse_traceparent(value) if value is not None else None
+            if parent is not None:
+                trace_hex, parent_hex, flags = parent
+                state = headers.get(b"tracestate", b"")
+                return (
+                    bytes.fromhex(trace_hex.decode("ascii")),
+                    new_span_id(),
+                    bytes.fromhex(parent_hex.decode("ascii")),
+                    state.decode("ascii") if state and _TRACESTATE.fullmatch(state) else "",
+                    self.enabled and bool(int(flags, 16) & 1),
+                )
+        ids = ENTROPY.raw(24)
+        trace_id = ids[:16] if ids[:16] != _ZERO_TRACE_ID else _ONE_ID * 2
+        span_id = ids[16:] if ids[16:] != _ZERO_ID else _ONE_ID
+        return trace_id, span_id, b"", "", self.sampled(trace_id)

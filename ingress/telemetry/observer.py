@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -33,11 +34,36 @@ from ingress.telemetry.record import Exchange
 from ingress.telemetry.rotating import RotatingFile
 
 if TYPE_CHECKING:
-    from ingress.protocol.events import Peer, Request
+    from ingress.protocol.events import Decision, Peer, Request
+    from ingress.protocol.trace import Attempt, TraceContext
 
 log = logging.getLogger("edgeward.telemetry")
 
-_new_exchange = tuple.__new__  # NamedTuple's __new__ is Python code; tuple's makes the same object faster
+_new_exchange = tuple.__new__
+perf_counter = time.perf_counter
+_ZERO_TRACE = b"\0" * 16
+_ZERO_SPAN = b"\0" * 8
+# What the request path keeps of an answered request until the next tick: references only.
+Pending = tuple[
+    "TraceContext | None",
+    str,
+    bytes,
+    str,
+    int,
+    str,
+    "Peer",
+    str,
+    "dict[bytes, bytes]",
+    "Decision | None",
+    str,
+    str,
+    "list[Attempt] | None",
+    int,
+    str,
+    str,
+    float,
+    float,
+]  # NamedTuple's __new__ is Python code; tuple's makes the same object faster
 _ALLOWED = "allowed"
 
 
@@ -47,7 +73,7 @@ class Observer:
     def __init__(self, loop: asyncio.AbstractEventLoop, config: Config, worker: int, tracer: Tracer) -> None:
         self.loop = loop
         self.worker = worker
-        self.pending: list[Exchange] = []
+        self.pending: list[Pending] = []
         self.max_pending = 65536
         self.overflow = 0  # requests not recorded at all because `pending` was full
         self.metrics = RequestMetrics(worker)
@@ -116,48 +142,33 @@ class Observer:
 
     # the request path ---------------------------------------------------------------------------
     def request(self, request: Request, status: int, nbytes: int, t0: float, protocol: str) -> None:
-        """An answered request; `t0` is its `perf_counter` start."""
+        """An answered request; `t0` is its `perf_counter` start. Only references are kept here."""
         pending = self.pending
-        if len(pending) >= self.max_pending:
-            self.overflow += 1
-            return
-        end = time.time_ns()
-        trace = request.trace or self.tracer.context(request)
-        peer = request.peer
-        attempts = request.attempts
-        user_agent = request.headers.get(b"user-agent")
-        pending.append(
-            _new_exchange(
-                Exchange,
+        if len(pending) < self.max_pending:
+            pending.append(
                 (
-                    trace.trace_id,
-                    trace.span_id,
-                    trace.parent_id,
-                    trace.state,
-                    trace.sampled,
-                    end - int((time.perf_counter() - t0) * 1e9),
-                    end,
+                    request.trace,
                     request.method,
-                    request.path.decode("latin-1"),
+                    request.path,
                     request.route,
                     status,
                     protocol,
-                    peer.tls,
+                    request.peer,
                     request.host,
-                    peer.client,
-                    user_agent.decode("latin-1") if user_agent is not None else "",
+                    request.headers,
                     request.decision,
                     request.cache,
                     request.upstream,
-                    tuple(attempts) if attempts else (),
+                    request.attempts,
                     nbytes,
                     request.scheme,
-                    peer.sni,
-                    peer.client_cert,
                     request.error,
-                ),
+                    t0,
+                    perf_counter(),
+                )
             )
-        )
+        else:
+            self.overflow += 1
 
     def refused(self, peer: Peer, status: int, t0: float, protocol: str, scheme: str = "") -> None:
         """Bytes that never became a request (malformed, too large) and the status the edge answered."""
@@ -173,8 +184,8 @@ class Observer:
     # batches ----------------------------------------------------------------------------------
     def tick(self) -> None:
         """Turn the requests recorded since the last tick into everything derived from them."""
-        batch = self.pending
-        if batch:
+        if self.pending:
+            batch = self._exchanges(self.pending)
             self.pending = []
             if self.access_log is not None:
                 self.access_log.add(batch)
@@ -193,6 +204,88 @@ class Observer:
             written = self.audit.flush()
             if written and self.log_exporter is not None:
                 self._offer(self.log_exporter, self.audit.encode_logs(written), len(written))
+
+    def _exchanges(self, pending: list[Pending]) -> list[Exchange]:
+        """The recorded requests as Exchanges: trace ids, wall-clock times and text made here, in one loop."""
+        tracer = self.tracer
+        start = tracer.start
+        # Ids for every request of the batch from one read of the CSPRNG; trusted parents and
+        # ratio sampling take the general path.
+        fast = tracer.always
+        ids = os.urandom(24 * len(pending)) if fast else b""
+        at = 0
+        now_ns, now = time.time_ns(), perf_counter()
+        out: list[Exchange] = []
+        append = out.append
+        for (
+            trace,
+            method,
+            path,
+            route,
+            status,
+            protocol,
+            peer,
+            host,
+            headers,
+            decision,
+            cache,
+            upstream,
+            attempts,
+            nbytes,
+            scheme,
+            error,
+            t0,
+            t1,
+        ) in pending:
+            if trace is None:
+                if fast:
+                    trace_id, span_id = ids[at : at + 16], ids[at + 16 : at + 24]
+                    at += 24
+                    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:  # a 2**-64 chance
+                        trace_id, span_id, parent_id, state, sampled = start(peer, headers)
+                    else:
+                        parent_id, state, sampled = b"", "", True
+                else:
+                    trace_id, span_id, parent_id, state, sampled = start(peer, headers)
+            else:
+                trace_id, span_id, parent_id = trace.trace_id, trace.span_id, trace.parent_id
+                state, sampled = trace.state, trace.sampled
+            end = now_ns - int((now - t1) * 1e9)
+            agent = headers.get(b"user-agent")
+            identity = peer.identity
+            append(
+                _new_exchange(
+                    Exchange,
+                    (
+                        trace_id,
+                        span_id,
+                        parent_id,
+                        state,
+                        sampled,
+                        end - int((t1 - t0) * 1e9),
+                        end,
+                        method,
+                        path.decode("latin-1"),
+                        route,
+                        status,
+                        protocol,
+                        peer.tls,
+                        host,
+                        peer.client,
+                        agent.decode("latin-1") if agent is not None else "",
+                        decision,
+                        cache,
+                        upstream,
+                        tuple(attempts) if attempts else (),
+                        nbytes,
+                        scheme,
+                        peer.sni,
+                        identity.sha256 if identity is not None else "",
+                        error,
+                    ),
+                )
+            )
+        return out
 
     def _interval(self) -> float:
         assert self.config is not None

@@ -16,18 +16,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ingress.protocol.events import Decision
-
-
-class Attempt(NamedTuple):
-    """One try at an origin, a CLIENT span under the request's SERVER span."""
-
-    span_id: bytes
-    start_ns: int
-    end_ns: int
-    origin: str  # "host:port" of the origin tried
-    status: int  # the origin's status; 0 when no response head arrived
-    error: str  # "" on a response; otherwise why it failed ("connect_refused", "timeout", ...)
-    resend: int  # 0 for the first try, 1 for the first retry, ...
+from ingress.protocol.trace import Attempt
 
 
 class Exchange(NamedTuple):

@@ -36,10 +36,6 @@ here.
 from __future__ import annotations
 
 import ssl
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ingress.telemetry.metrics import Registry
 
 REASONS = (
     "no_client_cert",
@@ -131,15 +127,3 @@ def tcp_reason(exc: ssl.SSLError) -> str:
     if name.startswith(("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")):
         return "client_alert"
     return "other"
-
-
-def add_metrics(into: Registry, worker: int) -> None:
-    """This worker's counts; every reason is listed, zeros too, so alerts see the series."""
-    family = into.counter(
-        "edgeward_tls_handshake_failures_total",
-        "TLS handshakes refused or failed, by reason (TCP and QUIC).",
-        ("reason",),
-        const=(("worker", str(worker)),),
-    )
-    for reason, n in counts.items():
-        family.set((reason,), n)

@@ -20,7 +20,6 @@ import logging
 import os
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -29,9 +28,6 @@ from ingress.errors import TLSMaterialError
 from ingress.tls.contexts import serving_context
 from ingress.tls.identity import ClientTrust
 from ingress.tls.material import CertInfo, PrivateKey, load_client_material, load_pair
-
-if TYPE_CHECKING:
-    from ingress.telemetry.metrics import Registry
 
 log = logging.getLogger("edgeward.tls")
 
@@ -234,37 +230,6 @@ class CertStore:
                 extra={"event": "tls.client_crl_expired", "listener": self.listener, "ca": ca},
             )
         self._stale_crls = stale
-
-    def add_metrics(self, into: Registry) -> None:
-        """This listener's certificate reloads, and its client CAs and CRLs when it has client_auth."""
-        key = (self.listener,)
-        into.counter(
-            "edgeward_cert_reloads_total", "Certificates reloaded after their files changed.", ("listener",)
-        ).set(key, self.reloads)
-        into.counter(
-            "edgeward_cert_refusals_total",
-            "Changed certificate files refused (the previous certificate stays in force).",
-            ("listener",),
-        ).set(key, self.refusals)
-        if self.client_trust is None:
-            return
-        into.counter("edgeward_client_trust_reloads_total", "Client CA and CRL sets reloaded.", ("listener",)).set(
-            key, self.trust_reloads
-        )
-        into.counter(
-            "edgeward_client_trust_refusals_total",
-            "Changed client CA or CRL files refused (the previous set stays in force).",
-            ("listener",),
-        ).set(key, self.trust_refusals)
-        revocations = self.client_trust.revocations
-        if revocations is not None and revocations.next_update is not None:
-            # The earliest nextUpdate of the CRLs in force: alert well before it, every client of its CA depends on it.
-            into.gauge(
-                "edgeward_client_crl_next_update_timestamp_seconds",
-                "Earliest nextUpdate of the client CRLs in force, Unix seconds.",
-                ("listener",),
-                unit="s",
-            ).set(key, int(revocations.next_update.timestamp()))
 
     def _refuse(self, slot: _Slot, stamp: _Stamp, reason: str) -> None:
         if stamp == slot.refused:

@@ -35,9 +35,9 @@ from ingress.handlers.proxy.upstream import Exchange, UpstreamConnection, Upstre
 from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Request, Response
 from ingress.protocol.pipe import Pipe
+from ingress.protocol.trace import Attempt, TraceContext
 from ingress.routing import Outcome
-from ingress.telemetry.context import TraceContext, Tracer, new_span_id
-from ingress.telemetry.record import Attempt
+from ingress.telemetry.context import Tracer, new_span_id
 
 log = logging.getLogger("edgeward.proxy")
 

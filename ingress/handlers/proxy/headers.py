@@ -31,7 +31,7 @@ from ingress.config.upstream import ProxySettings
 from ingress.policy.gate import ALLOWED
 from ingress.policy.network import AddressSet
 from ingress.protocol.events import Request
-from ingress.telemetry.context import TraceContext
+from ingress.protocol.trace import TraceContext
 from ingress.telemetry.ids import ENTROPY
 
 Fields = list[tuple[bytes, bytes]]

@@ -36,6 +36,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence, Sized
 from typing import Final, TypeAlias, TypeVar
 
 import ingress
+from ingress.protocol.trace import Attempt
 from ingress.telemetry.otlp.wire import (
     AttributeValue,
     attribute,
@@ -51,7 +52,7 @@ from ingress.telemetry.otlp.wire import (
     utf8,
     varint,
 )
-from ingress.telemetry.record import Attempt, Exchange
+from ingress.telemetry.record import Exchange
 
 MEMO_LIMIT: Final = 4096
 """Keys a memo holds at most; reaching it empties the memo (cheaper per span than LRU bookkeeping)."""
