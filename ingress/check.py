@@ -69,7 +69,6 @@ def _telemetry_file_problems(config: Config) -> list[Problem]:
     files = config.telemetry.files
     for key, path in (
         ("telemetry.files.traces", files.traces),
-        ("telemetry.files.logs", files.logs),
         ("audit.file", config.audit.file),
     ):
         if not path:

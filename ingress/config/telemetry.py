@@ -2,10 +2,11 @@
 
 `[telemetry]` names the service; `[telemetry.tracing]` says which requests
 become spans and whose trace context is continued; `[telemetry.otlp]` is
-the collector they go to; `[telemetry.files]` the OTLP JSON Lines files
-kept on disk; `[audit]` the hash-chained audit file. Defaults record every
-request and continue nobody's trace context: a client cannot choose the
-trace its requests are filed under unless the operator trusts it.
+the collector they go to; `[telemetry.files]` the OTLP JSON Lines file of
+spans kept on disk; `[audit]` the hash-chained audit file of security
+events. Defaults record every request and continue nobody's trace context:
+a client cannot choose the trace its requests are filed under unless the
+operator trusts it.
 """
 
 from __future__ import annotations
@@ -76,7 +77,6 @@ class OTLP:
 @dataclass(frozen=True)
 class Files:
     traces: str = field(default="", metadata=doc("OTLP JSON Lines file for spans; empty writes none."))
-    logs: str = field(default="", metadata=doc("OTLP JSON Lines file for audit events as logs; empty writes none."))
     rotate_bytes: int = field(
         default=256 * 1024 * 1024, metadata=doc("Rotate a file when it reaches this size; 0 never.", minimum=0)
     )

@@ -114,7 +114,7 @@ def telemetry_problems(config: Config) -> list[Problem]:
         problems.append(
             Problem(src, "telemetry.otlp.batch_spans", f"is above queue_spans ({otlp.queue_spans}); lower it")
         )
-    files = {"telemetry.files.traces": telemetry.files.traces, "telemetry.files.logs": telemetry.files.logs}
+    files = {"telemetry.files.traces": telemetry.files.traces}
     files["audit.file"] = config.audit.file
     seen: dict[str, str] = {}
     for key, path in files.items():

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeward.telemetry")
 
-_new_exchange = tuple.__new__
+_new_exchange = tuple.__new__  # NamedTuple's __new__ is Python code; tuple's makes the same object faster
 perf_counter = time.perf_counter
 _ZERO_TRACE = b"\0" * 16
 _ZERO_SPAN = b"\0" * 8
@@ -63,8 +63,9 @@ Pending = tuple[
     str,
     float,
     float,
-]  # NamedTuple's __new__ is Python code; tuple's makes the same object faster
+]
 _ALLOWED = "allowed"
+CHUNK = 256  # records turned into log lines, metrics and spans per loop iteration
 
 
 class Observer:
@@ -76,6 +77,7 @@ class Observer:
         self.pending: list[Pending] = []
         self.max_pending = 65536
         self.overflow = 0  # requests not recorded at all because `pending` was full
+        self._resumed = False  # a tick's leftover chunk is scheduled
         self.metrics = RequestMetrics(worker)
         # Exporters are replaced when their settings change; their counts live on here, so the
         # counters an operator graphs never go backwards on a reload.
@@ -90,7 +92,6 @@ class Observer:
         self._encoded: list[bytes] = []
         self._encoded_spans = 0
         self._last_export = time.monotonic()
-        self.spans_dropped: dict[str, int] = {}
         self.config: Config | None = None
         self.apply(config, tracer)
 
@@ -108,7 +109,12 @@ class Observer:
         self.access_log = AccessLog(config.access_log.path) if config.access_log.enabled else None
         if previous_log is not None:
             previous_log.close()
-        if old is None or old.telemetry.otlp != telemetry.otlp or old.telemetry.resource != telemetry.resource:
+        if (
+            old is None
+            or old.telemetry.otlp != telemetry.otlp
+            or old.telemetry.resource != telemetry.resource
+            or old.telemetry.tracing.enabled != telemetry.tracing.enabled
+        ):
             self._close_exporters()
             otlp = telemetry.otlp
             if otlp.endpoint:
@@ -183,10 +189,22 @@ class Observer:
 
     # batches ----------------------------------------------------------------------------------
     def tick(self) -> None:
-        """Turn the requests recorded since the last tick into everything derived from them."""
-        if self.pending:
-            batch = self._exchanges(self.pending)
-            self.pending = []
+        """Turn the requests recorded since the last tick into everything derived from them.
+
+        At most CHUNK at a time: the rest follows in a later loop iteration,
+        after the sockets that became ready meanwhile have been served, so a
+        busy tick delays no answer by more than one chunk's work.
+        """
+        self._resumed = False
+        pending = self.pending
+        if pending:
+            if len(pending) > CHUNK:
+                pending, self.pending = pending[:CHUNK], pending[CHUNK:]
+                self._resumed = True
+                self.loop.call_soon(self._resume)
+            else:
+                self.pending = []
+            batch = self._exchanges(pending)
             if self.access_log is not None:
                 self.access_log.add(batch)
             self.metrics.observe(batch)
@@ -204,6 +222,10 @@ class Observer:
             written = self.audit.flush()
             if written and self.log_exporter is not None:
                 self._offer(self.log_exporter, self.audit.encode_logs(written), len(written))
+
+    def _resume(self) -> None:
+        if self._resumed:
+            self.tick()
 
     def _exchanges(self, pending: list[Pending]) -> list[Exchange]:
         """The recorded requests as Exchanges: trace ids, wall-clock times and text made here, in one loop."""
@@ -346,6 +368,8 @@ class Observer:
     async def close(self) -> None:
         """Record and send what is left, within a couple of seconds; then let the files go."""
         self.tick()
+        while self.pending:
+            self.tick()
         self._export_spans()
         for exporter in (self.span_exporter, self.log_exporter, self.metric_exporter):
             if exporter is not None:
