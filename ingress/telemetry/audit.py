@@ -90,7 +90,7 @@ class _Event(NamedTuple):
 class AuditTrail:
     """One process's writer of the shared audit file (`settings.file`)."""
 
-    def __init__(self, settings: Audit, resource: Mapping[str, AttributeValue], max_batch: int = 2048) -> None:
+    def __init__(self, settings: Audit, resource: Mapping[str, AttributeValue], max_batch: int = 256) -> None:
         if not settings.file:
             raise ValueError("an audit trail needs [audit] file")
         self.settings = settings

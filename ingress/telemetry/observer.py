@@ -325,10 +325,21 @@ class Observer:
         if exporter is None:
             return
         count = encoder.span_count(sampled)
-        if exporter.room() < self._encoded_spans + count:
-            # Down, backing off or behind: count the spans, and spend nothing encoding them.
-            exporter.drop(count, "collector_unavailable" if exporter.room() == 0 else "queue_full")
-            return
+        room = exporter.room() - self._encoded_spans
+        if count > room:
+            # Down, backing off or behind: what does not fit is counted, and nothing is spent encoding
+            # it; what fits still goes (the exporter names the reason: collector down or queue full).
+            fits, taken = [], 0
+            for exchange in sampled:
+                spans = 1 + len(exchange.attempts)
+                if taken + spans > room:
+                    break
+                fits.append(exchange)
+                taken += spans
+            exporter.drop(count - taken)
+            if not fits:
+                return
+            sampled, count = fits, taken
         self._encoded.append(encoder.encode(sampled))
         self._encoded_spans += count
         assert self.config is not None
