@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import shlex
 import ssl
@@ -16,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ingress import __version__
+from ingress import __version__, selfid
 from ingress.check import verify_config
 from ingress.config import Config, load_config
 from ingress.config.default import default_config, edgeward_home
@@ -141,18 +140,13 @@ def _banner(config: Config, bound: dict[str, str], ca: Path | None, workers: int
 
 
 def _version() -> int:
-    build_id = os.environ.get("EDGEWARD_BUILD_ID", "")
-    if not build_id:
-        try:
-            from ingress import _build  # type: ignore[attr-defined]
-
-            build_id = str(_build.BUILD_ID)
-        except ImportError:
-            build_id = "source"
     print(f"edgeward {__version__}")
     print(f"python {platform.python_version()}")
     print(f"openssl {ssl.OPENSSL_VERSION}")
-    print(f"build {build_id}")
+    print(f"build {selfid.build_id()}")
+    digest = selfid.own_digest()
+    if digest is not None:
+        print(f"sha256 {digest[0]}  {digest[1]}")
     return 0
 
 

@@ -60,11 +60,17 @@ def base_config(root: Path, cert: Issued, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+def program(request: pytest.FixtureRequest) -> str:
+    """`python` unless a suite parametrises it over tests.program.PROGRAMS (indirect=True)."""
+    return str(getattr(request, "param", "python"))
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, program: str) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
     def start(config: dict[str, Any], workers: int = 1, name: str = "server") -> Server:
-        server = Server(config, tmp_path, workers=workers, name=name)
+        server = Server(config, tmp_path, workers=workers, name=name, program=program)
         started.append(server)
         return server.start()
 

@@ -10,11 +10,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tests.program import ingress_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LIFETIME_S = 600
@@ -63,8 +64,11 @@ def _is_table(v: Any) -> bool:
 class Server:
     """A running `ingress serve`; `url(name)` gives a listener's base URL."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, workers: int = 1, name: str = "server") -> None:
+    def __init__(
+        self, config: dict[str, Any], workdir: Path, workers: int = 1, name: str = "server", program: str = "python"
+    ) -> None:
         self.workdir = workdir
+        self.program = program
         self.config_path = workdir / f"{name}.toml"
         self.state_path = workdir / f"{name}.state.json"
         self.log_path = workdir / f"{name}.log"
@@ -84,7 +88,7 @@ class Server:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         cmd = [
             "timeout", "--kill-after=5", str(MAX_LIFETIME_S),
-            sys.executable, "-m", "ingress", "serve",
+            *ingress_argv(self.program), "serve",
             "--config", str(self.config_path),
             "--workers", str(self.workers),
             "--state-file", str(self.state_path),

@@ -9,6 +9,7 @@ import collections.abc
 import copy
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -31,14 +32,18 @@ from ingress.config import load_config
 from ingress.config.model import Config
 from ingress.errors import ConfigError
 from tests.pki import CA, Issued, write_atomic
+from tests.program import PROGRAMS, executable, ingress_argv
 from tests.server import ROOT, to_toml
+
+# `check`, `schema` and `version` must behave the same from source and as the compiled executable.
+both_programs = pytest.mark.parametrize("program", PROGRAMS, indirect=True)
 
 # --------------------------------------------------------------------------- helpers
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None, program: str = "python") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ingress", *args],
+        [*ingress_argv(program), *args],
         check=False,
         cwd=ROOT,
         capture_output=True,
@@ -48,8 +53,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-def check(path: Path) -> subprocess.CompletedProcess[str]:
-    return run_cli("check", "--config", str(path))
+def check(path: Path, program: str = "python") -> subprocess.CompletedProcess[str]:
+    return run_cli("check", "--config", str(path), program=program)
 
 
 def lines(text: str) -> list[str]:
@@ -327,12 +332,13 @@ def test_load_config_reports_exact_problems(
     assert problems_of(path) == [f"{path}: {line}" for line in expected]
 
 
+@both_programs
 @pytest.mark.parametrize(("mutate", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_check_cli_reports_exact_problems(
-    tmp_path: Path, mutate: Callable[[dict[str, Any]], None], expected: list[str]
+    tmp_path: Path, mutate: Callable[[dict[str, Any]], None], expected: list[str], program: str
 ) -> None:
     path = write_config(tmp_path, _mutate(mutate))
-    out = check(path)
+    out = check(path, program)
     assert out.returncode == 2, out.stderr
     assert out.stdout == ""
     assert lines(out.stderr) == [f"{path}: {line}" for line in expected]
@@ -412,9 +418,10 @@ def test_same_path_on_different_listeners_is_not_a_collision(tmp_path: Path) -> 
     assert [r.listeners for r in config.routes] == [("https",), ("http",), ()]
 
 
-def test_invalid_toml(tmp_path: Path) -> None:
+@both_programs
+def test_invalid_toml(tmp_path: Path, program: str) -> None:
     path = write_config(tmp_path, '[server]\nworkers = 2\nserver_header = "x\n')
-    out = check(path)
+    out = check(path, program)
     assert out.returncode == 2
     (line,) = lines(out.stderr)
     assert line.startswith(f"{path}: invalid TOML: ")
@@ -431,9 +438,10 @@ def test_not_utf8(tmp_path: Path) -> None:
     assert lines(out.stderr) == [f"{path}: not UTF-8 at byte 5"]
 
 
-def test_missing_file(tmp_path: Path) -> None:
+@both_programs
+def test_missing_file(tmp_path: Path, program: str) -> None:
     path = tmp_path / "absent.toml"
-    out = check(path)
+    out = check(path, program)
     assert out.returncode == 2
     assert lines(out.stderr) == [f"{path}: cannot read file: No such file or directory"]
     assert problems_of(path) == [f"{path}: cannot read file: No such file or directory"]
@@ -456,19 +464,20 @@ def good(ca: CA) -> Issued:
     return ca.issue("check-good", ["localhost"])
 
 
-def test_check_valid_config(tmp_path: Path, good: Issued) -> None:
+@both_programs
+def test_check_valid_config(tmp_path: Path, good: Issued, program: str) -> None:
     path = write_config(tmp_path, sample(str(good.cert), str(good.key), str(tmp_path)))
-    out = check(path)
+    out = check(path, program)
     assert out.returncode == 0, out.stderr
     assert lines(out.stderr) == [f"{path}: ok (2 listeners, 1 routes)"]
     assert out.stdout == ""
 
 
-def _check_one(tmp_path: Path, data: dict[str, Any]) -> list[str]:
+def _check_one(tmp_path: Path, data: dict[str, Any], program: str = "python") -> list[str]:
     path = write_config(tmp_path, data)
     # The structure is valid: load_config accepts it, only `check` (which opens files) refuses it.
     load_config(path)
-    out = check(path)
+    out = check(path, program)
     assert out.returncode == 2, out.stderr
     return [line.removeprefix(f"{path}: ") for line in lines(out.stderr)]
 
@@ -549,14 +558,15 @@ def test_check_static_root_is_a_file(tmp_path: Path, good: Issued) -> None:
     assert got == [f"routes[0].static.root: {root} is not a directory"]
 
 
-def test_check_reports_every_file_problem(tmp_path: Path, ca: CA, good: Issued) -> None:
+@both_programs
+def test_check_reports_every_file_problem(tmp_path: Path, ca: CA, good: Issued, program: str) -> None:
     other = ca.issue("check-other2", ["localhost"])
     missing_root = tmp_path / "gone"
     data = sample(str(good.cert), str(other.key), str(missing_root))
     data["listeners"].append(
         {"name": "alt", "address": "127.0.0.1:0", "tls": {"certs": [{"cert": str(tmp_path / "x.pem"), "key": "k"}]}}
     )
-    got = _check_one(tmp_path, data)
+    got = _check_one(tmp_path, data, program)
     assert got == [
         f"listeners[0].tls.certs[0]: key file {other.key} does not match the certificate in {good.cert}"
         " (the first certificate must be the leaf)",
@@ -843,7 +853,6 @@ def _redirect_node(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_version() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "EDGEWARD_BUILD_ID"}
     out = subprocess.run(
         [sys.executable, "-m", "ingress", "version"],
         check=False,
@@ -851,9 +860,10 @@ def test_version() -> None:
         capture_output=True,
         text=True,
         timeout=30,
-        env=env,
+        env={**os.environ, "EDGEWARD_BUILD_ID": "ci-1234"},
     )
     assert out.returncode == 0, out.stderr
+    # From source there is no executable to hash, and the environment cannot name a build.
     assert out.stdout.splitlines() == [
         f"edgeward {ingress.__version__}",
         f"python {platform.python_version()}",
@@ -862,11 +872,26 @@ def test_version() -> None:
     ]
 
 
-def test_version_build_id_from_environment() -> None:
-    out = run_cli("version", env={"EDGEWARD_BUILD_ID": "ci-1234"})
-    assert out.returncode == 0
-    assert out.stdout.splitlines()[-1] == "build ci-1234"
-    assert re.fullmatch(r"edgeward \d+\.\d+\.\d+\S*", out.stdout.splitlines()[0])
+def test_executable_schema_is_the_sources(schema: dict[str, Any]) -> None:
+    out = run_cli("schema", program="executable")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == schema
+
+
+def test_executable_version_names_its_build_and_its_own_digest() -> None:
+    """The executable prints the build id it was compiled with and the SHA-256 of its own file."""
+    exe = executable()
+    record = json.loads(exe.with_name(exe.name + ".build.json").read_text())
+    out = run_cli("version", program="executable", env={"EDGEWARD_BUILD_ID": "not-this"})
+    assert out.returncode == 0, out.stderr
+    got = out.stdout.splitlines()
+    assert got[:2] == [f"edgeward {ingress.__version__}", f"python {platform.python_version()}"]
+    assert got[2].startswith("openssl OpenSSL 3.")
+    assert got[3] == f"build {record['build_id']}"
+    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
+    assert digest == record["executable_sha256"]
+    assert got[4] == f"sha256 {digest}  {exe.resolve()}"
+    assert len(got) == 5
 
 
 def test_check_upstream_ca_missing(tmp_path: Path, good: Issued) -> None:

@@ -13,7 +13,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,11 @@ import httpx
 import pytest
 
 from ingress.demo import SITE
+from tests.program import PROGRAMS, ingress_argv
 from tests.server import ROOT
+
+# The embedded default is what a new user runs first, from source or as the shipped executable.
+pytestmark = pytest.mark.parametrize("program", PROGRAMS, indirect=True)
 
 PORTS = {"https": 8443, "http": 8080, "admin": 9901}
 MAX_LIFETIME_S = 120
@@ -53,15 +56,16 @@ def _assert_ports_free() -> None:
 class DefaultServer:
     """`ingress serve` with no arguments, stdout and stderr in files."""
 
-    def __init__(self, home: Path, name: str) -> None:
+    def __init__(self, home: Path, name: str, program: str = "python") -> None:
         self.home = home
+        self.program = program
         self.out = home.parent / f"{name}.out"
         self.err = home.parent / f"{name}.err"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> DefaultServer:
         env = {**os.environ, "EDGEWARD_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
-        cmd = ["timeout", "--kill-after=5", str(MAX_LIFETIME_S), sys.executable, "-m", "ingress", "serve"]
+        cmd = ["timeout", "--kill-after=5", str(MAX_LIFETIME_S), *ingress_argv(self.program), "serve"]
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -108,9 +112,9 @@ def home(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def default_server(home: Path) -> Iterator[DefaultServer]:
+def default_server(home: Path, program: str) -> Iterator[DefaultServer]:
     _assert_ports_free()
-    server = DefaultServer(home, "first")
+    server = DefaultServer(home, "first", program)
     try:
         yield server.start()
     finally:
@@ -154,9 +158,9 @@ def test_default_serves_demo_site_on_fixed_ports(default_server: DefaultServer, 
             assert admin.text == body
 
 
-def test_default_reuses_its_ca(home: Path) -> None:
+def test_default_reuses_its_ca(home: Path, program: str) -> None:
     _assert_ports_free()
-    first = DefaultServer(home, "first")
+    first = DefaultServer(home, "first", program)
     try:
         first.start()
         ca_bytes = (home / "demo" / "ca.pem").read_bytes()
@@ -166,7 +170,7 @@ def test_default_reuses_its_ca(home: Path) -> None:
     assert code == 0, first.output()
 
     _assert_ports_free()
-    second = DefaultServer(home, "second")
+    second = DefaultServer(home, "second", program)
     try:
         second.start()
         assert (home / "demo" / "ca.pem").read_bytes() == ca_bytes
@@ -181,9 +185,9 @@ def test_default_reuses_its_ca(home: Path) -> None:
     assert code == 0, second.output()
 
 
-def test_second_instance_on_the_same_ports_is_refused(default_server: DefaultServer, home: Path) -> None:
+def test_second_instance_on_the_same_ports_is_refused(default_server: DefaultServer, home: Path, program: str) -> None:
     """Workers bind with SO_REUSEPORT; a second instance must not silently share the first one's ports."""
-    second = DefaultServer(home, "second")
+    second = DefaultServer(home, "second", program)
     try:
         with pytest.raises(AssertionError, match="exited with 1"):
             second.start(timeout=20)

@@ -7,7 +7,11 @@ import httpx
 import pytest
 
 from tests.pki import CA
+from tests.program import PROGRAMS
 from tests.server import Server
+
+# The executable is held to the same smoke tests as the source.
+pytestmark = pytest.mark.parametrize("program", PROGRAMS, indirect=True)
 
 
 def test_https_and_plain_serve_the_same_file(server: Server, client_tls: ssl.SSLContext) -> None:

@@ -1,0 +1,1 @@
+"""`audit release`: every release artefact, signed, in one directory."""
