@@ -74,6 +74,7 @@ class TestCA:
         issuer_key: ec.EllipticCurvePrivateKey,
         issuer: x509.Certificate | None,
         path_length: int,
+        eku: list[x509.ObjectIdentifier] | None = None,
     ) -> x509.Certificate:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         builder = (
@@ -105,7 +106,16 @@ class TestCA:
             builder = builder.add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
             )
+        if eku is not None:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
         return builder.sign(issuer_key, hashes.SHA256())
+
+    def restricted_intermediate(
+        self, eku: list[x509.ObjectIdentifier], name: str = "restricted intermediate"
+    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        """A second intermediate under the root whose EKU constrains what it may issue."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        return self._ca_cert(name, key, self.root_key, self.root, path_length=0, eku=eku), key
 
     def issue(
         self,
@@ -115,15 +125,19 @@ class TestCA:
         code_signing: bool = True,
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
+        san: list[x509.GeneralName] | None = None,
+        common_name: str = "edgeward release signing",
+        issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
     ) -> x509.Certificate:
+        """A leaf for `identity` (a URI SAN if it has "://", else an email SAN), unless `san` says otherwise."""
         usages = [ExtendedKeyUsageOID.CODE_SIGNING] if code_signing else [ExtendedKeyUsageOID.CLIENT_AUTH]
-        san: list[x509.GeneralName] = (
-            [x509.UniformResourceIdentifier(identity)] if "://" in identity else [x509.RFC822Name(identity)]
-        )
+        if san is None:
+            san = [x509.UniformResourceIdentifier(identity)] if "://" in identity else [x509.RFC822Name(identity)]
+        issuer_cert, issuer_key = issuer or (self.intermediate, self.intermediate_key)
         return (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgeward release signing")]))
-            .issuer_name(self.intermediate.subject)
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(issuer_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before or self.now - dt.timedelta(hours=1))
@@ -146,10 +160,8 @@ class TestCA:
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
             .add_extension(_ski(key.public_key()), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.intermediate_key.public_key()), critical=False
-            )
-            .sign(self.intermediate_key, hashes.SHA256())
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+            .sign(issuer_key, hashes.SHA256())
         )
 
     def write_root(self, path: Path) -> Path:
@@ -240,6 +252,15 @@ def build_release(
     if checksums:
         written += write_checksums(directory, signer)
     return Release(directory, exe_path, written)
+
+
+def with_chain(release: Release, key: PrivateKey, certs: list[x509.Certificate]) -> Release:
+    """Replace the release's signing-chain.pem (certificates the signer would refuse to write) and re-sign
+    SHA256SUMS with `key`, so only the certificate checks can fail."""
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+    (release.dir / "signing-chain.pem").write_bytes(pem)
+    write_checksums(release.dir, KeySigner(key))
+    return release
 
 
 def key_release(directory: Path, kind: str = "ed25519") -> tuple[Release, Path]:

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -95,6 +96,9 @@ def test_keyid_matches_openssl_spki_digest(tmp_path: Path) -> None:
 
 
 def test_ecdsa_detached_signature_verifies_with_openssl(tmp_path: Path) -> None:
+    # Deterministic: the tamper step used to set the last byte to 0x00, which left the file unchanged (and
+    # openssl rightly said "Verified OK") whenever os.urandom had already put 0x00 there, 1 run in 256.
+    # Now the content is fixed and the tamper is an XOR, which always changes the byte.
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
     key = new_key("ecdsa-p256")
@@ -103,16 +107,19 @@ def test_ecdsa_detached_signature_verifies_with_openssl(tmp_path: Path) -> None:
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     exe = tmp_path / "edgeward"
-    exe.write_bytes(os.urandom(3 << 20))  # larger than one read chunk: the digest is streamed
+    exe.write_bytes(b"\x7fELF" + random.Random(10).randbytes(3 << 20))  # > one read chunk: the digest is streamed
     sig = KeySigner(key).sign_artefact(exe)
     assert sig == tmp_path / "edgeward.sig"
     raw = tmp_path / "sig.der"
     raw.write_bytes(base64.b64decode(sig.read_bytes()))
     ok = subprocess.run(
-        ["openssl", "dgst", "-sha256", "-verify", str(public), "-signature", str(raw), str(exe)], check=False
+        ["openssl", "dgst", "-sha256", "-verify", str(public), "-signature", str(raw), str(exe)],
+        check=False,
+        capture_output=True,
     )
-    assert ok.returncode == 0
-    exe.write_bytes(exe.read_bytes()[:-1] + b"\x00")
+    assert ok.returncode == 0, ok.stderr
+    data = exe.read_bytes()
+    exe.write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))
     bad = subprocess.run(
         ["openssl", "dgst", "-sha256", "-verify", str(public), "-signature", str(raw), str(exe)],
         check=False,
@@ -167,7 +174,10 @@ def test_cli_generate_sign_verify(tmp_path: Path) -> None:
     assert signed.returncode == 0, signed.stderr
     written = {Path(p).name for p in json.loads(signed.stdout)["written"]}
     assert written == {"edgeward.sig", "SHA256SUMS", "SHA256SUMS.dsse.json"}
-    ok = _audit(tmp_path, "verify", str(dist / "edgeward"), "--key", str(tmp_path / "r.pub"))
+    # No provenance was signed: the executable verifies only when the operator waives it by name.
+    refused = _audit(tmp_path, "verify", str(dist / "edgeward"), "--key", str(tmp_path / "r.pub"))
+    assert refused.returncode == 1 and "no provenance" in refused.stderr
+    ok = _audit(tmp_path, "verify", str(dist / "edgeward"), "--key", str(tmp_path / "r.pub"), "--no-provenance-unsafe")
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stderr
 
@@ -200,3 +210,33 @@ def test_sigstore_keyless_sign_and_verify(tmp_path: Path, monkeypatch: pytest.Mo
         policy = SigstoreIdentity(identity.identity, identity.issuer, staging=True)
         verify_release(release.dir, policy, Expectations())
     del sign_release_files, write_checksums
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "ecdsa-p256"])
+def test_signer_refuses_pae_bytes_as_an_artefact(tmp_path: Path, kind: str) -> None:
+    # Finding 2 (signer side): a detached signature over PAE bytes would double as an envelope signature.
+    from audit.sign.dsse import pae
+
+    exe = tmp_path / "edgeward"
+    exe.write_bytes(pae("application/vnd.cyclonedx+json", b"{}"))
+    with pytest.raises(AuditError, match="DSSEv1"):
+        KeySigner(new_key(kind)).sign_artefact(exe)
+    assert not (tmp_path / "edgeward.sig").exists()
+
+
+@pytest.mark.parametrize("name", ["a\u0085b", "a\u2028b", "a\rb", "a\tb", "a b", ".hidden", "-x", "é"])
+def test_signer_refuses_bad_names_before_writing_sums(tmp_path: Path, name: str) -> None:
+    # Finding 7: such names crashed checksums_statement (splitlines) after SHA256SUMS was already written.
+    from audit.sign.release import checksums_statement, write_checksums
+
+    (tmp_path / "edgeward").write_bytes(b"x")
+    (tmp_path / name).write_bytes(b"y")
+    with pytest.raises(AuditError, match="cannot be listed in SHA256SUMS"):
+        write_checksums(tmp_path, KeySigner(new_key()))
+    assert not (tmp_path / "SHA256SUMS").exists()
+    (tmp_path / name).unlink()
+    (tmp_path / "ok_name-1.2+x.json").write_bytes(b"z")
+    write_checksums(tmp_path, KeySigner(new_key()))
+    sums = (tmp_path / "SHA256SUMS").read_bytes()
+    subjects = json.loads(checksums_statement(sums))["subject"]
+    assert [s["name"] for s in subjects] == ["edgeward", "ok_name-1.2+x.json"]

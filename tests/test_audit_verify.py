@@ -33,6 +33,7 @@ from tests.release_fixture import (
     build_release,
     key_release,
     new_key,
+    with_chain,
     write_public,
 )
 
@@ -165,7 +166,10 @@ def test_provenance_for_another_digest_fails(tmp_path: Path) -> None:
     key = new_key()
     public = write_public(key, tmp_path / "k.pub")
     release = build_release(tmp_path / "rel", KeySigner(key), subject_digest="91c" + "0" * 61)
-    with pytest.raises(Finding, match=r"^edgeward: sha256 [0-9a-f]{16}… does not match provenance subject 91c0"):
+    # Full digests both sides (finding 9: a truncated pair could print identical prefixes).
+    with pytest.raises(
+        Finding, match=rf"^edgeward: sha256 [0-9a-f]{{64}} does not match provenance subject 91c{'0' * 61}$"
+    ):
         verify_release(release.dir, TrustedKeys.from_files([public]), EXPECT)
     with pytest.raises(Finding, match="does not match provenance subject"):
         verify_artefact(release.exe, TrustedKeys.from_files([public]), Expectations())
@@ -386,3 +390,299 @@ def test_sigstore_cli_offline(tmp_path: Path) -> None:
     args[args.index("william@yossarian.net")] = "mallory@example.com"
     bad = _audit(*args)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "FAIL" in bad.stderr
+
+
+# --- review findings: one regression test each --------------------------------------------------------------
+
+_STAGING_REPO = "https%3A%2F%2Ftuf-repo-cdn.sigstage.dev"
+_PRODUCTION_REPO = "https%3A%2F%2Ftuf-repo-cdn.sigstore.dev"
+
+
+def _attacker_root(tmp_path: Path) -> bytes:
+    """The embedded staging trusted root with its Fulcio CAs replaced by a self-made one (finding 1)."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    from audit.verify.sigstore_identity import embedded_trusted_root_path
+
+    root = json.loads(Path(embedded_trusted_root_path(staging=True)).read_bytes())
+    ca = TestCA("attacker fulcio").root
+    der = base64.b64encode(ca.public_bytes(serialization.Encoding.DER)).decode()
+    root["certificateAuthorities"] = [
+        {
+            "subject": {"organization": "attacker", "commonName": "attacker fulcio"},
+            "uri": "https://fulcio.attacker.example",
+            "certChain": {"certificates": [{"rawBytes": der}]},
+            "validFor": {"start": "2020-01-01T00:00:00Z"},
+        }
+    ]
+    return json.dumps(root).encode()
+
+
+def test_sigstore_offline_ignores_a_poisoned_cache(tmp_path: Path) -> None:
+    # Finding 1: offline, sigstore-python read $XDG_CACHE_HOME/.../trusted_root.json unverified.
+    poisoned = _attacker_root(tmp_path)
+    for repo in (_STAGING_REPO, _PRODUCTION_REPO):
+        cache = tmp_path / "xdg-cache" / "sigstore-python" / "tuf" / repo
+        cache.mkdir(parents=True)
+        (cache / "trusted_root.json").write_bytes(poisoned)
+    # The vectors chain to the real staging Fulcio: they verify only if the planted root is ignored.
+    for artefact, bundle, identity in VALID:
+        _sigstore(tmp_path, artefact, bundle, identity)
+    from cryptography import x509 as cx509
+
+    production = SigstoreIdentity("a@b.example", GITHUB, offline=True)._get_verifier()
+    subjects = [c.subject.rfc4514_string() for c in production._fulcio_certificate_chain]
+    assert subjects and not any("attacker" in s for s in subjects)
+    assert isinstance(production._fulcio_certificate_chain[0], cx509.Certificate)
+
+
+def test_sigstore_pinned_trusted_root(tmp_path: Path) -> None:
+    from audit.verify.sigstore_identity import embedded_trusted_root_path
+
+    pinned = tmp_path / "trusted_root.json"
+    pinned.write_bytes(Path(embedded_trusted_root_path(staging=True)).read_bytes())
+    shutil.copy(SIGSTORE / "bundle_v3.txt", tmp_path / "bundle_v3.txt")
+    policy = SigstoreIdentity("william@yossarian.net", GITHUB, trusted_root=pinned)
+    verify_artefact(tmp_path / "bundle_v3.txt", policy, Expectations(), bundle=SIGSTORE / "bundle_v3.txt.sigstore")
+    pinned.write_bytes(_attacker_root(tmp_path))
+    attacker = SigstoreIdentity("william@yossarian.net", GITHUB, trusted_root=pinned)
+    with pytest.raises(Finding, match="Sigstore verification failed"):
+        verify_artefact(
+            tmp_path / "bundle_v3.txt", attacker, Expectations(), bundle=SIGSTORE / "bundle_v3.txt.sigstore"
+        )
+    pinned.write_text("{}")
+    with pytest.raises(AuditError, match="not a Sigstore trusted root"):
+        SigstoreIdentity("a@b.example", GITHUB, trusted_root=pinned)._get_verifier()
+
+
+def test_embedded_trust_root_urls_are_sigstores() -> None:
+    from sigstore._internal.tuf import DEFAULT_TUF_URL, STAGING_TUF_URL
+
+    from audit.verify.sigstore_identity import PRODUCTION_TUF_URL
+    from audit.verify.sigstore_identity import STAGING_TUF_URL as OURS
+
+    assert (PRODUCTION_TUF_URL, OURS) == (DEFAULT_TUF_URL, STAGING_TUF_URL)
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "ecdsa-p256"])
+def test_dsse_signature_does_not_pass_as_a_detached_signature(tmp_path: Path, kind: str) -> None:
+    # Finding 2: the "executable" is the PAE of the signed SBOM, its .sig the envelope's signature.
+    import base64
+
+    from audit.sign.dsse import parse_envelope
+
+    release, public = key_release(tmp_path / "rel", kind)
+    envelope = parse_envelope((release.dir / "edgeward.cdx.dsse.json").read_bytes())
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "tool").write_bytes(envelope.pae())
+    (evil / "tool.sig").write_bytes(base64.b64encode(envelope.signatures[0].sig) + b"\n")
+    with pytest.raises(Finding, match=r"^tool: starts with b'DSSEv1 '"):
+        verify_artefact(evil / "tool", TrustedKeys.from_files([public]), Expectations())
+    # Defence in depth: the primitive itself never accepts a detached signature over PAE-like bytes.
+    from audit.sign.algorithms import verify_file
+
+    assert not verify_file(TrustedKeys.from_files([public]).keys[0].key, envelope.signatures[0].sig, evil / "tool")
+
+
+def _forged_name_release(tmp_path: Path, name: str) -> tuple[Release, Path]:
+    release, public = key_release(tmp_path / "rel")
+    (release.dir / name).write_bytes(b"")
+    return release, public
+
+
+@pytest.mark.parametrize("separator", ["\n", "\u2028", "\r", "\x85", "\x0b", "\x1e"])
+def test_failure_is_one_line_whatever_the_file_name(tmp_path: Path, separator: str) -> None:
+    # Finding 3: a file name carrying a line break forged a second "OK" line.
+    forged = f"x{separator}audit verify: OK: edgeward sha256 {'0' * 64}"
+    release, public = _forged_name_release(tmp_path, forged)
+    with pytest.raises(Finding) as caught:
+        verify_release(release.dir, TrustedKeys.from_files([public]), EXPECT)
+    assert len(str(caught.value).splitlines()) == 1
+    out = _audit("verify", "--release", str(release.dir), "--key", str(public))
+    assert out.returncode == 1
+    assert len(out.stderr.splitlines()) == 1 and out.stderr.endswith("\n")
+    assert out.stderr.startswith("audit verify: FAIL: x\\x") or out.stderr.startswith("audit verify: FAIL: x\\u")
+
+
+def test_failure_is_one_line_with_a_newline_in_a_certificate_subject(tmp_path: Path) -> None:
+    ca = TestCA()
+    key = new_key("ecdsa-p256")
+    release = build_release(tmp_path / "rel", KeySigner(key), checksums=False)
+    leaf = ca.issue(key, common_name="x\naudit verify: OK: edgeward", not_after=ca.now - dt.timedelta(minutes=1))
+    with_chain(release, key, [leaf, ca.intermediate])
+    with pytest.raises(Finding, match="does not chain") as caught:
+        verify_release(release.dir, CertificateIdentity([ca.root], IDENTITY), EXPECT)
+    assert len(str(caught.value).splitlines()) == 1 and "CN=x\\x0aaudit" in str(caught.value)
+    root = ca.write_root(tmp_path / "root.pem")
+    out = _audit("verify", "--release", str(release.dir), "--ca", str(root), "--cert-identity", IDENTITY)
+    assert out.returncode == 1 and len(out.stderr.splitlines()) == 1
+
+
+def test_oneline_escapes_every_line_break_and_control() -> None:
+    from audit.verify.oneline import oneline
+
+    breaks = "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00\x1b\x7f\x9b\u202e"
+    escaped = oneline(f"a{breaks}b\\c")
+    assert len(escaped.splitlines()) == 1 and escaped.isprintable()
+    assert escaped.startswith("a\\x0d\\x0a") and escaped.endswith("b\\\\c")
+    assert oneline("release@bank.example CN=edgeward") == "release@bank.example CN=edgeward"
+
+
+def test_every_signature_file_is_verified_release(tmp_path: Path) -> None:
+    # Finding 4: an unlisted SHA256SUMS.sigstore.json the keys policy cannot check was accepted and reported.
+    release, public = key_release(tmp_path / "rel")
+    report = verify_release(release.dir, TrustedKeys.from_files([public]), EXPECT)
+    assert [c.file for c in report.signatures] == [
+        "SHA256SUMS.dsse.json", "edgeward.sig", "edgeward.cdx.dsse.json", "edgeward.intoto.dsse.json",
+    ]  # fmt: skip
+    (release.dir / "SHA256SUMS.sigstore.json").write_bytes(b"#!/bin/sh\necho unsigned\n")
+    with pytest.raises(Finding, match=r"^SHA256SUMS.sigstore.json: not verified by the trust policy"):
+        verify_release(release.dir, TrustedKeys.from_files([public]), EXPECT)
+
+
+def test_every_signature_file_is_verified_single(tmp_path: Path) -> None:
+    release, public = key_release(tmp_path / "rel")
+    policy = TrustedKeys.from_files([public])
+    report = verify_artefact(release.exe, policy, EXPECT)
+    assert [c.file for c in report.signatures] == ["edgeward.sig", "edgeward.intoto.dsse.json"]
+    (release.dir / "edgeward.sigstore.json").write_bytes(b"not a bundle at all")
+    with pytest.raises(Finding, match=r"^edgeward.sigstore.json: not verified by the trust policy"):
+        verify_artefact(release.exe, policy, EXPECT)
+    out = _audit("verify", str(release.exe), "--key", str(public))
+    assert out.returncode == 1 and "edgeward.sigstore.json: not verified" in out.stderr
+    # The provenance's second signature file is held to the same rule.
+    (release.dir / "edgeward.sigstore.json").unlink()
+    (release.dir / "edgeward.intoto.sigstore.json").write_bytes(b"{}")
+    with pytest.raises(Finding, match=r"^edgeward.intoto.sigstore.json: not verified by the trust policy"):
+        verify_artefact(release.exe, policy, EXPECT)
+
+
+def test_two_signature_files_of_one_kind_are_refused(tmp_path: Path) -> None:
+    # `edgeward.cdx.json.dsse.json` also names edgeward.cdx.json: the second envelope could not be checked.
+    from audit.sign.release import write_checksums
+
+    key = new_key()
+    public = write_public(key, tmp_path / "k.pub")
+    release = build_release(tmp_path / "rel", KeySigner(key))
+    shutil.copy(release.dir / "edgeward.cdx.dsse.json", release.dir / "edgeward.cdx.json.dsse.json")
+    write_checksums(release.dir, KeySigner(key))
+    with pytest.raises(Finding, match="two envelope files"):
+        verify_release(release.dir, TrustedKeys.from_files([public]), EXPECT)
+
+
+def test_provenance_is_required_for_the_executable(tmp_path: Path) -> None:
+    # Finding 5: deleting the provenance envelope turned verification into "signed once" (rollback).
+    release, public = key_release(tmp_path / "rel")
+    (release.dir / "edgeward.intoto.dsse.json").unlink()
+    policy = TrustedKeys.from_files([public])
+    with pytest.raises(Finding, match=r"^edgeward: no provenance \(edgeward.intoto.dsse.json\) found"):
+        verify_artefact(release.exe, policy, Expectations())
+    report = verify_artefact(release.exe, policy, Expectations(), no_provenance_unsafe=True)
+    assert report.provenance is None and "--no-provenance-unsafe" in report.summary()
+    with pytest.raises(AuditError, match="contradicts"):
+        verify_artefact(release.exe, policy, EXPECT, no_provenance_unsafe=True)
+    # A renamed build is still the executable (ELF), so renaming does not waive provenance.
+    elf = tmp_path / "elf"
+    key = new_key()
+    elf_release = build_release(elf, KeySigner(key), exe=b"\x7fELF" + bytes(64), checksums=False)
+    renamed = elf / "edgeward-1.2.3"
+    elf_release.exe.rename(renamed)
+    (elf / "edgeward.sig").rename(elf / "edgeward-1.2.3.sig")
+    with pytest.raises(Finding, match="no provenance"):
+        verify_artefact(renamed, TrustedKeys.from_files([write_public(key, tmp_path / "e.pub")]), Expectations())
+    bad = _audit("verify", str(release.exe), "--key", str(public))
+    assert bad.returncode == 1 and "no provenance" in bad.stderr
+    ok = _audit("verify", str(release.exe), "--key", str(public), "--no-provenance-unsafe")
+    assert ok.returncode == 0 and "provenance: not checked (--no-provenance-unsafe)" in ok.stderr
+    helptext = _audit("verify", "--help").stdout
+    assert "--no-provenance-unsafe" in helptext and "ELF" in helptext
+
+
+def test_x509_intermediate_eku_must_allow_code_signing(tmp_path: Path) -> None:
+    # Finding 6a: a serverAuth-only intermediate must not mint code-signing leaves.
+    from cryptography.x509.oid import ExtendedKeyUsageOID as Eku
+
+    ca = TestCA()
+    for usages, ok in (([Eku.SERVER_AUTH], False), ([Eku.CODE_SIGNING], True), ([Eku.ANY_EXTENDED_KEY_USAGE], True)):
+        intermediate = ca.restricted_intermediate(usages)
+        key = new_key("ecdsa-p256")
+        release = build_release(tmp_path / f"rel-{usages[0].dotted_string}", KeySigner(key), checksums=False)
+        with_chain(release, key, [ca.issue(key, issuer=intermediate), intermediate[0]])
+        policy = CertificateIdentity([ca.root], IDENTITY)
+        if ok:
+            verify_release(release.dir, policy, EXPECT)
+        else:
+            with pytest.raises(Finding, match=r"CA certificate CN=restricted intermediate does not allow codeSigning"):
+                verify_release(release.dir, policy, EXPECT)
+
+
+def test_x509_identity_matches_its_own_san_type(tmp_path: Path) -> None:
+    # Finding 6b: a URI SAN spelled like the email identity satisfied it (and the reverse).
+    from cryptography import x509 as cx509
+
+    ca = TestCA()
+    uri = "https://ci.bank.example/release"
+    for san, identity in (
+        ([cx509.UniformResourceIdentifier(IDENTITY)], IDENTITY),
+        ([cx509.RFC822Name(uri)], uri),
+    ):
+        key = new_key("ecdsa-p256")
+        release = build_release(tmp_path / f"rel-{len(identity)}", KeySigner(key), checksums=False)
+        with_chain(release, key, [ca.issue(key, san=san), ca.intermediate])
+        with pytest.raises(Finding, match=r"signing certificate identity no (email|URI) SAN is not"):
+            verify_release(release.dir, CertificateIdentity([ca.root], identity), EXPECT)
+
+
+@pytest.mark.parametrize(
+    "name", ["a\u0085b", "a\u2028b", "a\x7fb", " edgeward", ".hidden", "-rf", "a b", "é", "..", "a/b", "a\\b"]
+)
+def test_sums_names_follow_the_shared_rule(name: str) -> None:
+    # Finding 7: the verifier's SHA256SUMS grammar is the signer's file-name rule.
+    from audit.sign.names import is_release_file_name
+    from audit.verify.checksums import parse_sums
+
+    assert not is_release_file_name(name)
+    with pytest.raises(Finding, match="line 1 is not"):
+        parse_sums(f"{'ab' * 32}  {name}\n".encode())
+    assert parse_sums(f"{'ab' * 32}  edgeward.cdx.json\n".encode()) == {"edgeward.cdx.json": "ab" * 32}
+
+
+def test_unreadable_files_are_one_line_findings(tmp_path: Path) -> None:
+    # Finding 8: OSError from hashing a listed file was a traceback. A directory really fails to open()
+    # (IsADirectoryError) even for root, so it stands in for an unreadable file here.
+    from audit.verify.checksums import check_directory
+
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(Finding, match=r"^sub: cannot read \(Is a directory\)$"):
+        check_directory(tmp_path, ["sub"], {"sub": "ab" * 32}, frozenset())
+    if os.geteuid() != 0:
+        release, public = key_release(tmp_path / "rel")
+        (release.dir / "edgeward.scan.md").chmod(0)
+        with pytest.raises(Finding, match=r"^edgeward.scan.md: cannot read"):
+            verify_release(release.dir, TrustedKeys.from_files([public]), EXPECT)
+
+
+def test_sigstore_bundle_over_a_missing_statement_is_a_finding(tmp_path: Path) -> None:
+    # Finding 8: a message-signature bundle for the provenance whose statement file is absent crashed
+    # (FileNotFoundError from hashing it).
+    shutil.copy(SIGSTORE / "bundle_v3.txt", tmp_path / "bundle_v3.txt")
+    shutil.copy(SIGSTORE / "bundle_v3.txt.sigstore", tmp_path / "bundle_v3.txt.intoto.sigstore.json")
+    policy = SigstoreIdentity("william@yossarian.net", GITHUB, staging=True, offline=True)
+    with pytest.raises(Finding, match=r"^bundle_v3.txt.intoto.json: missing \(bundle_v3.txt.intoto.sigstore.json"):
+        verify_artefact(tmp_path / "bundle_v3.txt", policy, Expectations(), bundle=SIGSTORE / "bundle_v3.txt.sigstore")
+
+
+def test_provenance_subject_digest_must_be_lowercase_hex(tmp_path: Path) -> None:
+    # Finding 9: the subject digest was lowercased before comparing; SHA256SUMS accepts lowercase only.
+    key = new_key()
+    public = write_public(key, tmp_path / "k.pub")
+    digest = hashlib.sha256(b"exe").hexdigest()
+    release = build_release(tmp_path / "rel", KeySigner(key), exe=b"exe", subject_digest=digest.upper())
+    with pytest.raises(Finding, match=r"subject edgeward sha256 [0-9A-F]{64} is not 64 lowercase hex digits"):
+        verify_release(release.dir, TrustedKeys.from_files([public]), EXPECT)
+    truncated = build_release(tmp_path / "rel2", KeySigner(key), exe=b"exe", subject_digest=digest[:32])
+    with pytest.raises(Finding, match=rf"sha256 {digest[:32]} is not 64 lowercase hex digits"):
+        verify_artefact(truncated.exe, TrustedKeys.from_files([public]), Expectations())

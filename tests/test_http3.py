@@ -42,6 +42,7 @@ from curl_cffi.const import CurlHttpVersion
 
 from tests.conftest import base_config
 from tests.pki import CA, Issued, write_atomic
+from tests.program import PROGRAMS
 from tests.server import Server, events, wait_for
 
 StartServer = Callable[..., Server]
@@ -342,6 +343,7 @@ def test_udp_port_taken_refuses_to_start(start_server: StartServer, site: Path, 
 # --------------------------------------------------------------------------- responses over aioquic
 
 
+@pytest.mark.parametrize("program", PROGRAMS, indirect=True)  # aioquic compiled into the executable too
 def test_get_head_and_404(h3_server: Server, ca: CA) -> None:
     async def scenario() -> None:
         async with connect(quic_port(h3_server), ca.pem) as client:
@@ -364,6 +366,7 @@ def test_get_head_and_404(h3_server: Server, ca: CA) -> None:
     run(scenario())
 
 
+@pytest.mark.parametrize("program", PROGRAMS, indirect=True)
 def test_large_files_are_byte_exact_and_multiplexed(h3_server: Server, site: Path, ca: CA) -> None:
     expected = (site / "big.bin").read_bytes()
 

@@ -132,7 +132,7 @@ def build_executable(
         tools = toolchain(installed_version(python, "nuitka"))
         origin = describe_source(source, repository)
         version = project_version(source)
-        ident = build_id(source, (*recipe.flags, recipe.onefile_tempdir_spec, recipe.entry), tools)
+        ident = build_id(source, version, (*recipe.flags, recipe.onefile_tempdir_spec, recipe.entry), tools)
         dirty = " (dirty)" if origin.dirty else ""
         progress.note(f"edgeward {version}, build id {ident[:16]}, commit {origin.commit[:12] or 'none'}{dirty}")
         progress.note("ccache: " + ("on" if any(t.name == "ccache" for t in tools) else "not found; cold builds only"))

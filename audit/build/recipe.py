@@ -41,16 +41,16 @@ def load_recipe(source: Path) -> Recipe:
                     f"{path}: {section}.{key}: unknown key",
                     hint=f"keys of [{section}] are {sorted(_SECTIONS[section])}",
                 )
-    try:
-        program, nuitka = data["program"], data["nuitka"]
-        recipe = Recipe(
-            name=str(program["name"]),
-            entry=str(program["entry"]),
-            flags=tuple(str(flag) for flag in nuitka["flags"]),
-            onefile_tempdir_spec=str(nuitka["onefile_tempdir_spec"]),
-        )
-    except KeyError as exc:
-        raise AuditError(f"{path}: missing key {exc.args[0]}", hint="see the comments in the recipe") from None
+    for section, keys in _SECTIONS.items():
+        for key in sorted(keys - set(data.get(section, {}))):
+            raise AuditError(f"{path}: {section}.{key}: missing", hint="see the comments in the shipped recipe")
+    program, nuitka = data["program"], data["nuitka"]
+    recipe = Recipe(
+        name=str(program["name"]),
+        entry=str(program["entry"]),
+        flags=tuple(str(flag) for flag in nuitka["flags"]),
+        onefile_tempdir_spec=str(nuitka["onefile_tempdir_spec"]),
+    )
     for flag in recipe.flags:
         if not flag.startswith("--"):
             raise AuditError(f"{path}: nuitka.flags: {flag!r} is not a --flag")

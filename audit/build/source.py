@@ -14,8 +14,9 @@ from pathlib import Path
 from audit.buildinfo import Tool
 from audit.digest import sha256_file
 
-# What decides the executable's bytes, relative to the source tree. Tests and tools are not in it.
-INPUTS = ("ingress", "build", "pyproject.toml", "requirements.lock")
+# What decides the executable's bytes, relative to the source tree. Tests and tools are not in it, and
+# neither is pyproject.toml: of it only the version reaches the executable, and that is hashed itself.
+INPUTS = ("ingress", "build", "requirements.lock")
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,8 @@ def input_files(source: Path) -> list[Path]:
     return files
 
 
-def build_id(source: Path, flags: tuple[str, ...], tools: tuple[Tool, ...]) -> str:
-    digest = hashlib.sha256(b"edgeward-build-id-v1\0")
+def build_id(source: Path, version: str, flags: tuple[str, ...], tools: tuple[Tool, ...]) -> str:
+    digest = hashlib.sha256(f"edgeward-build-id-v1\0version {version}\0".encode())
     for path in input_files(source):
         digest.update(f"file {path.relative_to(source).as_posix()} {sha256_file(path)}\0".encode())
     for flag in flags:

@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from audit.buildinfo import build_info_path, load_build_info, report_path
     from audit.errors import AuditError
+    from audit.files import write_atomic
     from audit.progress import Progress
     from audit.provenance.statement import build_provenance, dumps
-    from audit.sbom.api import write_bytes
 
     exe: Path = args.executable
     if not exe.is_file():
@@ -47,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(document)
         return 0
     output = Path(args.output) if args.output else exe.with_name(f"{exe.name}.intoto.json")
-    progress.note(f"wrote {output} (sha256 {write_bytes(output, document)})")
+    progress.note(f"wrote {output} (sha256 {write_atomic(output, document)})")
     return 0

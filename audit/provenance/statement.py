@@ -16,6 +16,7 @@ from typing import Any
 from audit.buildinfo import BuildInfo
 from audit.digest import sha256_bytes, sha256_file
 from audit.errors import AuditError, Finding
+from audit.files import write_atomic
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -168,11 +169,4 @@ def write_provenance(
 ) -> str:
     """Write the statement (nothing is written if anything fails); return its SHA-256 hex."""
     document = dumps(build_provenance(exe, build_info, sbom_path, report_path, builder_id))
-    partial = output.with_name(output.name + ".partial")
-    try:
-        partial.write_bytes(document)
-        partial.replace(output)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise AuditError(f"{output}: cannot write: {exc.strerror}") from None
-    return sha256_bytes(document)
+    return write_atomic(output, document)

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from audit.buildinfo import BuildInfo
-from audit.digest import sha256_bytes, sha256_file
+from audit.digest import sha256_file
 from audit.errors import AuditError, Finding
+from audit.files import write_atomic
 from audit.sbom.lock import Lock, load_lock
 from audit.sbom.report import NuitkaReport, load_report
 from audit.sbom.system import PackageDatabase, default_database
@@ -67,16 +68,4 @@ def write_sbom(
 ) -> str:
     """Write the SBOM (nothing is written if anything fails); return its SHA-256 hex."""
     document = build_sbom(exe, build_info, report, lock, fmt=fmt, environ=environ, packages=packages)
-    return write_bytes(output, document)
-
-
-def write_bytes(output: Path, document: bytes) -> str:
-    """Atomic write (a reader never sees half a document); returns the SHA-256 hex of what was written."""
-    partial = output.with_name(output.name + ".partial")
-    try:
-        partial.write_bytes(document)
-        partial.replace(output)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise AuditError(f"{output}: cannot write: {exc.strerror}") from None
-    return sha256_bytes(document)
+    return write_atomic(output, document)

@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from audit.buildinfo import build_info_path, load_build_info, report_path
     from audit.errors import AuditError
+    from audit.files import write_atomic
     from audit.progress import Progress
-    from audit.sbom.api import build_sbom, load_checked_lock, write_bytes
+    from audit.sbom.api import build_sbom, load_checked_lock
 
     exe: Path = args.executable
     if not exe.is_file():
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(document)
         return 0
     output = Path(args.output) if args.output else exe.with_name(f"{exe.name}.cdx.{args.format}")
-    digest = write_bytes(output, document)
+    digest = write_atomic(output, document)
     if args.format == "json":
         progress.note(_summary(document))
     progress.note(f"wrote {output} (sha256 {digest})")

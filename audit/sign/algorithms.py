@@ -21,6 +21,15 @@ PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 _CHUNK = 1 << 20
 
+# Domain separation between the two messages a release key signs. A DSSE envelope's signature is over
+# PAE(type, payload) = b"DSSEv1 <len> <type> <len> <payload>"; a detached signature (`edgeward.sig`) is over
+# the file's raw bytes (Ed25519) or their SHA-256 (ECDSA, what `openssl dgst -sha256` checks). Were a file's
+# bytes ever a PAE, the envelope signature over a signed SBOM would also verify as a detached signature over
+# that file. So no detached signature is ever made or accepted over bytes that start with this prefix: the
+# two message sets are disjoint (for ECDSA, short of a SHA-256 collision), while `.sig` stays a plain raw
+# signature that openssl verifies. Nothing is lost: the executable is an ELF (b"\x7fELF"), never a PAE.
+PAE_PREFIX = b"DSSEv1 "
+
 
 def spki_der(key: PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -96,10 +105,22 @@ def sign_bytes(key: PrivateKey, data: bytes) -> bytes:
 
 
 def sign_file(key: PrivateKey, path: Path) -> bytes:
-    """Sign a file's bytes; ECDSA streams the digest, Ed25519 (no prehash variant here) must read it whole."""
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return key.sign(path.read_bytes())
-    return key.sign(file_sha256(path), ec.ECDSA(Prehashed(hashes.SHA256())))
+    """Sign a file's bytes; ECDSA streams the digest, Ed25519 (no prehash variant here) must read it whole.
+
+    Refuses a file that starts like a DSSE PAE (see PAE_PREFIX): its signature could pass for an envelope's.
+    """
+    try:
+        digest = _sha256_unless_pae(path)
+        if digest is None:
+            raise AuditError(
+                f"{path}: starts with {PAE_PREFIX!r} (a DSSE pre-authentication encoding): refusing to sign it",
+                hint="a detached signature over such bytes would double as a DSSE envelope signature",
+            )
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            return key.sign(path.read_bytes())
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read ({exc.strerror})") from exc
+    return key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
 
 
 def verify_bytes(key: PublicKey, signature: bytes, data: bytes) -> bool:
@@ -114,14 +135,43 @@ def verify_bytes(key: PublicKey, signature: bytes, data: bytes) -> bool:
 
 
 def verify_file(key: PublicKey, signature: bytes, path: Path) -> bool:
+    """Whether `signature` is a detached signature over the file; never for PAE-like bytes (see PAE_PREFIX).
+
+    Raises OSError if the file cannot be read: the caller names the file.
+    """
     try:
         if isinstance(key, ed25519.Ed25519PublicKey):
-            key.verify(signature, path.read_bytes())
+            data = path.read_bytes()
+            if data.startswith(PAE_PREFIX):
+                return False
+            key.verify(signature, data)
         else:
-            key.verify(signature, file_sha256(path), ec.ECDSA(Prehashed(hashes.SHA256())))
+            digest = _sha256_unless_pae(path)
+            if digest is None:
+                return False
+            key.verify(signature, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
     except InvalidSignature:
         return False
     return True
+
+
+def starts_like_pae(path: Path) -> bool:
+    """Whether the file's bytes begin with the DSSE PAE prefix (so it must not carry a detached signature)."""
+    with path.open("rb") as handle:
+        return handle.read(len(PAE_PREFIX)) == PAE_PREFIX
+
+
+def _sha256_unless_pae(path: Path) -> bytes | None:
+    """SHA-256 of the file, or None if it starts with PAE_PREFIX; one pass, so the check and digest agree."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        head = handle.read(len(PAE_PREFIX))
+        if head == PAE_PREFIX:
+            return None
+        digest.update(head)
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.digest()
 
 
 def file_sha256(path: Path) -> bytes:

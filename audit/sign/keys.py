@@ -9,11 +9,11 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+from audit.files import write_atomic
 from audit.sign import algorithms
 from audit.sign.dsse import Envelope, Signature
 from audit.sign.names import envelope_name, signature_name
 from audit.sign.signer import Signer
-from audit.sign.write import write_atomic
 
 
 class KeySigner(Signer):

@@ -12,18 +12,20 @@ from pathlib import Path
 
 from audit.digest import sha256_bytes, sha256_file
 from audit.errors import AuditError
+from audit.files import write_atomic
 from audit.sign.names import (
     BUNDLE_SUFFIX,
     ENVELOPE_SUFFIX,
     PAYLOAD_TYPE_CYCLONEDX,
     PAYLOAD_TYPE_INTOTO,
     PROVENANCE_SUFFIX,
+    RELEASE_FILE_NAME_RULE,
     SBOM_SUFFIX,
     SUMS_NAME,
     SUMS_PREDICATE_TYPE,
+    is_release_file_name,
 )
 from audit.sign.signer import Signer
-from audit.sign.write import write_atomic
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 
@@ -56,16 +58,35 @@ def sums_signature_names() -> frozenset[str]:
 
 
 def checksum_lines(directory: Path) -> str:
-    """`<hex>  <name>` (sha256sum's text format) for every file but SHA256SUMS and its signature, sorted."""
-    lines = []
-    for path in sorted(directory.iterdir(), key=lambda p: p.name):
+    """`<hex>  <name>` (sha256sum's text format) for every file but SHA256SUMS and its signature, sorted.
+
+    Every name is checked against the verifier's rule before anything is hashed or written, so a release
+    the verifier would refuse is never published.
+    """
+    # 1. Inventory: regular files only, each with a name the verifier accepts (audit.sign.names).
+    try:
+        paths = sorted(directory.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        raise AuditError(f"{directory}: cannot list ({exc.strerror})") from exc
+    listed = []
+    for path in paths:
         if path.name in sums_signature_names():
             continue
+        if not is_release_file_name(path.name):
+            raise AuditError(
+                f"{path.name!r}: file name cannot be listed in {SUMS_NAME}", hint=f"use {RELEASE_FILE_NAME_RULE}"
+            )
         if path.is_symlink() or not path.is_file():
             raise AuditError(f"{path}: a release directory holds only regular files")
-        if "\n" in path.name or "\\" in path.name:
-            raise AuditError(f"{path.name!r}: file name cannot be listed in SHA256SUMS")
-        lines.append(f"{sha256_file(path)}  {path.name}\n")
+        listed.append(path)
+    # 2. Only then hash them.
+    lines = []
+    for path in listed:
+        try:
+            digest = sha256_file(path)
+        except OSError as exc:
+            raise AuditError(f"{path}: cannot read ({exc.strerror})") from exc
+        lines.append(f"{digest}  {path.name}\n")
     return "".join(lines)
 
 
@@ -76,7 +97,9 @@ def checksums_statement(sums: bytes) -> bytes:
     survives verification.
     """
     subjects = []
-    for line in sums.decode("utf-8").splitlines():
+    # split("\n"), not splitlines(): the verifier splits on LF only, and so must the signer.
+    text = sums.decode("utf-8")
+    for line in text[:-1].split("\n") if text else []:
         digest, name = line.split("  ", 1)
         subjects.append({"name": name, "digest": {"sha256": digest}})
     statement = {

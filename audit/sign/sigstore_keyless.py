@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from audit.errors import AuditError
+from audit.files import write_atomic
 from audit.sign import algorithms
 from audit.sign.names import PAYLOAD_TYPE_INTOTO, bundle_name
 from audit.sign.signer import Signer
-from audit.sign.write import write_atomic
 
 if TYPE_CHECKING:
     from sigstore.models import Bundle
@@ -71,7 +71,14 @@ class SigstoreSigner(Signer):
         from sigstore.hashes import Hashed
         from sigstore_models.common.v1 import HashAlgorithm
 
-        digest = Hashed(algorithm=HashAlgorithm.SHA2_256, digest=algorithms.file_sha256(path))
+        # Same domain separation as for keys (see algorithms.PAE_PREFIX): no message signature over PAE bytes.
+        try:
+            pae_like = algorithms.starts_like_pae(path)
+            digest = Hashed(algorithm=HashAlgorithm.SHA2_256, digest=algorithms.file_sha256(path))
+        except OSError as exc:
+            raise AuditError(f"{path}: cannot read ({exc.strerror})") from exc
+        if pae_like:
+            raise AuditError(f"{path}: starts with {algorithms.PAE_PREFIX!r} (a DSSE PAE): refusing to sign it")
         return self._write(self._session().sign_artifact(digest), path.with_name(bundle_name(path.name)))
 
     def sign_payload(self, payload: bytes, payload_type: str, name: str, directory: Path) -> Path:

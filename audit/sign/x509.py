@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from audit.errors import AuditError
+from audit.files import write_atomic
 from audit.sign import algorithms
 from audit.sign.keys import KeySigner
 from audit.sign.names import CHAIN_NAME
-from audit.sign.write import write_atomic
 
 
 def load_certificates(path: Path) -> list[x509.Certificate]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from audit.errors import AuditError, Finding
+from audit.verify.oneline import oneline
 
 if TYPE_CHECKING:
     from audit.verify.policy import Policy
@@ -20,13 +21,23 @@ EXAMPLES = """examples:
       --source-repo https://git.example/edgeward --source-commit 0123456789abcdef0123456789abcdef01234567
   audit verify --release dist/ --key release.pub --json
   audit verify --release dist/ --ca corp-ca.pem --cert-identity release@bank.example
-  audit verify app.bin --bundle app.bin.sigstore.json --sigstore-identity you@example.com \\
+  audit verify app.txt --bundle app.txt.sigstore.json --sigstore-identity you@example.com \\
       --sigstore-issuer https://github.com/login/oauth --staging --offline
 
 trust policy (every kind given must hold; an empty policy denies):
   --key PUB (repeatable; --threshold N distinct keys for DSSE envelopes)
-  --ca CA.pem --cert-identity ID (SAN email or URI, codeSigning EKU, valid --at or now)
-  --sigstore-identity ID --sigstore-issuer URL [--staging] [--offline]
+  --ca CA.pem --cert-identity ID (an email matches SAN emails only, a URI ("://") SAN URIs only;
+      codeSigning EKU on the leaf, and on every CA certificate that has an EKU; valid --at or now)
+  --sigstore-identity ID --sigstore-issuer URL [--staging] [--offline | --trusted-root FILE]
+      --offline uses the trust root embedded in the installed sigstore package, never the user's cache
+
+every signature file found (FILE.sig, FILE.sigstore.json, *.dsse.json, ...) must verify under the policy,
+or the answer is no: a signature the policy cannot check is refused by name, never listed as checked.
+
+provenance: FILE named edgeward, or any ELF executable, must come with signed provenance
+(FILE.intoto.dsse.json or FILE.intoto.sigstore.json, or --provenance); without it any older signed build
+would verify (a rollback). --no-provenance-unsafe waives that. Any other file (e.g. a Sigstore test
+vector) is a plain signature check unless --provenance or --builder-id/--source-* is given.
 
 exit status: 0 verified, 1 one line naming what did not match, 2 usage or input error.
 """
@@ -49,12 +60,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trust.add_argument("--sigstore-identity", metavar="ID", help="expected Sigstore certificate identity")
     trust.add_argument("--sigstore-issuer", metavar="URL", help="expected OIDC issuer of that identity")
     trust.add_argument("--staging", action="store_true", help="Sigstore staging instead of production")
-    trust.add_argument("--offline", action="store_true", help="Sigstore: use the embedded trust root, no network")
+    trust.add_argument(
+        "--offline", action="store_true", help="Sigstore: the trust root embedded in the sigstore package, no network"
+    )
+    trust.add_argument(
+        "--trusted-root", type=Path, metavar="FILE", help="Sigstore: pin this trusted_root.json (implies --offline)"
+    )
     expect = parser.add_argument_group("provenance expectations")
     expect.add_argument("--builder-id", help="expected runDetails.builder.id")
     expect.add_argument("--source-repo", help="expected source repository URL")
     expect.add_argument("--source-commit", help="expected source commit")
     expect.add_argument("--subject", help="provenance subject name (default: edgeward, or FILE's name)")
+    expect.add_argument(
+        "--no-provenance-unsafe",
+        action="store_true",
+        help="accept the executable on its signature alone (unsafe: any older signed build verifies too)",
+    )
     parser.add_argument("--json", action="store_true", help="print a machine report on stdout")
 
 
@@ -88,10 +109,16 @@ def build_policy(args: argparse.Namespace) -> Policy:
         raise AuditError("--at only applies with --ca")
     if args.sigstore_identity or args.sigstore_issuer:
         parts.append(
-            SigstoreIdentity(args.sigstore_identity, args.sigstore_issuer, staging=args.staging, offline=args.offline)
+            SigstoreIdentity(
+                args.sigstore_identity,
+                args.sigstore_issuer,
+                staging=args.staging,
+                offline=args.offline,
+                trusted_root=args.trusted_root,
+            )
         )
-    elif args.staging or args.offline:
-        raise AuditError("--staging and --offline only apply with --sigstore-identity")
+    elif args.staging or args.offline or args.trusted_root:
+        raise AuditError("--staging, --offline and --trusted-root only apply with --sigstore-identity")
     if not parts:
         raise AuditError(
             "no trust policy", hint="pass --key PUB, or --ca CA.pem --cert-identity ID, or --sigstore-identity/-issuer"
@@ -107,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         raise AuditError("give either FILE or --release DIR")
     if args.release and (args.signature or args.bundle or args.provenance or args.chain):
         raise AuditError("--release finds signatures by their contract names; drop --signature/--bundle/--provenance")
+    if args.release and args.no_provenance_unsafe:
+        raise AuditError("--no-provenance-unsafe does not apply to --release: a release always carries provenance")
     policy = build_policy(args)
     subject = args.subject or (args.file.name if args.file else "edgeward")
     expect = Expectations(
@@ -124,9 +153,16 @@ def run(args: argparse.Namespace) -> int:
                 bundle=args.bundle,
                 provenance=args.provenance,
                 chain=args.chain,
+                no_provenance_unsafe=args.no_provenance_unsafe,
             )
     except Finding as exc:
-        raise Finding(f"FAIL: {exc}") from exc
+        # The last line of defence for the one-line answer: messages are escaped where they are made, and
+        # once more here, so no text from the release can add a line (or a forged "OK") to the output.
+        raise Finding(f"FAIL: {oneline(str(exc), escape_backslash=False)}") from exc
+    except AuditError as exc:
+        raise AuditError(
+            oneline(str(exc), escape_backslash=False), hint=oneline(exc.hint, escape_backslash=False)
+        ) from exc
     print(report.summary(), file=sys.stderr)
     if args.json:
         sys.stdout.write(report.to_json())

@@ -42,11 +42,17 @@ class AllOf(Policy):
             raise Finding(f"{evidence.name}: policies verified different payloads")
         first = next((r for r in results if r.payload is not None), results[0])
         signers = tuple(s for r in results for s in r.signers)
-        return Verified(signers=signers, payload=first.payload, payload_type=first.payload_type)
+        files = tuple(dict.fromkeys(f for r in results for f in r.files))
+        return Verified(signers=signers, payload=first.payload, payload_type=first.payload_type, files=files)
 
 
 class AnyOf(Policy):
-    """The first child that accepts wins. With no children, denies."""
+    """At least one child must accept. With no children, denies.
+
+    Every child is tried, not just the first that accepts: the caller refuses any signature file no
+    accepting child checked, so a second signature (say a Sigstore bundle beside a key's `.sig`) counts only
+    when some child verified it.
+    """
 
     def __init__(self, children: Sequence[Policy]) -> None:
         self.children = tuple(children)
@@ -58,9 +64,18 @@ class AnyOf(Policy):
         if not self.children:
             raise Finding(f"{evidence.name}: empty trust policy (an empty policy denies)")
         reasons = []
+        results = []
         for child in self.children:
             try:
-                return child.verify(evidence)
+                results.append(child.verify(evidence))
             except Finding as exc:
                 reasons.append(str(exc))
-        raise Finding(f"{evidence.name}: no trust policy accepts it ({'; '.join(reasons)})")
+        if not results:
+            raise Finding(f"{evidence.name}: no trust policy accepts it ({'; '.join(reasons)})")
+        payloads = {r.payload for r in results if r.payload is not None}
+        if len(payloads) > 1:
+            raise Finding(f"{evidence.name}: policies verified different payloads")
+        first = next((r for r in results if r.payload is not None), results[0])
+        signers = tuple(dict.fromkeys(s for r in results for s in r.signers))
+        files = tuple(dict.fromkeys(f for r in results for f in r.files))
+        return Verified(signers=signers, payload=first.payload, payload_type=first.payload_type, files=files)

@@ -7,14 +7,17 @@ statement" into "this executable was built by that builder from that commit".
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from audit.errors import Finding
 from audit.sign.dsse import loads_strict
+from audit.verify.oneline import oneline
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE_V1 = "https://slsa.dev/provenance/v1"
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,6 @@ class ProvenanceFacts:
     checked: tuple[str, ...]
 
 
-def short(digest: str) -> str:
-    return digest[:16] + "…"
-
-
 def _get(obj: Any, path: tuple[str, ...], what: str) -> Any:
     for key in path:
         if not isinstance(obj, dict) or key not in obj:
@@ -66,8 +65,12 @@ def subject_digest(statement: Any, name: str, what: str) -> str:
         raise Finding(f"{what}: subject is not a list")
     matches = [s for s in subjects if isinstance(s, dict) and s.get("name") == name]
     if len(matches) != 1:
-        raise Finding(f"{what}: {'no' if not matches else 'more than one'} subject named {name}")
-    return _text(matches[0], ("digest", "sha256"), f"{what}: subject {name}").lower()
+        raise Finding(f"{what}: {'no' if not matches else 'more than one'} subject named {oneline(name)}")
+    # Exactly 64 lowercase hex digits, as SHA256SUMS: one spelling per digest, nothing normalised.
+    digest = _text(matches[0], ("digest", "sha256"), f"{what}: subject {name}")
+    if SHA256_HEX.fullmatch(digest) is None:
+        raise Finding(f"{what}: subject {name} sha256 {oneline(digest)} is not 64 lowercase hex digits")
+    return digest
 
 
 def check_provenance(payload: bytes, digest: str, expect: Expectations, what: str) -> ProvenanceFacts:
@@ -81,7 +84,7 @@ def check_provenance(payload: bytes, digest: str, expect: Expectations, what: st
     # 2. The subject named like the executable has the executable's SHA-256 (constant-time comparison).
     claimed = subject_digest(statement, expect.artefact, what)
     if not hmac.compare_digest(claimed.encode(), digest.encode()):
-        raise Finding(f"{expect.artefact}: sha256 {short(digest)} does not match provenance subject {short(claimed)}")
+        raise Finding(f"{expect.artefact}: sha256 {digest} does not match provenance subject {claimed}")
     predicate = _get(statement, ("predicate",), what)
     builder = _text(predicate, ("runDetails", "builder", "id"), what)
     source = _get(predicate, ("buildDefinition", "externalParameters", "source"), what)
@@ -92,15 +95,15 @@ def check_provenance(payload: bytes, digest: str, expect: Expectations, what: st
     # 3. The builder is the one the operator trusts to have run the build.
     if expect.builder_id is not None:
         if builder != expect.builder_id:
-            raise Finding(f"{what}: builder id {builder} is not {expect.builder_id}")
+            raise Finding(f"{what}: builder id {oneline(builder)} is not {oneline(expect.builder_id)}")
         checked.append("builder")
     # 4. The source repository and commit are the ones the operator expects (exact; commits case-insensitive).
     if expect.source_repo is not None:
         if repo != expect.source_repo:
-            raise Finding(f"{what}: source repository {repo} is not {expect.source_repo}")
+            raise Finding(f"{what}: source repository {oneline(repo)} is not {oneline(expect.source_repo)}")
         checked.append("source repository")
     if expect.source_commit is not None:
         if commit.lower() != expect.source_commit.lower():
-            raise Finding(f"{what}: source commit {commit} is not {expect.source_commit}")
+            raise Finding(f"{what}: source commit {oneline(commit)} is not {oneline(expect.source_commit)}")
         checked.append("source commit")
     return ProvenanceFacts(builder, repo, commit, dirty if isinstance(dirty, bool) else None, tuple(checked))

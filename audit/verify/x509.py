@@ -20,18 +20,42 @@ from audit.sign.x509 import load_certificates
 from audit.verify.dsse import TrustedKey
 from audit.verify.evidence import Evidence, Verified
 from audit.verify.keys import TrustedKeys
+from audit.verify.oneline import oneline
 from audit.verify.policy import Policy
 
 MAX_CHAIN_DEPTH = 4
 
 
-def certificate_identities(cert: x509.Certificate) -> set[str]:
-    """The SAN email addresses and URIs: the identities a code-signing certificate can be pinned to."""
+def certificate_identities(cert: x509.Certificate, identity: str = "") -> set[str]:
+    """The SAN identities a code-signing certificate can be pinned to, of the kind `identity` is.
+
+    An identity containing "://" is a URI and is matched against URI SANs only; any other is an email and is
+    matched against RFC 822 SANs only. Matching across types would let a CA that issues URI SANs freely
+    (`release@bank.example` is a valid relative URI) impersonate a mailbox, and the reverse.
+    Without `identity`, both kinds (for messages).
+    """
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return set()
-    return set(san.get_values_for_type(x509.RFC822Name)) | set(san.get_values_for_type(x509.UniformResourceIdentifier))
+    uris = set(san.get_values_for_type(x509.UniformResourceIdentifier))
+    emails = set(san.get_values_for_type(x509.RFC822Name))
+    if not identity:
+        return uris | emails
+    return uris if is_uri_identity(identity) else emails
+
+
+def is_uri_identity(identity: str) -> bool:
+    return "://" in identity
+
+
+def _allows_code_signing(cert: x509.Certificate) -> bool:
+    """A CA certificate without EKU is unconstrained; with one, it must allow codeSigning (or any usage)."""
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return ExtendedKeyUsageOID.CODE_SIGNING in usages or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages
 
 
 class CertificateIdentity(Policy):
@@ -80,9 +104,18 @@ class CertificateIdentity(Policy):
             .build_client_verifier()
         )
         try:
-            verifier.verify(leaf, intermediates)
+            chain = verifier.verify(leaf, intermediates).chain
         except (VerificationError, x509.UnsupportedGeneralNameType) as exc:
-            raise Finding(f"{evidence.name}: signing certificate does not chain to the trusted CA ({exc})") from exc
+            # cryptography's text quotes certificate subjects, which the release's author chose: escaped.
+            reason = oneline(str(exc))
+            raise Finding(f"{evidence.name}: signing certificate does not chain to the trusted CA ({reason})") from exc
+        # 1b. EKU constrains the certificates a CA issues (the de facto rule cryptography applies to serverAuth
+        #     and clientAuth, relaxed above): every CA certificate on the validated path that carries EKU must
+        #     allow codeSigning or anyExtendedKeyUsage, so a TLS-only intermediate cannot mint signing leaves.
+        for ca_cert in chain[1:]:
+            if not _allows_code_signing(ca_cert):
+                subject = oneline(ca_cert.subject.rfc4514_string())
+                raise Finding(f"{evidence.name}: CA certificate {subject} does not allow codeSigning (its EKU)")
         # 2. The leaf must not be a CA, and its key usage (when present) must allow digital signatures.
         try:
             if leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
@@ -101,16 +134,18 @@ class CertificateIdentity(Policy):
             usages = x509.ExtendedKeyUsage([])
         if ExtendedKeyUsageOID.CODE_SIGNING not in usages:
             raise Finding(f"{evidence.name}: signing certificate lacks the codeSigning extended key usage")
-        # 4. The expected identity must be one of the leaf's SAN emails or URIs, compared exactly.
-        identities = certificate_identities(leaf)
+        # 4. The expected identity must be one of the leaf's SANs of the same type (email: RFC 822 names only;
+        #    "://": URIs only), compared exactly.
+        identities = certificate_identities(leaf, self.identity)
         if self.identity not in identities:
-            found = ", ".join(sorted(identities)) or "none"
-            raise Finding(f"{evidence.name}: signing certificate identity {found} is not {self.identity}")
+            kind = "URI" if is_uri_identity(self.identity) else "email"
+            found = oneline(", ".join(sorted(identities))) or f"no {kind} SAN"
+            raise Finding(f"{evidence.name}: signing certificate identity {found} is not {oneline(self.identity)}")
         # 5. Only now is the leaf's key trusted; the signature check is the keys policy's, with this one key.
         try:
             key = supported_public(leaf.public_key(), "signing certificate")
         except AuditError as exc:
-            raise Finding(f"{evidence.name}: {exc}") from exc
+            raise Finding(f"{evidence.name}: {oneline(str(exc))}") from exc
         return TrustedKey.of(key)
 
     def verify(self, evidence: Evidence) -> Verified:

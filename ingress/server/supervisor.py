@@ -21,6 +21,7 @@ import os
 import select
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,23 @@ _PR_SET_PDEATHSIG = 1
 STARTUP_TIMEOUT = 30.0
 STABLE_AFTER = 30.0
 MAX_BACKOFF = 10.0
+
+
+def _redirect_to_main_thread(signo: int, _frame: object) -> None:
+    signal.pthread_kill(threading.main_thread().ident or 0, signo)
+
+
+def _collect_signals_on_this_thread() -> None:
+    """Block the supervisor's signals here, to be taken with sigtimedwait, and catch them on other threads.
+
+    The kernel hands a process-directed signal to any thread that does not block it. Threads started
+    before this call keep their own masks: the compiled executable has one (the onefile bootstrap's
+    parent monitor), where an uncaught SIGTERM would kill the supervisor without a drain, and SIGCHLD would
+    be lost. A handler there passes the signal on to this thread, where it waits, blocked, for sigtimedwait.
+    """
+    for sig in _SIGNALS:
+        signal.signal(sig, _redirect_to_main_thread)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
 
 
 class StartupError(EdgewardError):
@@ -89,7 +107,7 @@ class Supervisor:
         for listener in self.config.listeners:
             if listener.tls is not None:
                 base_context(listener.name, listener.tls)
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        _collect_signals_on_this_thread()
         self._ready_r, self._ready_w = os.pipe()
         for slot in self.slots:
             self._spawn(slot)
