@@ -17,11 +17,13 @@ from types import ModuleType
 from audit.errors import AuditError
 from evidence import __version__
 
-COMMANDS = ("trail",)
+COMMANDS = ("trail", "pack", "verify")
 
 EXAMPLES = """examples:
   evidence trail /var/log/edgeward/traces.jsonl /var/log/edgeward/audit.jsonl
   evidence trail /var/log/edgeward/ --output trail.html --json trail.json --window 300
+  evidence pack release/0.1.0 --key release.pem --verify-key release.pub --output pack/ --archive pack.tar.gz
+  evidence verify pack.tar.gz --key release.pub
 """
 
 
@@ -32,7 +34,7 @@ def _command(name: str) -> ModuleType:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evidence",
-        description="edgeward DORA evidence: audit-trail reports from the server's span and audit files",
+        description="edgeward DORA evidence: audit-trail reports, signed evidence packs and their verification",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -7,8 +7,14 @@ from typing import Any
 
 import pytest
 
+from tests.chromium import chromium_path
 from tests.pki import CA, Issued
 from tests.server import Server
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    return chromium_path()
 
 
 @pytest.fixture(scope="session")

@@ -19,13 +19,10 @@ Three kinds of input, all in the server's exact format:
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import ssl
-import struct
 import subprocess
 import sys
-import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +44,7 @@ from ingress.telemetry.otlp.logs import INFO
 from ingress.telemetry.otlp.spans import SpanEncoder
 from ingress.telemetry.record import Exchange
 from ingress.telemetry.rotating import RotatingFile
+from tests.chromium import browse, pixel_variance, png_pixels
 from tests.h3client import H3Transport
 from tests.origin import Origin
 from tests.pki import CA, Issued
@@ -457,70 +455,6 @@ def span_count(paths: list[Path]) -> int:
             for line in path.read_bytes().splitlines():
                 count += len(decode_spans(line)[1])
     return count
-
-
-def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
-    """(width, height, rows of RGB(A) bytes) of an 8-bit truecolour PNG: what Chromium's screenshots are."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", b""
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        pos += 12 + length
-        if kind == b"IHDR":
-            header = body
-        elif kind == b"IDAT":
-            idat += body
-    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
-    assert depth == 8 and colour in (2, 6) and interlace == 0
-    bpp = 3 if colour == 2 else 4
-    raw = zlib.decompress(idat)
-    stride = width * bpp
-    out: list[bytes] = []
-    previous = bytearray(stride)
-    for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
-        for i in range(stride):
-            left = line[i - bpp] if i >= bpp else 0
-            up = previous[i]
-            corner = previous[i - bpp] if i >= bpp else 0
-            if kind == 1:
-                line[i] = (line[i] + left) & 0xFF
-            elif kind == 2:
-                line[i] = (line[i] + up) & 0xFF
-            elif kind == 3:
-                line[i] = (line[i] + (left + up) // 2) & 0xFF
-            elif kind == 4:
-                p = left + up - corner
-                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
-                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 0xFF
-        out.append(bytes(line))
-        previous = line
-    return width, height, out
-
-
-def pixel_variance(data: bytes) -> float:
-    width, _, pixel_rows = png_pixels(data)
-    bpp = len(pixel_rows[0]) // width
-    values = [sum(row[x : x + 3]) / 3 for row in pixel_rows[::4] for x in range(0, width * bpp, bpp * 4)]
-    mean = sum(values) / len(values)
-    return sum((v - mean) ** 2 for v in values) / len(values)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("headless Chromium is needed: apt-get install -y chromium")
-    return path
-
-
-def browse(chromium: str, page: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,1600",
-         f"--user-data-dir={page.parent / 'chromium-profile'}", *args, page.as_uri()],
-        capture_output=True, timeout=60, check=True,
-    )  # fmt: skip
 
 
 def test_real_edge_files_give_exact_counts_and_render_in_chromium(

@@ -115,11 +115,14 @@ def build_executable(
     progress: Progress,
     interactive: bool = False,
     reuse: bool = False,
+    keep_dist: Path | None = None,
 ) -> BuildInfo:
     """Compile, move the executable and report into `output`, check linkage, and write the build record.
 
     With `reuse`, an executable already in `output` whose record has this build id and whose bytes still
     match the record is kept: the inputs are the same, so compiling again would only cost minutes.
+    With `keep_dist`, Nuitka's standalone tree (what the onefile packs) is moved there instead of deleted:
+    `reproducible check` compares two builds file by file, which the packed executable alone cannot show.
     """
     source = source.resolve()
     output = output.resolve()
@@ -188,6 +191,12 @@ def build_executable(
             },
         )
         build_info_path(executable).write_text(info.to_json(), encoding="utf-8")
+        if keep_dist is not None:
+            dist = work / f"{Path(recipe.entry).stem}.dist"
+            if not dist.is_dir():
+                raise AuditError(f"nuitka left no standalone tree {dist} to keep")
+            shutil.rmtree(keep_dist, ignore_errors=True)
+            shutil.move(dist, keep_dist)
         shutil.rmtree(work, ignore_errors=True)
         progress.note(f"{executable} sha256 {info.executable_sha256}")
     return info

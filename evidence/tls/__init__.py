@@ -1,0 +1,1 @@
+"""TLS assessment of the released executable, measured from outside: sslyze plus direct handshakes."""
