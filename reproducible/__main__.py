@@ -1,0 +1,3 @@
+from reproducible.cli import main
+
+main()
