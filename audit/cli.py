@@ -7,13 +7,8 @@ Each command lives in `audit/<command>/command.py` with `HELP`, `EXAMPLES`, `add
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
-from types import ModuleType
-
 from audit import __version__
-from audit.errors import AuditError
+from audit.dispatch import Tool, run_tool
 
 COMMANDS = ("build", "sbom", "scan", "provenance", "sign", "verify", "release")
 
@@ -28,39 +23,15 @@ EXAMPLES = """examples:
 """
 
 
-def _command(name: str) -> ModuleType:
-    return importlib.import_module(f"audit.{name}.command")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="audit",
-        description="edgeward release audit toolchain: build, SBOM, scan, provenance, signatures, verification",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"audit {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        module = _command(name)
-        command = sub.add_parser(
-            name,
-            help=module.HELP,
-            description=module.HELP,
-            epilog=module.EXAMPLES,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        module.add_arguments(command)
-    return parser
+TOOL = Tool(
+    prog="audit",
+    description="edgeward release audit toolchain: build, SBOM, scan, provenance, signatures, verification",
+    version=__version__,
+    examples=EXAMPLES,
+    commands=COMMANDS,
+    module_pattern="audit.{name}.command",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    try:
-        code = int(_command(args.command).run(args))
-    except AuditError as exc:
-        print(f"audit {args.command}: {exc.diagnostics()}", file=sys.stderr)
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+    run_tool(TOOL, argv)

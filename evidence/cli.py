@@ -9,12 +9,7 @@ release path's one tree (audit.errors): `AuditError` exits 2, `Finding` exits 1,
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
-from types import ModuleType
-
-from audit.errors import AuditError
+from audit.dispatch import Tool, run_tool
 from evidence import __version__
 
 COMMANDS = ("trail", "pack", "verify")
@@ -27,39 +22,15 @@ EXAMPLES = """examples:
 """
 
 
-def _command(name: str) -> ModuleType:
-    return importlib.import_module(f"evidence.{name}.command")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="evidence",
-        description="edgeward DORA evidence: audit-trail reports, signed evidence packs and their verification",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"evidence {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        module = _command(name)
-        command = sub.add_parser(
-            name,
-            help=module.HELP,
-            description=module.HELP,
-            epilog=module.EXAMPLES,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        module.add_arguments(command)
-    return parser
+TOOL = Tool(
+    prog="evidence",
+    description="edgeward DORA evidence: audit-trail reports, signed evidence packs and their verification",
+    version=__version__,
+    examples=EXAMPLES,
+    commands=COMMANDS,
+    module_pattern="evidence.{name}.command",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    try:
-        code = int(_command(args.command).run(args))
-    except AuditError as exc:
-        print(f"evidence {args.command}: {exc.diagnostics()}", file=sys.stderr)
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+    run_tool(TOOL, argv)

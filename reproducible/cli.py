@@ -7,12 +7,7 @@ error. Each command lives in `reproducible/commands/<command>.py` with `HELP`, `
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
-from types import ModuleType
-
-from audit.errors import AuditError
+from audit.dispatch import Tool, run_tool
 from reproducible import __version__
 
 COMMANDS = ("check", "rebuild", "compare")
@@ -24,39 +19,15 @@ EXAMPLES = """examples:
 """
 
 
-def _command(name: str) -> ModuleType:
-    return importlib.import_module(f"reproducible.commands.{name}")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="reproducible",
-        description="edgeward reproducibility: build twice or rebuild a release, and explain every differing byte",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"reproducible {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        module = _command(name)
-        command = sub.add_parser(
-            name,
-            help=module.HELP,
-            description=module.HELP,
-            epilog=module.EXAMPLES,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        module.add_arguments(command)
-    return parser
+TOOL = Tool(
+    prog="reproducible",
+    description="edgeward reproducibility: build twice or rebuild a release, and explain every differing byte",
+    version=__version__,
+    examples=EXAMPLES,
+    commands=COMMANDS,
+    module_pattern="reproducible.commands.{name}",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    try:
-        code = int(_command(args.command).run(args))
-    except AuditError as exc:
-        print(f"reproducible {args.command}: {exc.diagnostics()}", file=sys.stderr)
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+    run_tool(TOOL, argv)
