@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from audit.errors import AuditError
 from audit.progress import Progress
+from audit.pypi import normalise_name
 
 RUNTIME_LOCK = "requirements.lock"
 TOOLCHAIN_LOCK = "build/requirements-nuitka.lock"
@@ -82,7 +82,7 @@ def installed_archives(python: Path) -> dict[str, str]:
         ) from None
     archives: dict[str, str] = {}
     for item in report.get("install", []):
-        name = re.sub(r"[-_.]+", "-", str(item["metadata"]["name"])).lower()
+        name = normalise_name(str(item["metadata"]["name"]))
         digest = item.get("download_info", {}).get("archive_info", {}).get("hashes", {}).get("sha256", "")
         if digest:
             archives[name] = str(digest)

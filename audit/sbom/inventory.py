@@ -21,8 +21,9 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from audit.buildinfo import BuildInfo
 from audit.errors import AuditError, Finding
+from audit.pypi import normalise_name
 from audit.sbom.licenses import FoundLicense, python_license
-from audit.sbom.lock import Lock, normalise_name
+from audit.sbom.lock import Lock
 from audit.sbom.payload import PayloadFile
 from audit.sbom.report import EntryPoint, NuitkaReport, ReportModule
 from audit.sbom.system import PackageDatabase

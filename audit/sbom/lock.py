@@ -12,14 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from audit.errors import AuditError
+from audit.pypi import normalise_name
 
 _REQUIREMENT = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==(?P<version>[^\s;\\]+)")
 _HASH = re.compile(r"--hash=sha256:(?P<hex>[0-9a-f]{64})\b")
-
-
-def normalise_name(name: str) -> str:
-    """PEP 503 name: the form purls, lock files and `importlib.metadata` agree on."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @dataclass(frozen=True)

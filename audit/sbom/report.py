@@ -15,7 +15,7 @@ from xml.etree.ElementTree import Element
 from defusedxml import ElementTree
 
 from audit.errors import AuditError
-from audit.sbom.lock import normalise_name
+from audit.pypi import normalise_name
 
 
 @dataclass(frozen=True)

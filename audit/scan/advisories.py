@@ -17,6 +17,7 @@ from typing import Any
 
 from audit.digest import sha256_bytes
 from audit.errors import AuditError
+from audit.pypi import normalise_name
 from audit.scan import osv
 
 
@@ -31,7 +32,7 @@ class AdvisoryIndex:
     by_package: Mapping[str, tuple[Mapping[str, Any], ...]] = field(repr=False)
 
     def for_package(self, name: str) -> tuple[Mapping[str, Any], ...]:
-        return self.by_package.get(osv.normalise_name(name), ())
+        return self.by_package.get(normalise_name(name), ())
 
     def find(self, name: str, ids: frozenset[str]) -> list[Mapping[str, Any]]:
         """Records for `name` that share any id or alias with `ids` (a pip-audit result's names)."""

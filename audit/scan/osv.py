@@ -11,12 +11,13 @@ one of its SEMVER/ECOSYSTEM ranges; PyPI strings are ordered by PEP 440 (packagi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
+
+from audit.pypi import normalise_name
 
 ECOSYSTEM = "PyPI"
 
@@ -33,11 +34,6 @@ class Undecidable(Exception):
         super().__init__(f"{record_id}: {reason}")
         self.record_id = record_id
         self.reason = reason
-
-
-def normalise_name(name: str) -> str:
-    """PEP 503 normalised project name: `Foo.Bar_baz` and `foo-bar-baz` are the same project."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @dataclass(frozen=True)

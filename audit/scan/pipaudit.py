@@ -22,7 +22,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from audit.errors import AuditError
-from audit.scan.osv import normalise_name
+from audit.pypi import normalise_name
 
 _TIMEOUT = 600.0
 

@@ -18,8 +18,8 @@ from packageurl import PackageURL
 from packaging.version import InvalidVersion, Version
 
 from audit.errors import AuditError
+from audit.pypi import normalise_name
 from audit.scan.model import Component
-from audit.scan.osv import normalise_name
 
 _SPEC_VERSIONS = ("1.4", "1.5", "1.6")
 # PEP 508 project name; anything else cannot be written as a `name==version` requirement line.

@@ -19,6 +19,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from audit.pypi import normalise_name
 from audit.scan import osv
 from audit.scan.advisories import AdvisoryIndex
 
@@ -47,7 +48,7 @@ class QueryLog:
 
     def answered(self, name: str, version: str) -> None:
         with self._lock:
-            self._answered.add((osv.normalise_name(name), version))
+            self._answered.add((normalise_name(name), version))
 
     def failed(self, failure: Failure) -> None:
         with self._lock:
@@ -55,7 +56,7 @@ class QueryLog:
 
     def was_answered(self, name: str, version: Version) -> bool:
         with self._lock:
-            return any(n == osv.normalise_name(name) and Version(v) == version for n, v in self._answered)
+            return any(n == normalise_name(name) and Version(v) == version for n, v in self._answered)
 
     def failures(self) -> list[Failure]:
         with self._lock:
@@ -107,7 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
             # The snapshot has a record for this package that cannot be evaluated: refuse to answer
             # (pip-audit then stops), and remember which package it was so the report can say so.
             package, version = query["package"]["name"], query["version"]
-            self.server.log.failed(Failure(osv.normalise_name(package), version, f"advisory {exc}"))
+            self.server.log.failed(Failure(normalise_name(package), version, f"advisory {exc}"))
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(exc)})
             return
         if status == HTTPStatus.OK:

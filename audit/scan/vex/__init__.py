@@ -19,7 +19,7 @@ from packageurl import PackageURL
 from packaging.version import InvalidVersion, Version
 
 from audit.errors import AuditError
-from audit.scan.osv import normalise_name
+from audit.pypi import normalise_name
 
 NOT_AFFECTED = "not_affected"
 AFFECTED = "affected"
