@@ -7,6 +7,7 @@ and no absolute temp path differs between two builds of the same tree.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -86,7 +87,26 @@ def _recorded(command: list[str], work: Path) -> tuple[str, ...]:
     return tuple(kept)
 
 
+def fixed_layout(command: list[str]) -> list[str]:
+    """Run `command` with address-space randomisation off, when the machine allows it.
+
+    Nuitka serialises constants in iteration order, and a set of built-in types iterates in
+    address order (a type hashes by its address). With randomisation on, two builds of the same
+    source order such sets differently and their executables differ in those bytes
+    (`attr._funcs._ATOMIC_TYPES` is one). A fixed layout makes that order the same every build.
+    """
+    setarch = shutil.which("setarch")
+    if setarch is None:
+        return command
+    prefix = [setarch, platform.machine(), "--addr-no-randomize"]
+    # A sandbox may refuse personality(2); then build as usual and let `reproducible check` show the cost.
+    if subprocess.run([*prefix, "true"], capture_output=True, check=False).returncode != 0:
+        return command
+    return [*prefix, *command]
+
+
 def _run(command: list[str], source: Path, env: dict[str, str], progress: Progress, *, interactive: bool) -> None:
+    command = fixed_layout(command)
     if interactive:
         done = subprocess.run(command, cwd=source, env=env, check=False)
         if done.returncode != 0:
