@@ -173,7 +173,10 @@ def build_executable(
     (stage / f"{BUILD_MODULE}.py").write_text(_build_module(version, ident, origin.commit), encoding="utf-8")
     spec = recipe.onefile_tempdir_spec.replace("{VERSION}", version).replace("{BUILD_ID}", ident[:16])
     command = nuitka_command(python, recipe, spec, work, interactive=interactive)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stage), str(source)])}
+    # build/hooks holds a sitecustomize for Nuitka's own processes (canonical constant order); it is
+    # not imported by the server, so nothing of it reaches the executable.
+    hooks = source / "build" / "hooks"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stage), str(source), str(hooks)])}
     started = _now()
     with progress.step("compile with nuitka"):
         began = time.monotonic()
