@@ -15,7 +15,9 @@ under, when they ran), most specific first:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from reproducible.elf import BUILD_ID_SECTION, Section, gnu_build_id, section_at, sections
 from reproducible.layout import Chunk, constants_chunks, payload_start
@@ -101,6 +103,35 @@ def _timestamp(a: _View, b: _View, span: Range) -> str:
     return ""
 
 
+_ISO_TIME = re.compile(rb"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?")
+
+
+def _text_time_at(view: _View, offset: int, length: int) -> tuple[str, float] | None:
+    """An ISO 8601 time written as text that covers [offset, offset + length), as build records hold."""
+    data = view.evidence.data
+    start = max(0, offset - 40)
+    for match in _ISO_TIME.finditer(data, start, min(len(data), offset + length + 40)):
+        if match.start() <= offset and offset + length <= match.end():
+            text = match.group().decode("ascii").replace("Z", "+00:00")
+            try:
+                return text, datetime.fromisoformat(text).timestamp()
+            except ValueError:
+                return None
+    return None
+
+
+def _text_timestamp(a: _View, b: _View, span: Range) -> str:
+    if max(span.length, span.length_b) > 32:
+        return ""
+    time_a = _text_time_at(a, span.offset, span.length)
+    time_b = _text_time_at(b, span.offset, span.length_b)
+    if time_a is None or time_b is None:
+        return ""
+    if _in_window(round(time_a[1]), a.evidence.window) and _in_window(round(time_b[1]), b.evidence.window):
+        return f"time as text: {time_a[0]} vs {time_b[0]}"
+    return ""
+
+
 def resized_sections(a: tuple[Section, ...], b: tuple[Section, ...]) -> str:
     """ "name +delta" for every section whose size differs: a grown blob moves every address after it."""
     sizes = {s.name: s.size for s in b}
@@ -124,7 +155,7 @@ def _classify(a: _View, b: _View, span: Range, resized: str) -> Region:
     if path_a or path_b:
         return region(PATH, f"{path_a or '?'} vs {path_b or '?'}")
     # (3) A time inside each build's own run.
-    when = _timestamp(a, b, span)
+    when = _timestamp(a, b, span) or _text_timestamp(a, b, span)
     if when:
         return region(TIMESTAMP, when)
     # (4) Nuitka's constants blob.

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import os
 import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +12,15 @@ import pytest
 from tests.chromium import chromium_path
 from tests.pki import CA, Issued
 from tests.server import Server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tested_executable(record_testsuite_property: Callable[[str, object], None]) -> None:
+    """Name the executable this run tested in the JUnit XML, so an evidence pack can tie the results to a release."""
+    path = os.environ.get("EDGEWARD_EXECUTABLE", "")
+    if path and Path(path).is_file():
+        with Path(path).open("rb") as f:
+            record_testsuite_property("edgeward.executable.sha256", hashlib.file_digest(f, "sha256").hexdigest())
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ verification per flip costs ~0.5 ms and 100% of ~330 KB would take minutes (see 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -92,6 +93,9 @@ def test_pack_holds_the_evidence_and_names_its_gaps(pack: Path) -> None:
         assert needed in names, needed
     assert "release/edgeward" not in names
     assert info["tests"]["passed"] == 11 and info["tests"]["ok"] is True
+    # This JUnit file names no executable: the pack says its results are not tied to this release.
+    assert info["tests"]["of_this_build"] is False
+    assert any("JUnit XML does not name this release's executable" in gap for gap in info["gaps"])
     # Missing inputs are gaps by name: no bench, no previous tag, no trail.
     gaps = "\n".join(info["gaps"])
     assert "missing: bench / SLO results" in gaps and "missing: change summary" in gaps
@@ -221,3 +225,20 @@ def test_index_renders_in_chromium(pack: Path, chromium: str) -> None:
     browse(chromium, page, f"--screenshot={shot}")
     assert png_pixels(shot.read_bytes())[:2] == (1100, 1600)
     assert pixel_variance(shot.read_bytes()) > 100
+
+
+def test_junit_of_this_build_is_tied_to_the_release(world: dict[str, Path], tmp_path: Path) -> None:
+    digest = hashlib.sha256(executable().read_bytes()).hexdigest()
+    junit = tmp_path / "junit.xml"
+    junit.write_text(
+        '<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="0" failures="0"'
+        ' skipped="0" tests="2" time="1.0"><properties>'
+        f'<property name="edgeward.executable.sha256" value="{digest}"/></properties>'
+        '<testcase classname="t" name="a"/><testcase classname="t" name="b"/></testsuite></testsuites>'
+    )
+    args = [a if a != DATA / "junit.xml" else junit for a in pack_args(world, tmp_path)]
+    done = cli("evidence", *args)
+    assert done.returncode == 0, done.stderr
+    info = json.loads((tmp_path / "pack" / "pack.json").read_text())
+    assert info["tests"]["executable_sha256"] == [digest] and info["tests"]["of_this_build"] is True
+    assert not any("JUnit" in gap for gap in info["gaps"])

@@ -7,6 +7,7 @@ ranges and their classification, the report and the exit codes of `reproducible 
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from reproducible.ranges import differing_ranges
 from reproducible.rebuild import rebuild
 from reproducible.sources import copy_working_tree
 from reproducible.variation import FIRST, SECOND
+from tests.program import executable
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data" / "reproducible"
@@ -167,6 +169,23 @@ def test_changed_code_is_unknown_in_its_section(tmp_path: Path) -> None:
     assert region.detail == "in .text"  # type: ignore[attr-defined]
 
 
+def test_time_written_as_text_in_a_record_is_a_timestamp() -> None:
+    def record(when: str) -> bytes:
+        return b'{"started_on": "' + when.encode() + b'", "version": "1"}'
+
+    a, b = record("2026-11-23T10:00:05Z"), record("2026-11-23T10:04:41Z")
+    start = float(calendar.timegm((2026, 11, 23, 10, 0, 0)))
+    inside = (start, start + 600)
+    view = explain(Evidence(a, (), inside), Evidence(b, (), inside), differing_ranges(a, b))
+    assert [(r.kind, r.detail) for r in view] == [
+        ("timestamp", "time as text: 2026-11-23T10:00:05+00:00 vs 2026-11-23T10:04:41+00:00")
+    ]
+    # Far outside both builds' windows the same bytes are not called a build time.
+    long_ago = (0.0, 600.0)
+    view = explain(Evidence(a, (), long_ago), Evidence(b, (), long_ago), differing_ranges(a, b))
+    assert [r.kind for r in view] == ["unknown"]
+
+
 def test_not_elf_is_said(tmp_path: Path) -> None:
     view = explain(Evidence(b"abc", (), (0, 0)), Evidence(b"abd", (), (0, 0)), differing_ranges(b"abc", b"abd"))
     assert [(r.kind, r.detail) for r in view] == [("unknown", "not ELF")]
@@ -242,12 +261,9 @@ def test_compare_cli_exit_codes_and_deterministic_json(tmp_path: Path) -> None:
 
 
 def test_payload_entries_are_compared_when_the_executable_is_a_onefile() -> None:
-    built = ROOT / "dist" / "edgeward"
-    if not built.is_file():
-        pytest.skip("needs the executable `./dev test` builds (dist/edgeward)")
     from reproducible.payload import payload_digests
 
-    entries = payload_digests(built)
+    entries = payload_digests(executable())
     assert entries is not None and "edgeward.bin" in entries
 
 

@@ -202,7 +202,14 @@ def collect(inputs: PackInputs, step: Callable[[str], None]) -> tuple[Collected,
     # 5. Tests, reproducibility, bench, changes, trail: each given or a gap.
     if inputs.junit is not None:
         data = _read(inputs.junit, "the JUnit XML")
-        summary["tests"] = junit_summary(data, str(inputs.junit))
+        tests = junit_summary(data, str(inputs.junit))
+        tests["of_this_build"] = tests["executable_sha256"] == [info.executable_sha256]
+        if not tests["of_this_build"]:
+            out.notes.append(
+                "tests: the JUnit XML does not name this release's executable as the one it tested"
+                f" (it names {', '.join(tests['executable_sha256']) or 'none'})"
+            )
+        summary["tests"] = tests
         out.add("tests", "tests/junit.xml", data)
     if inputs.reproducible is not None:
         data = _read(inputs.reproducible, "the reproducibility report")

@@ -1,4 +1,9 @@
-"""Totals from a JUnit XML file (pytest's --junitxml), for the index; the file itself goes in the pack."""
+"""Totals from a JUnit XML file (pytest's --junitxml), for the index; the file itself goes in the pack.
+
+The suite records the SHA-256 of the executable it ran against as the testsuite property
+`edgeward.executable.sha256` (tests/conftest.py), which is how a pack tells results of this build from
+results of some other one.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from audit.errors import AuditError
+
+EXECUTABLE_PROPERTY = "edgeward.executable.sha256"
 
 
 def junit_summary(data: bytes, what: str) -> dict[str, Any]:
@@ -27,5 +34,19 @@ def junit_summary(data: bytes, what: str) -> dict[str, Any]:
             except ValueError:
                 raise AuditError(f"{what}: {key}={suite.get(key)!r} is not a number") from None
         seconds += float(suite.get("time", "0") or 0)
+    tested = sorted(
+        {
+            prop.get("value", "")
+            for suite in suites
+            for prop in suite.iterfind("properties/property")
+            if prop.get("name") == EXECUTABLE_PROPERTY
+        }
+    )
     passed = totals["tests"] - totals["failures"] - totals["errors"] - totals["skipped"]
-    return {**totals, "passed": passed, "seconds": round(seconds, 3), "ok": totals["failures"] + totals["errors"] == 0}
+    return {
+        **totals,
+        "passed": passed,
+        "seconds": round(seconds, 3),
+        "ok": totals["failures"] + totals["errors"] == 0,
+        "executable_sha256": tested,
+    }
