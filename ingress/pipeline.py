@@ -1,9 +1,15 @@
 """The one place a request goes from protocol event to response.
 
-Order: the access gate (policy), then normalise the path, route by host
-and path, check the method, run the handler. Every protocol version gets
-all of it by calling `Site.handle`, and a request the gate refuses never
-reaches routing, let alone a handler.
+Order: the health check (a GET or HEAD of exactly `server.healthz_path`,
+answered before anything else); the Host, which must be well formed (400)
+and served by some route of the listener (`server.unknown_host_status`);
+a CORS preflight to a route with a CORS policy, answered by that policy
+since preflights carry no credentials; the access gate (policy); then
+normalise the path, route by host and path, check the method, run the
+handler. Every protocol version gets all of it by calling `Site.handle`,
+and a request the gate refuses reaches no handler: the route is looked up
+beforehand (a dict lookup once seen) only to know its CORS policy, so that
+a refusal on a CORS route is still readable by the page that asked.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import asyncio
 from ingress.clock import Clock
 from ingress.config.model import Config, Route
 from ingress.errors import ProtocolError
+from ingress.handlers.cors import CorsPolicy, is_preflight
+from ingress.handlers.healthz import PROBES, HealthCheck
 from ingress.handlers.proxy.backends import Backends
 from ingress.handlers.proxy.handler import ProxyHandler
 from ingress.handlers.redirect import RedirectHandler
@@ -44,10 +52,16 @@ def _allow(methods: tuple[str, ...]) -> bytes:
 class Site:
     """Everything one listener serves."""
 
-    def __init__(self, router: Router, gate: Gate | None = None, streaming: bool = False) -> None:
+    def __init__(
+        self, router: Router, gate: Gate | None = None, streaming: bool = False, health: HealthCheck | None = None
+    ) -> None:
         self.router = router
         self.gate = gate
         self.streaming = streaming
+        # b"" never equals a request path (the protocols refuse an empty one), so it turns the check off.
+        self.health_path = health.path if health is not None else b""
+        self._health = health
+        self._refusals = {status: error_response(status) for status in {router.unknown.refusal, 400}}
 
     def streams(self, request: Request) -> bool:
         """Whether the request's body should reach its handler as it arrives rather than whole.
@@ -59,8 +73,6 @@ class Site:
         if not self.streaming:
             return False
         group = self.router.group(request.host)
-        if group is None:
-            return False
         hit = group.paths.get(request.path)
         if hit is not None:
             return hit[0].streams
@@ -72,42 +84,78 @@ class Site:
         return entry is not None and entry.streams
 
     def handle(self, request: Request) -> Outcome:
+        if request.path == self.health_path and request.method in PROBES:
+            return self._healthy(request)
+        group = self.router.group(request.host)
+        hit = group.paths.get(request.path)
+        if hit is None:
+            return self._first_sight(request, group)
+        entry, path = hit
+        if request.method not in entry.methods:
+            return self._other_method(request, entry, path)
         gate = self.gate
         if gate is not None:
             refused = gate.check(request)
             if refused is not None:
-                return refused
-        group = self.router.group(request.host)
-        hit = group.paths.get(request.path) if group is not None else None
-        if hit is None:
-            return self._first_sight(request, group)
-        entry, path = hit
+                return refused if entry.cors is None else entry.cors.decorate(request, refused)
         request.route = entry.prefix
-        if request.method not in entry.methods:
-            return _method_not_allowed(request, entry)
         return entry.handle(request, path)
 
-    def _first_sight(self, request: Request, group: RouteGroup | None) -> Outcome:
-        """A path not seen before on this host: normalise, match, remember."""
+    def _healthy(self, request: Request) -> Response:
+        health = self._health
+        assert health is not None  # the path matched, so the check is on
+        return health.answer(request)
+
+    def _refused(self, request: Request) -> Response | None:
+        gate = self.gate
+        return gate.check(request) if gate is not None else None
+
+    def _first_sight(self, request: Request, group: RouteGroup) -> Outcome:
+        """A path not seen before on this host, or a host no route serves: normalise, match, remember."""
+        if group.refusal:
+            if request.host or request.version != "1.0":
+                return self._refusals[group.refusal]
+            group = self.router.nameless()  # HTTP/1.0 may name no host; only `*` routes serve it
+            if group.refusal:
+                return self._refusals[group.refusal]
         if request.path == b"*":
+            refused = self._refused(request)
+            if refused is not None:
+                return refused
             if request.method == "OPTIONS":
                 return Response(204, [(b"Allow", b"GET, HEAD, OPTIONS")])
             return error_response(400)
         try:
             path = normalize_path(request.path)
         except ProtocolError as exc:
-            return error_response(exc.status_hint)
-        entry = group.match(path) if group is not None else None
-        if entry is None or group is None:
-            return error_response(404)
+            return self._refused(request) or error_response(exc.status_hint)
+        entry = group.match(path)
+        if entry is None:
+            return self._refused(request) or error_response(404)
         group.remember(request.path, entry, path)
-        request.route = entry.prefix
         if request.method not in entry.methods:
-            return _method_not_allowed(request, entry)
+            return self._other_method(request, entry, path)
+        refused = self._refused(request)
+        if refused is not None:
+            return refused if entry.cors is None else entry.cors.decorate(request, refused)
+        request.route = entry.prefix
         return entry.handle(request, path)
 
+    def _other_method(self, request: Request, entry: RouteEntry, path: str) -> Outcome:
+        """A method the route's handler does not take: a CORS preflight, another OPTIONS, or 405."""
+        cors = entry.cors
+        if cors is not None and request.method == "OPTIONS" and is_preflight(request):
+            return cors.preflight(request)
+        refused = self._refused(request)
+        if refused is None:
+            request.route = entry.prefix
+            if cors is not None and cors.forwards_options and request.method == "OPTIONS":
+                return entry.handle(request, path)  # decorated by the policy's wrapper
+            refused = _method_not_allowed(request, entry)
+        return refused if cors is None else cors.decorate(request, refused)
 
-def _method_not_allowed(request: Request, entry: RouteEntry) -> Outcome:
+
+def _method_not_allowed(request: Request, entry: RouteEntry) -> Response:
     if request.method == "OPTIONS":
         return Response(204, [(b"Allow", entry.allow)])
     return error_response(405, [(b"Allow", entry.allow)])
@@ -130,7 +178,7 @@ def build_site(
     `backends` its upstream pools and cache, needed (with `loop`) by proxy routes; `tracer` gives
     proxied requests the trace context they carry upstream.
     """
-    router = Router()
+    router = Router(config.server.unknown_host_status)
     streaming = False
     for route in config.routes:
         if route.listeners and listener not in route.listeners:
@@ -151,6 +199,13 @@ def build_site(
         streams = route.proxy is not None
         if streams and route.proxy is not None and route.proxy.websocket:
             methods |= {"CONNECT"}  # RFC 8441: a WebSocket over HTTP/2 arrives as extended CONNECT
+        cors = None
+        if route.cors is not None:
+            # OPTIONS leaves the handler's methods so that every OPTIONS meets the policy first.
+            cors = CorsPolicy(route.cors, route.methods, clock, forwards_options="OPTIONS" in methods)
+            methods -= {"OPTIONS"}
+            handle = cors.wrap(handle)
         streaming = streaming or streams
-        router.add(route.host, RouteEntry(route.path, methods, _allow(route.methods), handle, streams))
-    return Site(router, gate, streaming)
+        router.add(route.host, RouteEntry(route.path, methods, _allow(route.methods), handle, streams, cors))
+    health = HealthCheck(config.server.healthz_path, clock) if config.server.healthz_path else None
+    return Site(router, gate, streaming, health)

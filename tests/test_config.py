@@ -111,7 +111,7 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
         lambda d: d["server"].update(zzz=1),
         [
             "server.zzz: unknown key; valid keys: workers, server_header, drain_timeout, drain_idle_grace,"
-            " cert_poll_interval"
+            " cert_poll_interval, unknown_host_status, healthz_path"
         ],
     ),
     (
@@ -371,7 +371,7 @@ def test_several_problems_one_line_each(tmp_path: Path) -> None:
         f"{path}: server.workers: expected an integer, got str 'two'",
         f"{path}: server.drain_timeout: -1.0 is below the minimum 0.1",
         f"{path}: server.zzz: unknown key; valid keys: workers, server_header, drain_timeout, drain_idle_grace,"
-        " cert_poll_interval",
+        " cert_poll_interval, unknown_host_status, healthz_path",
         f"{path}: listeners[0].tls.min_version: invalid value '1.1'; expected one of '1.2', '1.3'",
         f"{path}: listeners[0].tls.certz: unknown key; did you mean 'certs'?",
         f"{path}: listeners[1].name: invalid value 'HTTP'; must match ^[a-z][a-z0-9_-]*$",
@@ -727,7 +727,7 @@ def test_schema_is_json_schema(schema: dict[str, Any]) -> None:
     objects = [n for n in nodes if n.get("type") == "object"]
     # Every dataclass in the model (policy, upstreams and telemetry included), and the two string
     # tables: telemetry.resource and telemetry.otlp.headers.
-    assert len(objects) == 36
+    assert len(objects) == 38
     for node in nodes:
         if "type" in node:
             assert node["type"] in _JSON_TYPES
@@ -764,9 +764,11 @@ def test_schema_matches_model(schema: dict[str, Any]) -> None:
         "AccessLog",
         "Admin",
         "Listener",
+        "SocketOptions",
         "TLSSettings",
         "CertPair",
         "Route",
+        "Cors",
         "StaticSite",
         "Redirect",
         "SecurityHeaders",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ingress.config.cors import Cors
 from ingress.config.meta import doc
 from ingress.config.policy import Policy
 from ingress.config.telemetry import Audit, Telemetry
@@ -35,6 +36,22 @@ class ServerSettings:
     cert_poll_interval: float = field(
         default=0.5,
         metadata=doc("Seconds between checks of certificate files for changes.", minimum=0.05),
+    )
+    unknown_host_status: Literal[421, 404] = field(
+        default=421,
+        metadata=doc(
+            "Status for a request whose Host (or :authority) matches no route host of its listener: 421"
+            " Misdirected Request tells a client that reused a connection for another name to open a new"
+            " one; 404 suits clients that do not know 421. A malformed Host always gets 400."
+        ),
+    )
+    healthz_path: str = field(
+        default="/healthz",
+        metadata=doc(
+            "Path answered `200 ok` to GET and HEAD on every listener (the admin listener keeps its own),"
+            " before access policy and routing (still logged, traced and counted under its path);"
+            " a route may not claim it. Empty turns it off."
+        ),
     )
 
 
@@ -182,6 +199,46 @@ class QuicSettings:
 
 
 @dataclass(frozen=True)
+class SocketOptions:
+    backlog: int = field(
+        default=4096,
+        metadata=doc(
+            "Accept queue of each worker's listening socket; the kernel caps it at net.core.somaxconn.",
+            minimum=1,
+            maximum=65535,
+        ),
+    )
+    nodelay: bool = field(
+        default=True,
+        metadata=doc(
+            "TCP_NODELAY on accepted connections, so an answer's last segment never waits for Nagle's"
+            " algorithm and a delayed ACK (a 40 ms stall)."
+        ),
+    )
+    defer_accept: int = field(
+        default=0,
+        metadata=doc(
+            "TCP_DEFER_ACCEPT (Linux), in seconds: the kernel hands a connection over only once its first"
+            " bytes (request, ClientHello or PROXY header) arrive, so a silent one costs no worker time;"
+            " it then waits in the kernel, which passes it on after about this long (rounded up to SYN-ACK"
+            " retransmissions), and only then do header_timeout and handshake_timeout start. 0 is off.",
+            minimum=0,
+            maximum=3600,
+        ),
+    )
+    fastopen: int = field(
+        default=0,
+        metadata=doc(
+            "TCP_FASTOPEN queue length: connections whose SYN may carry the first request, saving a round"
+            " trip for returning clients; 0 is off. The network may replay data sent in a SYN, so keep it"
+            " off where a plain-HTTP request could change state. Needs net.ipv4.tcp_fastopen to include 2.",
+            minimum=0,
+            maximum=65535,
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class Listener:
     name: str = field(metadata=doc("Unique name, used by routes and logs.", pattern=r"^[a-z][a-z0-9_-]*$"))
     address: str = field(metadata=doc("host:port to bind; port 0 picks a free port."))
@@ -203,6 +260,10 @@ class Listener:
     proxy_from: tuple[str, ...] = field(
         default=(),
         metadata=doc("CIDRs of the L4 balancers allowed to send PROXY headers; needed with `proxy_protocol`."),
+    )
+    socket: SocketOptions = field(
+        default_factory=SocketOptions,
+        metadata=doc("TCP options of the listening socket; options the OS lacks are skipped with a log line."),
     )
 
 
@@ -271,6 +332,10 @@ class Route:
     proxy: ProxyRoute | None = field(default=None, metadata=doc("Pass requests to an upstream pool."))
     headers: SecurityHeaders = field(
         default_factory=SecurityHeaders, metadata=doc("Security headers added to responses.")
+    )
+    cors: Cors | None = field(
+        default=None,
+        metadata=doc("Cross-origin access (CORS): preflights answered at the edge, Access-Control-* on answers."),
     )
 
 

@@ -10,11 +10,15 @@ import ipaddress
 import re
 
 from ingress.config.cidr import parse_cidr
+from ingress.config.cors_semantics import cors_problems
 from ingress.config.model import Config, Listener, Route, TLSSettings
 from ingress.errors import Problem
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Z-]+$")
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# Path characters that need no percent-encoding (RFC 3986 pchar and "/"): the health check is compared
+# with the raw request path, so a path spelled any other way could never match it.
+_PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -74,9 +78,54 @@ def valid_host_pattern(pattern: str) -> bool:
     return all(_HOST_LABEL.match(label) for label in labels)
 
 
+def covers(prefix: str, path: str) -> bool:
+    """Whether a route with this path prefix serves `path` (the rule of ingress.routing)."""
+    if prefix.endswith("/"):
+        return path.startswith(prefix) or path + "/" == prefix
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def _healthz_problems(config: Config) -> list[Problem]:
+    """The health path is answered before routing: a route that names it would silently never see it."""
+    src, path = config.source, config.server.healthz_path
+    if not path:
+        return []
+    if not _PLAIN_PATH.match(path) or not normalised_path(path):
+        return [
+            Problem(
+                src,
+                "server.healthz_path",
+                f"{path!r} must be a normalised path of plain characters (no %, ?, #, // or dot segments),"
+                ' e.g. "/healthz"; "" turns the health check off',
+            )
+        ]
+    if path == "/":
+        return [
+            Problem(
+                src,
+                "server.healthz_path",
+                '"/" would answer every site\'s home page with "ok"; use a path of its own, e.g. "/healthz"',
+            )
+        ]
+    out = []
+    for i, route in enumerate(config.routes):
+        # A catch-all "/" covers every path by definition; a longer prefix names this one on purpose.
+        if route.path != "/" and covers(route.path, path):
+            out.append(
+                Problem(
+                    src,
+                    f"routes[{i}].path",
+                    f"{route.path!r} covers {path!r}, which server.healthz_path answers on every listener"
+                    " before routing, so this route would never see it; set server.healthz_path to another"
+                    ' path (e.g. "/_edge/healthz") or to "" to let the route serve it',
+                )
+            )
+    return out
+
+
 def semantic_problems(config: Config) -> list[Problem]:
     src = config.source
-    problems: list[Problem] = []
+    problems: list[Problem] = _healthz_problems(config)
     names: dict[str, int] = {}
     binds: dict[tuple[str, int], str] = {}
     for i, listener in enumerate(config.listeners):
@@ -289,4 +338,5 @@ def _route_problems(config: Config, i: int, route: Route, listeners: dict[str, i
                 f"a static route serves only GET and HEAD; remove {', '.join(extra)}",
             )
         )
+    out.extend(cors_problems(src, at, route))
     return out

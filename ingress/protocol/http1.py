@@ -279,7 +279,8 @@ class RequestParser:
             self._fail(400, "invalid request target")
         if parsed.schema not in (b"http", b"https") or not parsed.host:
             self._fail(400, "request target must be origin-form or absolute http(s) URL")
-        host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+        host = parsed.host if b":" not in parsed.host else b"[" + parsed.host + b"]"  # llhttp drops IPv6 brackets
+        host += b":%d" % parsed.port if parsed.port else b""
         return parsed.path or b"/", parsed.query or b"", host
 
 

@@ -12,6 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from ingress.protocol.events import Peer
+from ingress.server.listeners import keep_nagle
 from ingress.tls.identity import identity_from_der
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ def tcp_peer(transport: asyncio.BaseTransport, listener: ListenerRuntime, loggin
         der = sslobj.getpeercert(binary_form=True)
         if der:  # None: client_auth is optional and the client sent none
             identity = identity_from_der(der)
+    if not listener.config.socket.nodelay:
+        keep_nagle(transport.get_extra_info("socket"))
     if not client:
         address = transport.get_extra_info("peername")
         client = address[0] if address else ""

@@ -125,7 +125,7 @@ class Worker:
     # binding ---------------------------------------------------------------
     async def _bind(self, listener: Listener, runtime: ListenerRuntime) -> None:
         host, port = self.addresses.get(listener.name) or parse_address(listener.address)
-        sock = listen(host, port)
+        sock = listen(host, port, listener.socket, listener.name, report=self.index == 0 and listener.name != ADMIN)
         ssl_ctx = None
         if runtime.certs is not None and listener.tls is not None:
             ssl_ctx = base_context(listener.name, listener.tls)
@@ -141,6 +141,7 @@ class Worker:
                 sock=sock,
                 ssl=ssl_ctx,
                 ssl_handshake_timeout=limits.handshake_timeout if ssl_ctx else None,
+                backlog=listener.socket.backlog,  # the loop listens again, with 100 unless told
             )
         old = self.bound.get(listener.name)
         self.bound[listener.name] = _Bound(runtime, server, (host, port), sock, ssl_ctx)
@@ -269,13 +270,14 @@ class Worker:
                 self.ctx.tracer,
             )
             old = self.bound.get(listener.name)
-            # Certificates are picked per handshake from runtime.certs, so only a new
-            # address, TLS policy or PROXY mode needs a new socket; anything else is swapped in place.
+            # Certificates are picked per handshake from runtime.certs, so only a new address, TLS
+            # policy, PROXY mode or socket options needs a new socket; anything else is swapped in place.
             if (
                 old is not None
                 and old.runtime.config.address == listener.address
                 and _policy(old.runtime.config) == _policy(listener)
                 and old.runtime.config.proxy_protocol == listener.proxy_protocol
+                and old.runtime.config.socket == listener.socket
             ):
                 old.runtime.site = fresh.site
                 old.runtime.certs = fresh.certs
