@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 Outcome = Response | asyncio.Future[Response]
 Handler = Callable[[Request, str], Outcome]
 
+
 @dataclass(frozen=True, slots=True)
 class RouteEntry:
     prefix: str
