@@ -157,27 +157,17 @@ def lab(tmp_path_factory: pytest.TempPathFactory, ca: CA, localhost_cert: Issued
     root = work / "www"
     for sub in ("open", "plain", "locked"):
         (root / sub).mkdir(parents=True)
+        (root / sub / "f.txt").write_text(f"{sub}\n")
     (root / "hello.txt").write_text("hello world\n")
     (root / "zipped.txt").write_text("zipped " * 100)
     os.utime(root / "zipped.txt", (time.time() - 10, time.time() - 10))
     (root / "zipped.txt.gz").write_bytes(gzip.compress((root / "zipped.txt").read_bytes()))
-    for sub in ("open", "plain", "locked"):
-        (root / sub / "f.txt").write_text(f"{sub}\n")
     origin = Origin(name="app").start()
-    config: dict[str, Any] = {
-        "server": {"drain_timeout": 5.0},
-        "access_log": {"enabled": False},
-        "admin": {"enabled": True, "address": "127.0.0.1:0"},
-        "listeners": [
-            {
-                "name": "https",
-                "address": "127.0.0.1:0",
-                "tls": {"certs": [{"cert": str(localhost_cert.cert), "key": str(localhost_cert.key)}]},
-            },
-            {"name": "http", "address": "127.0.0.1:0", "h2c": True},
-        ],
-        "upstreams": [{"name": "app", "origins": [origin.url], "connect_timeout": 1.0}],
-        "routes": [
+    config = base_config(
+        root,
+        localhost_cert,
+        upstreams=[{"name": "app", "origins": [origin.url], "connect_timeout": 1.0}],
+        routes=[
             {"path": "/", "static": {"root": str(root)}, "cors": CORS_APP},
             {"path": "/open/", "static": {"root": str(root)}, "cors": {"origins": ["*"], "expose_headers": ["etag"]}},
             {"path": "/plain/", "static": {"root": str(root)}},
@@ -200,8 +190,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory, ca: CA, localhost_cert: Issued
                 "cors": {"origins": [APP]},
             },
         ],
-        "policy": {"rules": [{"name": "locked", "path": "/locked/", "allow": ["10.0.0.0/8"]}]},
-    }
+        policy={"rules": [{"name": "locked", "path": "/locked/", "allow": ["10.0.0.0/8"]}]},
+    )
+    config["listeners"][1]["h2c"] = True
     server = Server(config, work, name="cors")
     try:
         server.start()
