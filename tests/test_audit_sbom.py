@@ -326,9 +326,13 @@ def test_lock_parser(release: Release, tmp_path: Path) -> None:
         parse_lock("foo==1.0\n    # via bar\n", tmp_path / "x.lock")
 
 
-def test_cli_writes_the_sbom_beside_the_executable(release: Release, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_the_sbom_beside_the_executable(
+    release: Release, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from audit.sbom import command
 
+    # The build record names its lock relative to the checkout it was built in; here that is the fixture's folder.
+    monkeypatch.chdir(release.exe.parent)
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     assert command.run(parser.parse_args([str(release.exe)])) == 0
