@@ -6,7 +6,8 @@ and served by some route of the listener (`server.unknown_host_status`);
 a CORS preflight to a route with a CORS policy, answered by that policy
 since preflights carry no credentials; the access gate (policy); then
 normalise the path, route by host and path, check the method, run the
-handler. Every protocol version gets all of it by calling `Site.handle`,
+request firewall (on routes that have it; it wraps the handler, inside
+CORS), run the handler. Every protocol version gets all of it by calling `Site.handle`,
 and a request the gate refuses reaches no handler: the route is looked up
 beforehand (a dict lookup once seen) only to know its CORS policy, so that
 a refusal on a CORS route is still readable by the page that asked.
@@ -15,6 +16,7 @@ a refusal on a CORS route is still readable by the page that asked.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from ingress.clock import Clock
 from ingress.config.model import Config, Route
@@ -26,10 +28,12 @@ from ingress.handlers.proxy.handler import ProxyHandler
 from ingress.handlers.redirect import RedirectHandler
 from ingress.handlers.static import StaticHandler
 from ingress.policy.gate import Gate
+from ingress.policy.waf.firewall import Firewall
 from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Request, Response
 from ingress.routing import Handler, Outcome, RouteEntry, RouteGroup, Router, normalize_path
 from ingress.telemetry.context import Tracer
+from ingress.telemetry.ids import ENTROPY
 
 
 def _security_headers(route: Route, tls: bool) -> list[tuple[bytes, bytes]]:
@@ -68,20 +72,24 @@ class Site:
 
         Asked by the protocols when a head announces a body. Only a proxied route
         streams; everything else keeps the body gathered (and its framing fully
-        checked) before the request is dispatched.
+        checked) before the request is dispatched. So does a proxied route whose
+        firewall inspects bodies of this method: the body is held (up to
+        `limits.max_body_bytes`) and inspected before any of it goes upstream,
+        as a WAF in front of nginx does.
         """
         if not self.streaming:
             return False
         group = self.router.group(request.host)
         hit = group.paths.get(request.path)
         if hit is not None:
-            return hit[0].streams
-        try:
-            path = normalize_path(request.path)
-        except ProtocolError:
-            return False
-        entry = group.match(path)
-        return entry is not None and entry.streams
+            entry: RouteEntry | None = hit[0]
+        else:
+            try:
+                path = normalize_path(request.path)
+            except ProtocolError:
+                return False
+            entry = group.match(path)
+        return entry is not None and entry.streams and request.method not in entry.gathers
 
     def handle(self, request: Request) -> Outcome:
         if request.path == self.health_path and request.method in PROBES:
@@ -171,14 +179,17 @@ def build_site(
     backends: Backends | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
     tracer: Tracer | None = None,
+    firewall: Firewall | None = None,
 ) -> Site:
     """`alt_svc` advertises HTTP/3; it rides with the security headers, so pre-serialised responses carry it free.
 
     `gate` is the worker's access policy, shared by its listeners so rate limits count across them;
     `backends` its upstream pools and cache, needed (with `loop`) by proxy routes; `tracer` gives
-    proxied requests the trace context they carry upstream.
+    proxied requests the trace context they carry upstream; `firewall` the worker's request firewall,
+    which goes in front of the handler of every route it inspects.
     """
     router = Router(config.server.unknown_host_status)
+    span_id = _span_id_of(tracer)
     streaming = False
     for route in config.routes:
         if route.listeners and listener not in route.listeners:
@@ -199,6 +210,12 @@ def build_site(
         streams = route.proxy is not None
         if streams and route.proxy is not None and route.proxy.websocket:
             methods |= {"CONNECT"}  # RFC 8441: a WebSocket over HTTP/2 arrives as extended CONNECT
+        gathers: frozenset[str] = frozenset()
+        stage = firewall.stage(route.waf, handle, span_id) if firewall is not None else None
+        if stage is not None:
+            # After the gate (Site.handle runs it first), before the handler; inside CORS, so a refusal is readable.
+            handle = stage
+            gathers = stage.gathers(methods) if streams else frozenset()
         cors = None
         if route.cors is not None:
             # OPTIONS leaves the handler's methods so that every OPTIONS meets the policy first.
@@ -206,6 +223,14 @@ def build_site(
             methods -= {"OPTIONS"}
             handle = cors.wrap(handle)
         streaming = streaming or streams
-        router.add(route.host, RouteEntry(route.path, methods, _allow(route.methods), handle, streams, cors))
+        router.add(route.host, RouteEntry(route.path, methods, _allow(route.methods), handle, streams, cors, gathers))
     health = HealthCheck(config.server.healthz_path, clock) if config.server.healthz_path else None
     return Site(router, gate, streaming, health)
+
+
+def _span_id_of(tracer: Tracer | None) -> Callable[[Request], bytes]:
+    """How a refusal learns the id of its request's span, to give the client as a reference."""
+    if tracer is None:
+        return lambda request: ENTROPY.raw(8)
+    context = tracer.context
+    return lambda request: context(request).span_id

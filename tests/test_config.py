@@ -725,9 +725,9 @@ def test_schema_is_json_schema(schema: dict[str, Any]) -> None:
 
     keys(schema)
     objects = [n for n in nodes if n.get("type") == "object"]
-    # Every dataclass in the model (policy, upstreams and telemetry included), and the two string
+    # Every dataclass in the model (policy, upstreams, telemetry and the firewall included), and the two string
     # tables: telemetry.resource and telemetry.otlp.headers.
-    assert len(objects) == 38
+    assert len(objects) == 41
     for node in nodes:
         if "type" in node:
             assert node["type"] in _JSON_TYPES
@@ -794,6 +794,9 @@ def test_schema_matches_model(schema: dict[str, Any]) -> None:
         "OTLP",
         "Files",
         "Audit",
+        "Waf",
+        "WafProfile",
+        "RouteWaf",
     }
 
 

@@ -24,6 +24,7 @@ from ingress.config.policy_semantics import policy_problems
 from ingress.config.semantics import semantic_problems
 from ingress.config.telemetry_semantics import telemetry_problems
 from ingress.config.upstream_semantics import upstream_problems
+from ingress.config.waf import waf_problems
 from ingress.errors import ConfigError, Problem
 
 T = TypeVar("T")
@@ -175,7 +176,11 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         raise ConfigError(out.problems)
     config = dataclasses.replace(typing.cast(Config, built), source=source)
     problems = (
-        semantic_problems(config) + policy_problems(config) + upstream_problems(config) + telemetry_problems(config)
+        semantic_problems(config)
+        + policy_problems(config)
+        + upstream_problems(config)
+        + telemetry_problems(config)
+        + waf_problems(config)
     )
     if problems:
         raise ConfigError(problems)

@@ -15,6 +15,7 @@ from ingress.config.meta import doc
 from ingress.config.policy import Policy
 from ingress.config.telemetry import Audit, Telemetry
 from ingress.config.upstream import CacheSettings, ProxyRoute, ProxySettings, Upstream
+from ingress.config.waf import RouteWaf, Waf
 
 
 @dataclass(frozen=True)
@@ -337,6 +338,9 @@ class Route:
         default=None,
         metadata=doc("Cross-origin access (CORS): preflights answered at the edge, Access-Control-* on answers."),
     )
+    waf: RouteWaf = field(
+        default_factory=RouteWaf, metadata=doc("The request firewall on this route: on, off, or another profile.")
+    )
 
 
 @dataclass(frozen=True)
@@ -375,4 +379,8 @@ class Config:
         default_factory=Telemetry, metadata=doc("Traces and metrics: OTLP export and JSON Lines files.")
     )
     audit: Audit = field(default_factory=Audit, metadata=doc("The hash-chained audit file of security events."))
+    waf: Waf = field(
+        default_factory=Waf,
+        metadata=doc("The request firewall: pattern sets over decoded paths, queries, headers, cookies and bodies."),
+    )
     source: str = field(default="", metadata=doc("Where this config came from (set by the loader).", internal=True))

@@ -11,12 +11,13 @@ from ingress.protocol.events import Response
 _TEXT = b"text/plain; charset=utf-8"
 
 
-def error_response(status: int, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
+def error_response(status: int, extra: list[tuple[bytes, bytes]] | None = None, note: str = "") -> Response:
+    """`note`: a second line for the body, such as a reference to quote; never anything the client sent."""
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
-    body = f"{status} {phrase}\n".encode()
+    body = f"{status} {phrase}\n{note}{chr(10) if note else ''}".encode()
     headers = [
         (b"Content-Type", _TEXT),
         (b"Content-Length", b"%d" % len(body)),

@@ -21,6 +21,7 @@ from ingress.protocol.trace import Attempt, TraceContext
 if TYPE_CHECKING:
     # For annotations only: protocol/ must not import tls/ (they are siblings below routing),
     # and the connection, not the protocol parser, attaches the identity.
+    from ingress.policy.waf.verdict import Verdict
     from ingress.tls.identity import ClientIdentity
 
 
@@ -53,9 +54,11 @@ class Decision:
     """What the access policy decided about one request, and why.
 
     `outcome` is one of a small fixed set (allowed, denied_ip, denied_mtls,
-    denied_jwt, denied_rbac, rate_limited) so it can label metrics; `reason`
-    says which check decided (e.g. "expired", "no grant for DELETE") and is
-    for logs and audit only, never for the client.
+    denied_jwt, denied_rbac, rate_limited, denied_waf) so it can label
+    metrics; `reason` says which check decided (e.g. "expired", "no grant
+    for DELETE") and is for logs and audit only, never for the client.
+    `waf` is what the request firewall found: the reason for denied_waf, or
+    (in shadow mode) a match reported on a request that was let through.
     """
 
     outcome: str
@@ -64,6 +67,7 @@ class Decision:
     subject: str = ""
     # The roles an allowed request was granted with, sorted, for the X-Auth-Roles header upstream.
     roles: tuple[str, ...] = ()
+    waf: Verdict | None = None
 
 
 class Request:

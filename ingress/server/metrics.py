@@ -158,6 +158,16 @@ class WorkerCollector:
             )
             for outcome, n in sorted(stats.auth.items()):
                 auth.set((outcome,), n)
+        if self.ctx.firewall is not None or stats.waf:
+            # Labels from config (profile) and fixed sets (action, category): bounded whatever the traffic.
+            matches = registry.counter(
+                "edgeward_waf_matches_total",
+                "Request firewall matches, blocked or reported in shadow mode, by profile, action and category.",
+                ("profile", "action", "category"),
+                const=const,
+            )
+            for labels, n in sorted(stats.waf.items()):
+                matches.set(labels, n)
         gate = self.ctx.gate
         if gate is None or not gate.verifiers:
             return

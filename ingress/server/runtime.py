@@ -16,6 +16,7 @@ from ingress.config.model import Config, Limits, Listener
 from ingress.handlers.proxy.backends import Backends
 from ingress.pipeline import Site, build_site
 from ingress.policy.gate import Gate, build_gate
+from ingress.policy.waf.firewall import Firewall
 from ingress.telemetry.context import Tracer
 from ingress.telemetry.observer import Observer
 from ingress.tls.sni import CertStore
@@ -38,6 +39,7 @@ class Stats:
     floods: dict[str, int] = field(default_factory=dict)
     quic: dict[str, int] = field(default_factory=dict)  # handshakes, resumed, early_data, too_early, retry
     auth: dict[str, int] = field(default_factory=dict)  # access decisions by outcome (policy.gate.OUTCOMES)
+    waf: dict[tuple[str, str, str], int] = field(default_factory=dict)  # firewall matches: profile, action, category
     refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))  # connections, by reason
     proxy_errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PROXY_ERRORS, 0))  # by reason
 
@@ -85,6 +87,7 @@ class WorkerContext:
         self.observer: Observer | None = None
         self.clock = Clock(config.server.server_header)
         self.gate: Gate | None = None
+        self.firewall: Firewall | None = None
         self.backends: Backends | None = None
         # Open connections per client address, for policy.network.max_connections_per_ip.
         # An entry exists only while its count is above zero, so this is bounded by open connections.
@@ -106,6 +109,11 @@ class WorkerContext:
         elif previous is not None:
             previous.stop()
         self.gate = gate
+        routes = tuple(route.waf for route in config.routes)
+        stats = self.stats
+        self.firewall = (
+            Firewall(config.waf, routes, stats.auth, stats.waf) if Firewall.needed(config.waf, routes) else None
+        )
         backends.start(old_backends)
         self.backends = backends
         self.config = config
@@ -173,6 +181,7 @@ def build_listener(
     backends: Backends | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
     tracer: Tracer | None = None,
+    firewall: Firewall | None = None,
 ) -> ListenerRuntime:
     """`quic_port`: the UDP port serving HTTP/3 for this listener, 0 when none does."""
     tls = listener.tls is not None
@@ -180,5 +189,5 @@ def build_listener(
     alt_svc = b""
     if quic_port and tls and listener.quic.enabled:
         alt_svc = b'h3=":%d"; ma=%d' % (quic_port, listener.quic.alt_svc_max_age)
-    site = build_site(config, listener.name, tls, clock, alt_svc, gate, backends, loop, tracer)
+    site = build_site(config, listener.name, tls, clock, alt_svc, gate, backends, loop, tracer, firewall)
     return ListenerRuntime(listener, site, tls, certs)

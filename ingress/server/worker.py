@@ -93,7 +93,7 @@ class Worker:
             quic_port = self.quic_ports.get(listener.name, 0)
             ctx = self.ctx
             runtime = build_listener(
-                self.config, listener, ctx.clock, quic_port, ctx.gate, ctx.backends, self.loop, ctx.tracer
+                self.config, listener, ctx.clock, quic_port, ctx.gate, ctx.backends, self.loop, ctx.tracer, ctx.firewall
             )
             await self._bind(listener, runtime)
         await self._serve_quic()
@@ -268,6 +268,7 @@ class Worker:
                 self.ctx.backends,
                 self.loop,
                 self.ctx.tracer,
+                self.ctx.firewall,
             )
             old = self.bound.get(listener.name)
             # Certificates are picked per handshake from runtime.certs, so only a new address, TLS

@@ -67,6 +67,9 @@ class AccessLog:
                 "trace_id": rec.trace_id.hex(),
                 "span_id": rec.span_id.hex(),
             }
+            waf = decision.waf if decision is not None else None
+            if waf is not None:
+                item["waf"] = f"{'block' if waf.block else 'shadow'} {waf.category} {waf.pattern_id} in {waf.location}"
             lines.append(dumps(item, separators=(",", ":")))
         data = ("\n".join(lines) + "\n").encode()
         try:

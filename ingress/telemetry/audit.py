@@ -35,7 +35,7 @@ from typing import Final, NamedTuple
 from ingress.config.telemetry import Audit
 from ingress.telemetry.auditchain import PREV, SEQ, ZERO_SHA256, read_link
 from ingress.telemetry.otlp.logs import ERROR, INFO, WARN, LogEvent, LogsJSON, export_request
-from ingress.telemetry.otlp.spans import split_origin
+from ingress.telemetry.otlp.spans import split_origin, waf_attributes
 from ingress.telemetry.otlp.wire import AttributeValue
 from ingress.telemetry.record import Exchange
 from ingress.telemetry.rotating import RotatingFile
@@ -43,6 +43,7 @@ from ingress.telemetry.rotating import RotatingFile
 log = logging.getLogger("edgeward.audit")
 
 DENIED: Final = "edge.auth.denied"
+WAF_SHADOW: Final = "edge.waf.shadow"  # a firewall match let through because its profile only reports
 DROPPED: Final = "edge.audit.dropped"
 
 # Operational log events (the `event` extra of an "edgeward.*" log record) that are audit events, and their names.
@@ -137,9 +138,10 @@ class AuditTrail:
             self._unreported += 1
 
     def denied(self, exchange: Exchange) -> None:
-        """Queue an `edge.auth.denied` event for a request the access policy did not allow (`denials = "all"`)."""
+        """Queue an `edge.auth.denied` event for a request the access policy or the firewall did not allow
+        (`denials = "all"`), or an `edge.waf.shadow` event for a firewall match let through."""
         decision = exchange.decision
-        if not self.denials or decision is None or decision.outcome == "allowed":
+        if not self.denials or decision is None or (decision.outcome == "allowed" and decision.waf is None):
             return
         if len(self._pending) < self.max_pending:
             self._pending.append(exchange)
@@ -249,8 +251,9 @@ def _denial(exchange: Exchange) -> LogEvent:
     assert decision is not None  # only denials are queued
     # Spelt as the request's span spells them, so a denial can be matched across the two signals.
     host, port = split_origin(exchange.host)
+    name = DENIED if decision.outcome != "allowed" else WAF_SHADOW
     candidates: tuple[tuple[str, AttributeValue], ...] = (
-        ("event.name", DENIED),
+        ("event.name", name),
         ("edge.auth.outcome", decision.outcome),
         ("edge.auth.reason", decision.reason),
         ("edge.auth.rule", decision.rule),
@@ -264,15 +267,21 @@ def _denial(exchange: Exchange) -> LogEvent:
         ("http.route", exchange.route),
         ("http.response.status_code", exchange.status),
         ("network.protocol.version", exchange.protocol),
+        *(waf_attributes(decision.waf) if decision.waf is not None else ()),
     )
     attributes = tuple((key, value) for key, value in candidates if value not in ("", 0))
     what = f"{exchange.method} {exchange.path}" if exchange.method else "request"
-    body = f"{what} refused: {decision.outcome}" + (f" ({decision.reason})" if decision.reason else "")
+    if name == WAF_SHADOW:
+        waf = decision.waf
+        assert waf is not None
+        body = f"{what} let through with a firewall match: {waf.category} {waf.pattern_id} in {waf.location}"
+    else:
+        body = f"{what} refused: {decision.outcome}" + (f" ({decision.reason})" if decision.reason else "")
     return LogEvent(
         exchange.end_ns,
         WARN,
         body,
-        DENIED,
+        name,
         attributes,
         exchange.trace_id,
         exchange.span_id,

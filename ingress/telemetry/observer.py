@@ -212,7 +212,7 @@ class Observer:
             if audit is not None:
                 for exchange in batch:
                     decision = exchange.decision
-                    if decision is not None and decision.outcome != _ALLOWED:
+                    if decision is not None and (decision.outcome != _ALLOWED or decision.waf is not None):
                         audit.denied(exchange)
             if self.encoder is not None:
                 self._spans(batch)

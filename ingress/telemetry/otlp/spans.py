@@ -33,7 +33,7 @@ from __future__ import annotations
 import binascii
 import struct
 from collections.abc import Callable, Hashable, Mapping, Sequence, Sized
-from typing import Final, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar
 
 import ingress
 from ingress.protocol.trace import Attempt
@@ -53,6 +53,9 @@ from ingress.telemetry.otlp.wire import (
     varint,
 )
 from ingress.telemetry.record import Exchange
+
+if TYPE_CHECKING:
+    from ingress.policy.waf.verdict import Verdict
 
 MEMO_LIMIT: Final = 4096
 """Keys a memo holds at most; reaching it empties the memo (cheaper per span than LRU bookkeeping)."""
@@ -123,7 +126,8 @@ _SPAN_ATTR: Final = 9  # 9: attributes
 Attrs: TypeAlias = list[tuple[str, AttributeValue]]
 ServerRequestKey: TypeAlias = tuple[str, str, str]  # method, route, scheme
 ServerResultKey: TypeAlias = tuple[int, str, str, str]  # status, protocol, tls, error
-ServerEdgeKey: TypeAlias = tuple[str, str, str, str, str]  # outcome, reason, rule, cache, upstream
+# outcome, reason, rule, cache, upstream, and what the request firewall found (None: nothing)
+ServerEdgeKey: TypeAlias = tuple[str, str, str, str, str, "Verdict | None"]
 ClientKey: TypeAlias = tuple[str, str, int, str, int, str]  # method, origin, status, error, resend, upstream
 
 
@@ -185,16 +189,29 @@ def _server_result(key: ServerResultKey) -> tuple[Attrs, bool]:
 
 
 def _server_edge(key: ServerEdgeKey) -> Attrs:
-    outcome, reason, rule, cache, upstream = key
-    return _present(
-        [
-            ("edge.auth.outcome", outcome),
-            ("edge.auth.reason", reason),
-            ("edge.auth.rule", rule),
-            ("edge.cache.status", cache),
-            ("edge.upstream", upstream),
-        ]
-    )
+    outcome, reason, rule, cache, upstream, waf = key
+    attrs: Attrs = [
+        ("edge.auth.outcome", outcome),
+        ("edge.auth.reason", reason),
+        ("edge.auth.rule", rule),
+        ("edge.cache.status", cache),
+        ("edge.upstream", upstream),
+    ]
+    if waf is not None:
+        attrs += waf_attributes(waf)
+    return _present(attrs)
+
+
+def waf_attributes(waf: Verdict) -> Attrs:
+    """A firewall match as span and audit attributes: what and where, never the matched bytes."""
+    return [
+        ("edge.waf.action", "block" if waf.block else "shadow"),
+        ("edge.waf.category", waf.category),
+        ("edge.waf.pattern_id", waf.pattern_id),
+        ("edge.waf.location", waf.location),
+        ("edge.waf.profile", waf.profile),
+        ("edge.waf.decode_passes", waf.passes),
+    ]
 
 
 def _client(key: ClientKey) -> tuple[str, Attrs, bool]:
@@ -403,10 +420,10 @@ class SpanEncoder:
             error,
         ) in exchanges:
             if decision is None:
-                edge = edges[("", "", "", cache, upstream)]
+                edge = edges[("", "", "", cache, upstream, None)]
                 subject = b""
             else:
-                edge = edges[(decision.outcome, decision.reason, decision.rule, cache, upstream)]
+                edge = edges[(decision.outcome, decision.reason, decision.rule, cache, upstream, decision.waf)]
                 subject = subjects[decision.subject]
             state = trace_states[trace_state]
             span = join(
@@ -519,10 +536,10 @@ class SpanEncoder:
             error,
         ) in exchanges:
             if decision is None:
-                edge = edges[("", "", "", cache, upstream)]
+                edge = edges[("", "", "", cache, upstream, None)]
                 subject = b""
             else:
-                edge = edges[(decision.outcome, decision.reason, decision.rule, cache, upstream)]
+                edge = edges[(decision.outcome, decision.reason, decision.rule, cache, upstream, decision.waf)]
                 subject = subjects[decision.subject]
             trace_hex = hexlify(trace_id)
             span_hex = hexlify(span_id)
