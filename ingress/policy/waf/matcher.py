@@ -83,6 +83,11 @@ class Matcher:
                 break
             current = decoded
             scanned = [e for e in current if e.active]
+            if not scanned:
+                # Every change was inert: non-ASCII characters, none of which starts an encoding
+                # or completes one (overlong UTF-8 was folded within the pass), so another pass
+                # would decode nothing more. JSON written with \u escapes stops here.
+                break
             hit = self._scan_joined(scanned) if scanned else None
             if hit is None and lines and self.has_line_patterns:
                 hit = self._scan_lines(scanned)
