@@ -72,24 +72,21 @@ class Site:
 
         Asked by the protocols when a head announces a body. Only a proxied route
         streams; everything else keeps the body gathered (and its framing fully
-        checked) before the request is dispatched. So does a proxied route whose
-        firewall inspects bodies of this method: the body is held (up to
-        `limits.max_body_bytes`) and inspected before any of it goes upstream,
-        as a WAF in front of nginx does.
+        checked) before the request is dispatched. (A proxied route's firewall
+        reads a streamed body whole before the proxy sees it: see WafStage.)
         """
         if not self.streaming:
             return False
         group = self.router.group(request.host)
         hit = group.paths.get(request.path)
         if hit is not None:
-            entry: RouteEntry | None = hit[0]
-        else:
-            try:
-                path = normalize_path(request.path)
-            except ProtocolError:
-                return False
-            entry = group.match(path)
-        return entry is not None and entry.streams and request.method not in entry.gathers
+            return hit[0].streams
+        try:
+            path = normalize_path(request.path)
+        except ProtocolError:
+            return False
+        entry = group.match(path)
+        return entry is not None and entry.streams
 
     def handle(self, request: Request) -> Outcome:
         if request.path == self.health_path and request.method in PROBES:
@@ -210,12 +207,10 @@ def build_site(
         streams = route.proxy is not None
         if streams and route.proxy is not None and route.proxy.websocket:
             methods |= {"CONNECT"}  # RFC 8441: a WebSocket over HTTP/2 arrives as extended CONNECT
-        gathers: frozenset[str] = frozenset()
         stage = firewall.stage(route.waf, handle, span_id) if firewall is not None else None
         if stage is not None:
             # After the gate (Site.handle runs it first), before the handler; inside CORS, so a refusal is readable.
             handle = stage
-            gathers = stage.gathers(methods) if streams else frozenset()
         cors = None
         if route.cors is not None:
             # OPTIONS leaves the handler's methods so that every OPTIONS meets the policy first.
@@ -223,7 +218,7 @@ def build_site(
             methods -= {"OPTIONS"}
             handle = cors.wrap(handle)
         streaming = streaming or streams
-        router.add(route.host, RouteEntry(route.path, methods, _allow(route.methods), handle, streams, cors, gathers))
+        router.add(route.host, RouteEntry(route.path, methods, _allow(route.methods), handle, streams, cors))
     health = HealthCheck(config.server.healthz_path, clock) if config.server.healthz_path else None
     return Site(router, gate, streaming, health)
 

@@ -40,8 +40,6 @@ class RouteEntry:
     streams: bool = False
     # The route's CORS policy: it answers preflights and has already wrapped `handle`.
     cors: CorsPolicy | None = None
-    # Methods whose bodies arrive whole even on a streaming route: the firewall inspects them first.
-    gathers: frozenset[str] = frozenset()
 
 
 def normalize_path(raw: bytes) -> str:

@@ -18,12 +18,15 @@ finds the span, the access-log line and the audit record of the request.
 
 from __future__ import annotations
 
+import asyncio
+import typing
 from collections.abc import Callable
 
 from ingress.policy.waf.engine import BODY_METHODS, WafEngine
 from ingress.policy.waf.verdict import Verdict
 from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Decision, Request, Response
+from ingress.protocol.pipe import Pipe
 from ingress.routing import Handler, Outcome
 
 DENIED_WAF = "denied_waf"
@@ -54,22 +57,57 @@ class WafStage:
         self._span_id = span_id
         self.inspects_bodies = engine.profile.max_inspect_body_bytes > 0
 
-    def gathers(self, methods: frozenset[str]) -> frozenset[str]:
-        """Of a route's methods, those whose bodies must arrive whole to be inspected before forwarding."""
-        return methods & BODY_METHODS if self.inspects_bodies else frozenset()
-
     def __call__(self, request: Request, path: str) -> Outcome:
         engine = self.engine
         verdict = engine.inspect_head(request.method, request.path, request.query, request.headers)
         if verdict is None:
             body = request.body
-            # A streamed body (a Pipe) only reaches here for a method the profile does not inspect.
-            if not body or not isinstance(body, bytes):
+            if not body:
+                return self._handle(request, path)
+            if body.__class__ is not bytes:
+                # Still arriving (a proxied route streams bodies): held whole before it may go on.
+                if self.inspects_bodies and request.method in BODY_METHODS:
+                    return self._gather(request, path, typing.cast(Pipe, body))
                 return self._handle(request, path)
             verdict = engine.inspect_body(request.method, request.headers, body)
             if verdict is None:
                 return self._handle(request, path)
         return self._found(request, path, verdict)
+
+    def _gather(self, request: Request, path: str, pipe: Pipe) -> asyncio.Future[Response]:
+        """Read the whole body, inspect it, and only then hand the request on with the body as bytes.
+
+        Asking for the body is what answers `Expect: 100-continue`, so a client is told to send
+        it only once the gate and the head's inspection have let the request through. The
+        protocols hold a body to `limits.max_body_bytes` (413 beyond), which bounds the memory.
+        """
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        chunks: list[bytes] = []
+
+        def readable() -> None:
+            if answer.done():
+                pipe.discard()
+                return
+            while True:
+                data = pipe.read()
+                if not data:
+                    break
+                chunks.append(bytes(data))
+            if pipe.error:
+                answer.set_result(error_response(400))  # the client's body broke off, as a proxy would say
+            elif pipe.eof:
+                pipe.on_readable = None
+                request.body = b"".join(chunks)
+                chunks.clear()
+                _settle(answer, self._inspected(request, path))
+
+        pipe.want(readable)
+        return answer
+
+    def _inspected(self, request: Request, path: str) -> Outcome:
+        body = typing.cast(bytes, request.body)
+        verdict = self.engine.inspect_body(request.method, request.headers, body) if body else None
+        return self._handle(request, path) if verdict is None else self._found(request, path, verdict)
 
     def _found(self, request: Request, path: str, verdict: Verdict) -> Outcome:
         prior = request.decision or _NO_DECISION
@@ -97,3 +135,28 @@ class WafStage:
 def _refusal(status: int, reference: str) -> Response:
     """The status and a reference to quote to support; the body says no more than the status does."""
     return error_response(status, [(REFERENCE_HEADER, reference.encode("ascii"))], f"reference: {reference}")
+
+
+def _settle(answer: asyncio.Future[Response], outcome: Outcome) -> None:
+    """Resolve `answer` with `outcome`, now or when the handler's own Future resolves."""
+    if outcome.__class__ is Response:
+        answer.set_result(outcome)
+        return
+    inner = typing.cast("asyncio.Future[Response]", outcome)
+
+    def relay(done: asyncio.Future[Response]) -> None:
+        if answer.done():
+            return
+        if done.cancelled():
+            answer.cancel()
+        elif done.exception() is not None:
+            answer.set_exception(typing.cast(BaseException, done.exception()))
+        else:
+            answer.set_result(done.result())
+
+    def forward_cancel(mine: asyncio.Future[Response]) -> None:
+        if mine.cancelled():
+            inner.cancel()  # the client went away: the upstream exchange stops too
+
+    inner.add_done_callback(relay)
+    answer.add_done_callback(forward_cancel)
