@@ -127,8 +127,10 @@ class Supervisor:
                 self._reap()
             elif info.si_signo == signal.SIGHUP:
                 self._reload()
-            else:
+            elif info.si_signo in (signal.SIGTERM, signal.SIGINT):
                 return self._stop(info.si_signo)
+            # Anything else (a tracer attaching with ptrace can make the wait report a garbage number)
+            # is not a request to stop.
 
     # internals ------------------------------------------------------------
     def _reserve(self) -> None:
