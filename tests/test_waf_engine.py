@@ -8,10 +8,12 @@ is tested where the engine is wired into the pipeline.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import os
 import random
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -662,6 +664,46 @@ def test_oversize_bodies() -> None:
     assert reject.inspect_body("POST", {}, b"a" * 101) == Verdict(413, "oversize", "body-oversize", "body", "test")
     assert reject.inspect_body("POST", {}, b"a" * 10, total=101) is not None
     assert reject.inspect_body("POST", {}, b"a" * 100) is None
+
+
+def test_compressed_bodies_are_decoded_within_the_inspection_limit() -> None:
+    attack = json.dumps({"comment": "<script>alert(1)</script>"}).encode()
+    e = engine()
+    gz = {**JSON_CT, b"content-encoding": b"gzip"}
+    for coded, headers in (
+        (gzip.compress(attack), gz),
+        (gzip.compress(attack), {**JSON_CT, b"content-encoding": b" X-GZIP "}),
+        (zlib.compress(attack), {**JSON_CT, b"content-encoding": b"deflate"}),
+        (zlib.compress(attack)[2:-4], {**JSON_CT, b"content-encoding": b"deflate"}),  # raw deflate, no zlib wrapper
+    ):
+        found = e.inspect_body("POST", headers, coded)
+        assert found is not None and (found.category, found.location) == ("xss", "body"), headers
+    clean = json.dumps({"rows": list(range(500))}).encode()
+    assert e.inspect_body("POST", gz, gzip.compress(clean)) is None  # valid JSON once decoded, low entropy
+    assert e.inspect_body("POST", {**JSON_CT, b"content-encoding": b"identity"}, clean) is None
+    # What cannot be read is refused, not passed unread; a broken stream is a bad request.
+    assert e.inspect_body("POST", {**JSON_CT, b"content-encoding": b"br"}, b"\x1b\x00") == Verdict(
+        415, "encoding", "body-coding", "body", "test"
+    )
+    assert e.inspect_body("POST", {**JSON_CT, b"content-encoding": b"gzip, gzip"}, gzip.compress(clean)) is not None
+    assert e.inspect_body("POST", gz, gzip.compress(clean)[:-10]) == Verdict(
+        400, "encoding", "body-corrupt", "body", "test"
+    )
+    assert e.inspect_body("POST", gz, b"not gzip at all") == Verdict(400, "encoding", "body-corrupt", "body", "test")
+
+
+def test_a_decompression_bomb_is_decoded_no_further_than_the_limit() -> None:
+    bomb = gzip.compress(b"a" * (64 << 20))  # 64 MiB of "a" in about 64 KiB
+    headers = {b"content-type": b"text/plain", b"content-encoding": b"gzip"}
+    reject = engine(max_inspect_body_bytes=4096, oversize="reject")
+    started = time.perf_counter()
+    assert reject.inspect_body("POST", headers, bomb) == Verdict(413, "oversize", "body-oversize", "body", "test")
+    assert time.perf_counter() - started < 0.05  # inflating 64 MiB would take far longer
+    prefix = engine(max_inspect_body_bytes=4096)
+    late = gzip.compress(b"a" * 8192 + b"<script>alert(1)</script>")
+    assert prefix.inspect_body("POST", headers, late) is None  # past the limit, as for a plain body
+    early = gzip.compress(b"<script>alert(1)</script>" + b"a" * (64 << 20))
+    assert prefix.inspect_body("POST", headers, early) is not None
 
 
 def test_shadow_mode_reports_without_blocking() -> None:

@@ -21,7 +21,7 @@ import urllib.parse
 from collections.abc import Mapping
 
 from ingress.config.waf import WafProfile
-from ingress.policy.waf import entropy, jsonbody
+from ingress.policy.waf import coding, entropy, jsonbody
 from ingress.policy.waf import normalise as n
 from ingress.policy.waf import verdict as v
 from ingress.policy.waf.content import BodyKind, body_kind
@@ -203,16 +203,28 @@ class WafEngine:
     ) -> Verdict | None:
         """The body of POST, PUT, PATCH and DELETE; `total` is its full length when `body` is a prefix.
 
-        Checks, in order: size (413 when oversize = reject), JSON validity and limits (400),
-        patterns (403), entropy (403). A body cut to its first `max_inspect_body_bytes` is
-        scanned but not held to JSON validity, since a prefix is rarely valid.
+        Checks, in order: the content coding (gzip and deflate are decoded, others get 415),
+        size (413 when oversize = reject), JSON validity and limits (400), patterns (403),
+        entropy (403). A body cut to its first `max_inspect_body_bytes` is scanned but not
+        held to JSON validity, since a prefix is rarely valid.
         """
         if method not in BODY_METHODS:
             return None
         profile = self.profile
         limit = profile.max_inspect_body_bytes
+        if not body or not limit:
+            return None
+        encoding = headers.get(b"content-encoding")
+        if encoding is not None:
+            try:
+                body, longer = coding.decoded(encoding, body, limit, whole=total is None or total <= len(body))
+            except coding.Undecodable as exc:
+                if exc.unsupported:
+                    return self._verdict(v.UNSUPPORTED_MEDIA, v.ENCODING, v.BODY_CODING, "body")
+                return self._verdict(v.BAD_REQUEST, v.ENCODING, v.BODY_CORRUPT, "body")
+            total = limit + 1 if longer else None
         size = len(body) if total is None else max(total, len(body))
-        if not size or not limit:
+        if not size:
             return None
         whole = size <= limit
         if not whole:

@@ -111,7 +111,7 @@ class WafStage:
 
     def _found(self, request: Request, path: str, verdict: Verdict) -> Outcome:
         prior = request.decision or _NO_DECISION
-        key = (verdict.profile, "blocked" if verdict.block else "shadow", verdict.category)
+        key = (verdict.profile, "block" if verdict.block else "shadow", verdict.category)
         matches = self._matches
         matches[key] = matches.get(key, 0) + 1
         if not verdict.block:
@@ -134,7 +134,10 @@ class WafStage:
 
 def _refusal(status: int, reference: str) -> Response:
     """The status and a reference to quote to support; the body says no more than the status does."""
-    return error_response(status, [(REFERENCE_HEADER, reference.encode("ascii"))], f"reference: {reference}")
+    extra = [(REFERENCE_HEADER, reference.encode("ascii"))]
+    if status == 415:
+        extra.append((b"Accept-Encoding", b"gzip, deflate"))  # RFC 9110 §12.5.3: the codings that would do
+    return error_response(status, extra, f"reference: {reference}")
 
 
 def _settle(answer: asyncio.Future[Response], outcome: Outcome) -> None:

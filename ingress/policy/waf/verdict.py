@@ -13,11 +13,13 @@ from dataclasses import dataclass
 FORBIDDEN = 403
 BAD_REQUEST = 400
 TOO_LARGE = 413
+UNSUPPORTED_MEDIA = 415
 
 # Categories that are not pattern classes.
 ENTROPY = "entropy"
 JSON = "json"
 OVERSIZE = "oversize"
+ENCODING = "encoding"
 
 # Pattern ids of the checks that are not patterns, stable for dashboards and alerts.
 ENTROPY_ID = "entropy-gate"
@@ -27,6 +29,8 @@ JSON_KEYS = "json-keys"
 JSON_STRING = "json-string"
 JSON_ARRAY = "json-array"
 BODY_OVERSIZE = "body-oversize"
+BODY_CODING = "body-coding"  # a Content-Encoding the firewall cannot decode (415)
+BODY_CORRUPT = "body-corrupt"  # a body that is not valid in its Content-Encoding (400)
 
 
 @dataclass(frozen=True, slots=True)
