@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from ingress.clock import Clock
+from ingress.config.upstream import CacheSettings
 from ingress.handlers import cache as cache_mod
 from ingress.handlers.cache import (
     HIT_STALE_IF_ERROR,
@@ -25,16 +26,20 @@ from ingress.handlers.cache import (
     primary_key,
 )
 from ingress.handlers.freshness import (
+    DEFAULT_TARGETING,
     DELTA_MAX,
     EMPTY,
     HEURISTIC_MAX,
+    NO_TARGETING,
     CacheControl,
+    Targeting,
     age_value,
     corrected_initial_age,
     current_age,
     date_value,
     freshness_lifetime,
     parse_cache_control,
+    parse_sf_dictionary,
     request_cache_control,
     response_cache_control,
     reuse,
@@ -42,7 +47,10 @@ from ingress.handlers.freshness import (
     storable,
     unstorable_reason,
 )
-from ingress.protocol.events import Request
+from ingress.handlers.proxy.handler import gather
+from ingress.handlers.proxy.upstream import UpstreamError
+from ingress.protocol.events import Request, Response
+from ingress.protocol.pipe import Pipe
 
 T0 = 1_700_000_000
 BODY = b"hello cache\n"
@@ -931,6 +939,7 @@ def test_hit_gives_what_lookup_and_respond_give(clock: Clock) -> None:
         ({b"cache-control": b"max-age=0"}, b"max-age=60", T0 + 1),  # client directives: the full path decides
         ({b"pragma": b"no-cache"}, b"max-age=60", T0 + 1),
         ({b"if-none-match": b'"x"'}, b"max-age=60", T0 + 1),
+        ({b"range": b"bytes=0-1"}, b"max-age=60", T0 + 1),  # a 206 is built per request
         ({}, b"max-age=60, no-cache", T0 + 1),  # always revalidated
         ({}, b"max-age=60", T0 + 60),  # stale
     ],
@@ -949,3 +958,297 @@ def test_hit_honours_vary(clock: Clock) -> None:
     stored(c, english, b"max-age=60", (b"Vary", b"Accept-Language"))
     assert c.hit(english, T0 + 1, clock) is not None
     assert c.hit(req(host="example.com", headers={b"accept-language": b"fr"}), T0 + 1, clock) is None
+
+
+# --- targeted fields (RFC 9213, Surrogate-Control) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("max-age=60, no-store", {"max-age": 60, "no-store": True}),
+        ('no-cache="set-cookie, x", a=?0, b=?1', {"no-cache": "set-cookie, x", "a": False, "b": True}),
+        ("max-age=1.5, t=tok/en:x, c=:aGk=:", {"max-age": "1.5", "t": "tok/en:x", "c": b"aGk="}),
+        ('max-age=60;for-me;x=1, l=(1 "a");p', {"max-age": 60, "l": [1, "a"]}),  # parameters are dropped
+        ("max-age=1, max-age=2", {"max-age": 2}),  # the last of a key wins (RFC 8941 §4.2.2)
+        ("  max-age=-5  ", {"max-age": -5}),
+        ("", {}),
+    ],
+)
+def test_sf_dictionary_parses(text: str, parsed: dict[str, object]) -> None:
+    assert parse_sf_dictionary(text) == parsed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Max-Age=60",  # keys are lower-case
+        "max-age =60",
+        "max-age= 60",
+        "max-age=60,",
+        "max-age=60;",
+        "max-age=60 no-store",
+        "max-age=1234567890123456",  # more than 15 digits
+        "max-age=1.2345",
+        'x="unterminated',
+        'x="bad \\n escape"',
+        "x=@1659578233",  # a Date (RFC 9651) is not RFC 8941
+        "x=(1 2",
+        "x=:not base64!:",
+    ],
+)
+def test_sf_dictionary_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_sf_dictionary(text)
+
+
+def policy(*headers: tuple[bytes, bytes], targeting: Targeting = DEFAULT_TARGETING) -> tuple[dict[str, Any], bool]:
+    cc, targeted = targeting.policy(list(headers))
+    return dict(cc.directives), targeted
+
+
+def test_targeted_field_replaces_cache_control() -> None:
+    assert policy((b"Cache-Control", b"no-store"), (b"CDN-Cache-Control", b"max-age=600")) == (
+        {"max-age": ("600",)},
+        True,
+    )
+    # Without one, or with the feature off, Cache-Control decides.
+    assert policy((b"Cache-Control", b"max-age=5")) == ({"max-age": ("5",)}, False)
+    off = policy((b"Cache-Control", b"no-store"), (b"CDN-Cache-Control", b"max-age=600"), targeting=NO_TARGETING)
+    assert off == ({"no-store": (None,)}, False)
+    # A field not on the target list changes nothing (RFC 9213 §2.2).
+    assert policy((b"Cache-Control", b"no-store"), (b"Other-Cache-Control", b"max-age=600"))[1] is False
+
+
+def test_targeted_fields_in_target_list_order_first_valid_wins() -> None:
+    both = ((b"Surrogate-Control", b"max-age=30"), (b"CDN-Cache-Control", b"max-age=600"))
+    assert policy(*both)[0] == {"max-age": ("600",)}
+    surrogate_first = Targeting.of(["Surrogate-Control", "CDN-Cache-Control"], "edgeward")
+    assert policy(*both, targeting=surrogate_first)[0] == {"max-age": ("30",)}
+    # An invalid or empty field is skipped as if absent; so is a Surrogate-Control with nothing for this cache.
+    assert policy((b"CDN-Cache-Control", b"Max-Age=600"), both[0])[0] == {"max-age": ("30",)}
+    assert policy((b"CDN-Cache-Control", b""), both[0])[0] == {"max-age": ("30",)}
+    elsewhere = policy((b"Cache-Control", b"max-age=5"), (b"Surrogate-Control", b"max-age=60;othercdn"))
+    assert elsewhere == ({"max-age": ("5",)}, False)
+
+
+def test_targeted_values_of_the_wrong_kind_are_not_coerced() -> None:
+    directives = policy((b"CDN-Cache-Control", b"max-age=1.5, no-store=?0, private=:aGk=:"))[0]
+    assert directives == {"max-age": ("1.5",), "private": ("",)}
+    assert CacheControl(directives).seconds("max-age") == 0  # invalid: stale, as in Cache-Control
+
+
+def test_surrogate_control_targeting_and_syntax() -> None:
+    sc = b"Surrogate-Control"
+    # Members for this cache's token win over untargeted ones; other devices' members never apply.
+    assert policy((sc, b"no-store, max-age=60;EdgeWard, max-age=5;othercdn"))[0] == {"max-age": ("60",)}
+    assert policy((sc, b"max-age=60, no-store;othercdn"))[0] == {"max-age": ("60",)}
+    # Names are case-insensitive; a malformed member is dropped alone; `+extension` is not applied.
+    assert policy((sc, b'MaX-AgE=60+600, max-age =100, content="ESI/1.0, x"'))[0] == {
+        "max-age": ("60",),
+        "content": ("ESI/1.0, x",),
+    }
+    assert policy((sc, b"no-store-remote"))[0] == {"no-store": (None,)}
+    # Without a token of its own the cache follows untargeted members only.
+    tokenless = Targeting.of(["Surrogate-Control"], "")
+    assert policy((sc, b"max-age=60;edgeward, max-age=5"), targeting=tokenless)[0] == {"max-age": ("5",)}
+    assert tokenless.capability is None
+    assert DEFAULT_TARGETING.capability == b'edgeward="Surrogate/1.0"'
+    assert Targeting.of(["CDN-Cache-Control"], "edgeward").capability is None
+
+
+def test_targeted_field_keeps_cache_control_private() -> None:
+    """A site-wide CDN field must not make one user's answer (Cache-Control: private) reusable for others."""
+    directives, targeted = policy((b"Cache-Control", b"private"), (b"CDN-Cache-Control", b"max-age=600"))
+    assert targeted and directives == {"max-age": ("600",), "private": (None,)}
+    c = SharedCache(1 << 20, 1 << 20)
+    assert c.unstorable_reason(req(), 200, [(b"Cache-Control", b"private"), (b"CDN-Cache-Control", b"max-age=60")])
+    assert c.unstorable_reason(req(), 200, [(b"Surrogate-Control", b"private, max-age=60")]) == "private"
+    assert (
+        c.unstorable_reason(req(), 200, [(b"Cache-Control", b"no-store"), (b"CDN-Cache-Control", b"max-age=60")]) == ""
+    )
+
+
+def test_targeted_field_alone_allows_authorization_and_set_cookie() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    auth = req(headers={b"authorization": b"Bearer x"})
+    public_cc = [(b"Cache-Control", b"public, max-age=60"), (b"CDN-Cache-Control", b"max-age=60")]
+    assert c.unstorable_reason(auth, 200, public_cc) == "authorization"
+    assert c.unstorable_reason(auth, 200, [(b"CDN-Cache-Control", b"public, max-age=60")]) == ""
+    cookie = [(b"Set-Cookie", b"a=b"), (b"Cache-Control", b"s-maxage=60"), (b"CDN-Cache-Control", b"max-age=60")]
+    assert c.unstorable_reason(req(), 200, cookie) == "set-cookie"
+    assert c.unstorable_reason(req(), 200, [(b"Set-Cookie", b"a=b"), (b"Surrogate-Control", b"s-maxage=60")]) == ""
+    assert c.unstorable_reason(req(headers={b"cache-control": b"no-store"}), 200, public_cc[1:]) == "no-store"
+
+
+def test_targeted_field_ignores_expires() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    expires = (b"Expires", date(T0 + 600))
+    entry = c.store(req(), 200, [(b"Date", date(T0)), (b"Surrogate-Control", b"max-age=0"), expires], BODY, T0, T0)
+    assert entry is not None and entry.lifetime == 0
+    # Stored on Expires alone only when no targeted field is in force.
+    assert c.unstorable_reason(req(), 200, [(b"Date", date(T0)), (b"CDN-Cache-Control", b"none"), expires])
+    assert not c.unstorable_reason(req(), 200, [(b"Date", date(T0)), expires])
+    # Age still counts against a targeted max-age.
+    aged = c.store(req(b"/aged"), 200, [(b"Surrogate-Control", b"max-age=3600"), (b"Age", b"7200")], BODY, T0, T0)
+    assert aged is not None and c.lookup(req(b"/aged"), T0).kind is Kind.STALE
+
+
+def test_surrogate_control_consumed_downstream_others_passed_on(clock: Clock) -> None:
+    headers = [
+        (b"Surrogate-Control", b"max-age=60, no-store;othercdn"),
+        (b"CDN-Cache-Control", b"max-age=60"),
+        (b"Cache-Control", b"no-store"),
+    ]
+    assert DEFAULT_TARGETING.downstream(headers) == [
+        (b"Surrogate-Control", b"no-store;othercdn"),
+        (b"CDN-Cache-Control", b"max-age=60"),
+        (b"Cache-Control", b"no-store"),
+    ]
+    assert DEFAULT_TARGETING.downstream([(b"surrogate-control", b"max-age=60;EDGEWARD, no-store")]) == []
+    assert NO_TARGETING.downstream(headers) is headers
+    # Stored, the field still rules the entry, but a hit does not send it.
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = c.store(req(), 200, [(b"Surrogate-Control", b"max-age=60"), (b"Cache-Control", b"no-store")], BODY, T0, T0)
+    assert entry is not None and entry.lifetime == 60
+    hit = c.respond(entry, req(), T0 + 1, clock)
+    assert [n for n, _ in hit.headers] == [b"Cache-Control", b"Content-Length", b"Age", b"Cache-Status"]
+    assert hit.wire is not None and b"Surrogate-Control" not in hit.wire
+
+
+def test_freshen_takes_a_new_targeted_policy() -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = stored(c, None, b"no-store", (b"Surrogate-Control", b"max-age=1"), (b"ETag", b'"v"'))
+    assert entry.lifetime == 1
+    c.freshen(entry, [(b"ETag", b'"v"'), (b"Surrogate-Control", b"max-age=300")], T0 + 5, T0 + 5)
+    assert entry.lifetime == 300 and entry.cached
+    c.freshen(entry, [(b"ETag", b'"v"'), (b"Surrogate-Control", b"no-store")], T0 + 6, T0 + 6)
+    assert not entry.cached and len(c) == 0
+
+
+def test_cache_without_targeting_follows_cache_control_only() -> None:
+    c = SharedCache(1 << 20, 1 << 20, NO_TARGETING)
+    headers = [(b"Cache-Control", b"no-store"), (b"Surrogate-Control", b"max-age=60")]
+    assert c.store(req(), 200, headers, BODY, T0, T0) is None
+    entry = c.store(
+        req(b"/b"), 200, [(b"Cache-Control", b"max-age=5"), (b"CDN-Cache-Control", b"no-store")], BODY, T0, T0
+    )
+    assert entry is not None and entry.lifetime == 5
+    assert (b"CDN-Cache-Control", b"no-store") in entry.sent
+
+
+def test_default_targeting_is_the_config_default() -> None:
+    settings = CacheSettings()
+    assert Targeting.of(settings.targeted_fields, settings.surrogate_token) == DEFAULT_TARGETING
+    assert DEFAULT_TARGETING.fields == (b"cdn-cache-control", b"surrogate-control")
+
+
+# --- ranges from a stored response ----------------------------------------------------------------------------------
+
+DIGITS = b"0123456789A"
+
+
+def ranged(c: SharedCache, clock: Clock, entry: Entry, **headers: bytes) -> Response:
+    request = req(headers={k.replace("_", "-").encode(): v for k, v in headers.items()})
+    return c.respond(entry, request, T0 + 1, clock, "hit")
+
+
+@pytest.mark.parametrize(
+    ("spec", "content_range", "part"),
+    [
+        (b"bytes=0-1", b"bytes 0-1/11", b"01"),
+        (b"bytes=1-", b"bytes 1-10/11", b"123456789A"),
+        (b"bytes=-1", b"bytes 10-10/11", b"A"),
+        (b"bytes=5-99", b"bytes 5-10/11", b"56789A"),
+        (b"bytes=0-1,1-3", b"bytes 0-3/11", b"0123"),  # overlapping ranges coalesce into one
+    ],
+)
+def test_respond_one_range_from_a_stored_200(clock: Clock, spec: bytes, content_range: bytes, part: bytes) -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = stored(c, None, b"max-age=60", (b"ETag", b'"d"'), body=DIGITS)
+    reply = ranged(c, clock, entry, range=spec)
+    assert (reply.status, reply.body) == (206, part)
+    fields = dict(reply.headers)
+    assert fields[b"Content-Range"] == content_range and fields[b"Content-Length"] == b"%d" % len(part)
+    assert [n for n, _ in reply.headers].count(b"Content-Length") == 1
+    assert fields[b"Cache-Status"] == b"edgeward; hit; ttl=59" and fields[b"ETag"] == b'"d"'
+    assert reply.wire is not None and reply.wire.startswith(b"HTTP/1.1 206 Partial Content\r\nDate: " + date(T0))
+    assert reply.wire.endswith(b"\r\n\r\n" + part)
+
+
+def test_respond_range_falls_back_to_the_whole_response(clock: Clock) -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    lm = date(T0 - 100)
+    entry = stored(c, None, b"max-age=60", (b"ETag", b'"d"'), (b"Last-Modified", lm), body=DIGITS)
+    whole = [
+        ranged(c, clock, entry, range=b"bytes=0-1,5-6"),  # several ranges: the whole 200, which §14.2 allows
+        ranged(c, clock, entry, range=b"items=0-1"),
+        ranged(c, clock, entry, range=b"bytes=0-1", if_range=b'"other"'),
+        ranged(c, clock, entry, range=b"bytes=0-1", if_range=b'W/"d"'),  # If-Range needs a strong match
+        ranged(c, clock, entry, range=b"bytes=0-1", if_range=date(T0 - 99)),
+    ]
+    assert [(r.status, r.body) for r in whole] == [(200, DIGITS)] * 5
+    matched = [ranged(c, clock, entry, range=b"bytes=0-1", if_range=v) for v in (b'"d"', lm)]
+    assert [(r.status, r.body) for r in matched] == [(206, b"01")] * 2
+    head = c.respond(entry, req(method="HEAD", headers={b"range": b"bytes=0-1"}), T0 + 1, clock)
+    assert head.status == 200
+    not_found = stored(c, req(b"/404"), b"max-age=60", status=404, body=DIGITS)
+    assert c.respond(not_found, req(b"/404", headers={b"range": b"bytes=0-1"}), T0 + 1, clock).status == 404
+
+
+def test_respond_unsatisfiable_range_is_416(clock: Clock) -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = stored(c, None, b"max-age=60", body=DIGITS)
+    reply = ranged(c, clock, entry, range=b"bytes=11-")
+    assert reply.status == 416
+    assert (b"Content-Range", b"bytes */11") in reply.headers
+    assert (b"Cache-Status", b"edgeward; hit") in reply.headers
+
+
+def test_respond_conditional_wins_over_range(clock: Clock) -> None:
+    c = SharedCache(1 << 20, 1 << 20)
+    entry = stored(c, None, b"max-age=60", (b"ETag", b'"d"'), body=DIGITS)
+    assert ranged(c, clock, entry, range=b"bytes=0-1", if_none_match=b'"d"').status == 304
+
+
+# --- gathering an answer for storing (the proxy's side) -------------------------------------------------------------
+
+
+def test_gather_resumes_a_producer_paused_before_it_started() -> None:
+    """The origin filled the pipe to its usual mark before the cache began: gathering must start it again."""
+
+    async def main() -> bytes | None:
+        pipe = Pipe(None, high_water=1000)
+        pipe.on_drain = lambda: (pipe.feed(b"b" * 500), pipe.finish())
+        assert pipe.feed(b"a" * 1500) is False and pipe.paused
+        return await asyncio.wait_for(gather(pipe, 4000, asyncio.get_running_loop()), 5)
+
+    assert asyncio.run(main()) == b"a" * 1500 + b"b" * 500
+
+
+def test_gather_leaves_a_body_past_the_limit_whole_in_the_pipe() -> None:
+    async def main() -> tuple[bytes | None, Pipe]:
+        pipe = Pipe(None, high_water=1000)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(pipe.feed, b"x" * 3000)
+        loop.call_soon(pipe.feed, b"y" * 2000)
+        return await gather(pipe, 4000, loop), pipe
+
+    body, pipe = asyncio.run(main())
+    assert body is None
+    assert (pipe.read_total, pipe.buffered, pipe.high_water) == (0, 5000, 1000)
+    assert pipe.paused  # the producer stays held until the client has read the pipe down
+    assert bytes(pipe.read()) == b"x" * 3000 + b"y" * 2000 and not pipe.paused
+
+
+def test_gather_never_returns_a_cut_body() -> None:
+    async def main() -> bytes | None:
+        pipe = Pipe(None)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(pipe.feed, b"part")
+        loop.call_soon(pipe.fail, "origin closed the connection")
+        return await gather(pipe, 4000, loop)
+
+    with pytest.raises(UpstreamError) as caught:
+        asyncio.run(main())
+    assert caught.value.kind == "reset"

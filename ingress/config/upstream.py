@@ -177,3 +177,22 @@ class CacheSettings:
         default=8 << 20, metadata=doc("Largest body stored; larger answers pass through uncached.", minimum=0)
     )
     purge: bool = field(default=True, metadata=doc("Offer `PURGE /cache?host=H&path=P` on the admin listener."))
+    targeted_fields: tuple[str, ...] = field(
+        default=("CDN-Cache-Control", "Surrogate-Control"),
+        metadata=doc(
+            "Targeted cache-control fields this cache follows, most applicable first (RFC 9213): the first one an"
+            " answer carries with a valid value replaces its Cache-Control and Expires here, except that"
+            " Cache-Control `private` still keeps it out. `Surrogate-Control` (W3C Edge Architecture) is consumed:"
+            " its members for this cache are removed from answers; others, such as `CDN-Cache-Control`, are passed"
+            " on. Empty: Cache-Control alone decides."
+        ),
+    )
+    surrogate_token: str = field(
+        default="edgeward",
+        metadata=doc(
+            'Device token this cache announces upstream (`Surrogate-Capability: TOKEN="Surrogate/1.0"`) and answers'
+            " to in Surrogate-Control members targeted with `;TOKEN`; empty: announced to no origin, and only"
+            " untargeted members apply.",
+            pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]*$",
+        ),
+    )

@@ -26,6 +26,17 @@ have sent it chunked.
 The HTTP/1.1 bytes built here carry the stored Date. The field list that
 HTTP/2, HTTP/3 and a closing HTTP/1 connection serialise leaves Date out,
 because those layers add the clock's Date to every answer themselves.
+
+Which directives rule an entry is `Targeting.policy`: a targeted field
+(CDN-Cache-Control, Surrogate-Control) when the origin sent one, else
+Cache-Control. The consumed Surrogate-Control stays in the stored headers,
+so a 304 can update the policy, and is left out of what a hit sends
+(`Entry.sent`), as it is from a miss.
+
+A GET with one byte range is answered from a stored 200 with a 206 of
+that range (RFC 9110 §14.2 lets any cache do so); several ranges get the
+whole 200, which §14.2 also allows and which keeps multipart bodies out of
+the cache's hot path. If-Range must match the stored response strongly.
 """
 
 from __future__ import annotations
@@ -42,20 +53,23 @@ from typing import Generic, TypeVar
 from ingress.clock import Clock
 from ingress.handlers import conditional
 from ingress.handlers.freshness import (
+    DEFAULT_TARGETING,
     CacheControl,
     Headers,
     Kind,
+    Targeting,
     corrected_initial_age,
     current_age,
     date_value,
     field_members,
     freshness_lifetime,
     request_cache_control,
-    response_cache_control,
     reuse,
     stale_if_error_allowed,
     unstorable_reason,
 )
+from ingress.handlers.ranges import Unsatisfiable, parse_ranges
+from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Request, Response
 from ingress.protocol.http1 import status_line
 
@@ -199,8 +213,10 @@ class Entry:
         "lifetime",
         "memo",
         "response_time",
+        "sent",
         "size",
         "status",
+        "targeting",
         "vary",
     )
 
@@ -214,8 +230,10 @@ class Entry:
         body: bytes,
         request_time: float,
         response_time: float,
+        targeting: Targeting = DEFAULT_TARGETING,
     ) -> None:
         self.key = key
+        self.targeting = targeting
         # (request field, normalised value) pairs the response varies on; None for Vary: *, which matches nothing.
         self.vary = vary
         self.status = status
@@ -230,7 +248,10 @@ class Entry:
     def _update(self, stored: Headers, received: Headers, request_time: float, response_time: float) -> None:
         """Take `stored` as the headers; `received` (the origin's full answer, or its 304) dates the response."""
         self.headers = stored
-        self.cc: CacheControl = response_cache_control(stored)
+        # What a hit sends: the stored headers minus what this cache consumed (Surrogate-Control).
+        self.sent = self.targeting.downstream(stored)
+        cc, targeted = self.targeting.policy(stored)
+        self.cc: CacheControl = cc
         self.etag = _first(stored, b"etag")
         self.last_modified = _first(stored, b"last-modified")
         self.date = date_value(received, response_time)
@@ -241,7 +262,7 @@ class Entry:
         self.response_time = response_time
         self.initial_age = corrected_initial_age(received, request_time, response_time)
         # Lifetime from the *received* Date/Expires pair: Date is not stored, but Expires - Date needs both.
-        self.lifetime = freshness_lifetime(self.status, _with_date(stored, received), self.cc, response_time)
+        self.lifetime = freshness_lifetime(self.status, _with_date(stored, received), cc, response_time, targeted)
         self.size = len(self.body) + sum(len(n) + len(v) + 4 for n, v in stored)
         # The instant it stops being fresh, for requests with no directives of their own (`SharedCache.hit`):
         # fresh while lifetime > initial_age + (now - response_time). Never, for no-cache.
@@ -310,9 +331,11 @@ _METHOD = Lookup(Kind.MISS, fwd="method")
 class SharedCache:
     """Stored responses by URI and Vary, bounded by bytes, with the counters a metrics endpoint reads."""
 
-    def __init__(self, max_bytes: int, max_object_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_object_bytes: int, targeting: Targeting = DEFAULT_TARGETING) -> None:
+        """`targeting`: the targeted fields this cache follows (`[cache] targeted_fields`, `surrogate_token`)."""
         self.max_bytes = max_bytes
         self.max_object_bytes = max_object_bytes
+        self.targeting = targeting
         self._index: dict[Key, list[Entry]] = {}
         self._lru: OrderedDict[Entry, None] = OrderedDict()
         self._memo_preamble = b""
@@ -363,6 +386,7 @@ class SharedCache:
             or b"pragma" in headers
             or b"if-none-match" in headers
             or b"if-modified-since" in headers
+            or b"range" in headers
         ):
             return None
         variants = self._index.get((request.scheme, request.host, request.path, request.query))
@@ -407,6 +431,14 @@ class SharedCache:
         return stale_if_error_allowed(entry.current_age(now), entry.lifetime, entry.cc, request_cc)
 
     # storing --------------------------------------------------------------------------------------------------------
+    def unstorable_reason(self, request: Request, status: int, headers: Headers) -> str:
+        """Why the origin's answer (`headers` as received) may not be stored here, or "" (§3, by this cache's policy).
+
+        The proxy asks before reading a body it would otherwise stream.
+        """
+        cc, targeted = self.targeting.policy(headers)
+        return unstorable_reason(request.method, status, request.headers, headers, cc, targeted)
+
     def store(
         self,
         request: Request,
@@ -424,14 +456,13 @@ class SharedCache:
         """
         if not self.max_bytes or len(body) > self.max_object_bytes:
             return None
-        cc = response_cache_control(headers)
-        if unstorable_reason(request.method, status, request.headers, headers, cc):
+        if self.unstorable_reason(request, status, headers):
             return None
         names = field_members(headers, b"vary")
         vary = tuple((name, _normalise(name, request.headers.get(name))) for name in dict.fromkeys(names))
         key = primary_key(request)
         stored = _storable_headers(headers, len(body), status)
-        entry = Entry(key, vary, status, stored, headers, body, request_time, response_time)
+        entry = Entry(key, vary, status, stored, headers, body, request_time, response_time, self.targeting)
         if entry.size > self.max_bytes:
             return None
         for old in [v for v in self._index.get(key, ()) if v.matches(request.headers)]:
@@ -584,11 +615,15 @@ class SharedCache:
         if conditional_request and entry.status == 200 and _not_modified(entry, headers):
             return self._not_modified(entry, now, clock, status)
         head = request.method == "HEAD"
+        if not head and entry.status == 200 and b"range" in headers:
+            partial = self._partial(entry, headers, now, clock, status)
+            if partial is not None:
+                return partial
         memos = entry.head_memo if head else entry.memo
         memo = memos.get(status)
         if memo is not None and memo[0] is preamble:
             return memo[1]
-        fields = self._fields(entry, entry.headers, now, status)
+        fields = self._fields(entry, entry.sent, now, status)
         wire = _head(entry.status, entry, clock, fields)
         response = (
             Response(entry.status, fields, b"", wire)
@@ -601,9 +636,34 @@ class SharedCache:
         return response
 
     def _not_modified(self, entry: Entry, now: float, clock: Clock, status: str) -> Response:
-        kept = [(n, v) for n, v in entry.headers if n.lower() in _NOT_MODIFIED_FIELDS]
+        kept = [(n, v) for n, v in entry.sent if n.lower() in _NOT_MODIFIED_FIELDS]
         fields = self._fields(entry, kept, now, status)
         return Response(304, fields, b"", _head(304, entry, clock, fields))
+
+    def _partial(
+        self, entry: Entry, headers: Mapping[bytes, bytes], now: float, clock: Clock, status: str
+    ) -> Response | None:
+        """The 206 (or 416) for a GET with Range from a stored 200; None to send the whole response instead."""
+        if_range = headers.get(b"if-range")
+        if if_range is not None and not _if_range_matches(entry, if_range):
+            return None  # the client's copy is another representation: it needs all of this one (RFC 9110 §13.1.5)
+        size = len(entry.body)
+        try:
+            ranges = parse_ranges(headers[b"range"], size)
+        except Unsatisfiable:
+            value = CACHE_NAME + b"; " + status.encode("ascii")
+            return error_response(416, [(b"Content-Range", b"bytes */%d" % size), (b"Cache-Status", value)])
+        if ranges is None or len(ranges) != 1:
+            return None
+        first, last = ranges[0]
+        part = entry.body[first : last + 1]
+        described = [(n, v) for n, v in entry.sent if n.lower() != b"content-length"]
+        described += [
+            (b"Content-Range", b"bytes %d-%d/%d" % (first, last, size)),
+            (b"Content-Length", b"%d" % len(part)),
+        ]
+        fields = self._fields(entry, described, now, status)
+        return Response(206, fields, part, _head(206, entry, clock, fields) + part)
 
     @staticmethod
     def _fields(entry: Entry, headers: Headers, now: float, status: str) -> Headers:
@@ -650,6 +710,21 @@ def validates(entry: Entry, headers: Headers) -> bool:
 
 def _opaque(tag: bytes) -> bytes:
     return tag[2:] if tag.startswith(b"W/") else tag
+
+
+def _if_range_matches(entry: Entry, value: bytes) -> bool:
+    """Whether If-Range names the stored response (RFC 9110 §13.1.5): its strong ETag, or exactly its Last-Modified.
+
+    A weak ETag never matches, and a date only when the stored response has
+    that Last-Modified, so a range is never spliced onto another version.
+    """
+    value = value.strip()
+    if value.startswith((b'"', b"W/")):
+        return entry.etag is not None and not entry.etag.startswith(b"W/") and value == entry.etag
+    when = conditional.http_date_seconds(value)
+    if when is None or entry.last_modified is None:
+        return False
+    return when == conditional.http_date_seconds(entry.last_modified)
 
 
 def _not_modified(entry: Entry, headers: Mapping[bytes, bytes]) -> bool:

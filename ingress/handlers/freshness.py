@@ -23,13 +23,29 @@ while storing too little only costs a trip to the origin:
   proxy-revalidate, §5.2.2.10) forbids the *client's* `max-stale`, but the
   origin's own `stale-while-revalidate` / `stale-if-error` on the same
   response still apply: an origin sending both means it, as CDNs read it.
+
+Targeted fields (RFC 9213 `CDN-Cache-Control`, and `Surrogate-Control` of
+the W3C Edge Architecture Note) replace Cache-Control and Expires for this
+cache when one of its target list is present and valid (`Targeting`), as
+the RFC says, with one exception: a `private` in Cache-Control still keeps
+the response out of this cache. `private` says who may receive a response
+(one user), which a field about how long a CDN may keep it does not
+answer; a targeted field is often added site-wide while `private` is set
+by the code that knows the answer is personal (RFC 9213 §5 warns of
+exactly this reuse of sensitive responses). `no-store` and the freshness
+directives are what targeted fields exist to override (RFC 9213 §3.1:
+`Cache-Control: no-store` with `CDN-Cache-Control: max-age=600` is stored
+by the CDN alone), and the Authorization and Set-Cookie rules read the
+directives in force, so only the targeted field can allow those.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from ingress.handlers.conditional import http_date_seconds
 
@@ -201,6 +217,296 @@ def prohibits_stale(cc: CacheControl) -> bool:
     return "must-revalidate" in cc or "proxy-revalidate" in cc or "no-cache" in cc
 
 
+# --- targeted fields (RFC 9213; Surrogate-Control of the W3C Edge Architecture Note) --------------------------------
+
+SURROGATE_CONTROL = b"surrogate-control"
+# What this cache tells origins it is (Edge Architecture §2.1): a surrogate that reads Surrogate-Control.
+SURROGATE_CAPABILITY = b"Surrogate/1.0"
+_TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_SF_NUMBER = re.compile(r"-?([0-9]{1,15})(\.[0-9]{1,3})?")
+_SF_BASE64 = re.compile(r"[A-Za-z0-9+/=]*")
+# One Surrogate-Control member: `name[=token-or-quoted-string][;device-token]`, nothing between the parts.
+_SURROGATE_MEMBER = re.compile(
+    rf'([{re.escape(_TCHARS)}]+)(?:=("(?:[^"\\]|\\.)*"|[{re.escape(_TCHARS)}]+))?(?:;([{re.escape(_TCHARS)}]+))?'
+)
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def _sf_key(s: str, i: int) -> tuple[str, int]:
+    start = i
+    if i >= len(s) or not ("a" <= s[i] <= "z" or s[i] == "*"):
+        raise _Malformed("key")
+    while i < len(s) and ("a" <= s[i] <= "z" or "0" <= s[i] <= "9" or s[i] in "_-.*"):
+        i += 1
+    return s[start:i], i
+
+
+def _sf_bare_item(s: str, i: int) -> tuple[object, int]:
+    """One bare item (RFC 8941 §4.2.3.1): Integer, Decimal (kept as its text), String, Token, bytes or Boolean."""
+    n = len(s)
+    c = s[i] if i < n else ""
+    if c == "-" or "0" <= c <= "9":
+        m = _SF_NUMBER.match(s, i)
+        if m is None or (m.group(2) and len(m.group(1)) > 12) or (m.end() < n and "0" <= s[m.end()] <= "9"):
+            raise _Malformed("number")
+        return (m.group() if m.group(2) else int(m.group())), m.end()
+    if c == '"':
+        out: list[str] = []
+        i += 1
+        while i < n:
+            ch = s[i]
+            if ch == "\\":
+                if i + 1 >= n or s[i + 1] not in '"\\':
+                    raise _Malformed("escape")
+                out.append(s[i + 1])
+                i += 2
+            elif ch == '"':
+                return "".join(out), i + 1
+            elif " " <= ch <= "~":
+                out.append(ch)
+                i += 1
+            else:
+                raise _Malformed("string")
+        raise _Malformed("unterminated string")
+    if c == "*" or (c.isascii() and c.isalpha()):
+        start = i
+        while i < n and (s[i] in _TCHARS or s[i] in ":/"):
+            i += 1
+        return s[start:i], i
+    if c == ":":
+        end = s.find(":", i + 1)
+        if end < 0 or _SF_BASE64.fullmatch(s, i + 1, end) is None:
+            raise _Malformed("byte sequence")
+        return s[i + 1 : end].encode("ascii"), end + 1
+    if c == "?" and s[i + 1 : i + 2] in ("0", "1"):
+        return s[i + 1] == "1", i + 2
+    raise _Malformed("item")
+
+
+def _sf_parameters(s: str, i: int) -> int:
+    """Skip an item's parameters: valid ones are read past, their meaning ignored (RFC 9213 §2.1)."""
+    while i < len(s) and s[i] == ";":
+        i += 1
+        while i < len(s) and s[i] == " ":
+            i += 1
+        _, i = _sf_key(s, i)
+        if i < len(s) and s[i] == "=":
+            _, i = _sf_bare_item(s, i + 1)
+    return i
+
+
+def _sf_member(s: str, i: int) -> tuple[object, int]:
+    """An Item or an Inner List (kept as a list) after `key=`."""
+    if i < len(s) and s[i] == "(":
+        items: list[object] = []
+        i += 1
+        while True:
+            while i < len(s) and s[i] == " ":
+                i += 1
+            if i < len(s) and s[i] == ")":
+                return items, _sf_parameters(s, i + 1)
+            item, i = _sf_bare_item(s, i)
+            items.append(item)
+            i = _sf_parameters(s, i)
+            if i >= len(s) or s[i] not in " )":
+                raise _Malformed("inner list")
+    item, i = _sf_bare_item(s, i)
+    return item, _sf_parameters(s, i)
+
+
+def parse_sf_dictionary(text: str) -> dict[str, object]:
+    """A Structured Fields Dictionary (RFC 8941 §4.2.2); _Malformed (a ValueError) on any syntax error.
+
+    Values: True/False, int, str (String, Token, or a Decimal's text),
+    bytes, or a list (Inner List). Parameters are checked and dropped.
+    """
+    s = text.strip(" ")
+    i, n = 0, len(s)
+    out: dict[str, object] = {}
+    while i < n:
+        key, i = _sf_key(s, i)
+        if i < n and s[i] == "=":
+            value, i = _sf_member(s, i + 1)
+        else:
+            value, i = True, _sf_parameters(s, i)
+        out[key] = value
+        while i < n and s[i] in " \t":
+            i += 1
+        if i >= n:
+            break
+        if s[i] != ",":
+            raise _Malformed("expected a comma")
+        i += 1
+        while i < n and s[i] in " \t":
+            i += 1
+        if i >= n:
+            raise _Malformed("trailing comma")
+    return out
+
+
+def _sf_directives(values: list[bytes]) -> CacheControl | None:
+    """A targeted field's directives (RFC 9213 §2.1); None when it is empty or does not parse.
+
+    A value of the wrong kind is not coerced (§2.1: "SHOULD NOT consume"):
+    `no-store=?0` is dropped, and a Decimal, byte sequence or list stays
+    as text no delta-seconds rule accepts, so it counts as invalid (0).
+    """
+    try:
+        parsed = parse_sf_dictionary(", ".join(v.decode("ascii") for v in values))
+    except (_Malformed, UnicodeDecodeError):
+        return None
+    directives: dict[str, tuple[str | None, ...]] = {}
+    for name, value in parsed.items():
+        if value is True:
+            directives[name] = (None,)
+        elif isinstance(value, int | str) and not isinstance(value, bool):
+            directives[name] = (str(value),)
+        elif value is not False:
+            directives[name] = ("",)
+    return CacheControl(directives) if parsed else None
+
+
+def _surrogate_members(values: list[bytes]) -> list[tuple[str, str | None, str, str]]:
+    """(name, value, device token, the member's text) of each well-formed Surrogate-Control member.
+
+    Names and tokens are lower-cased; a malformed member (a space around
+    `=`, say) is dropped on its own, as Cache-Control's parser does not.
+    """
+    out: list[tuple[str, str | None, str, str]] = []
+    for raw in values:
+        text = raw.decode("latin-1")
+        for member in _split_list(text):
+            m = _SURROGATE_MEMBER.fullmatch(member)
+            if m is None:
+                continue
+            name, value, token = m.groups()
+            if value is not None and value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            out.append((name.lower(), value, (token or "").lower(), member))
+    return out
+
+
+def _split_list(text: str) -> list[str]:
+    """Comma-separated members, commas inside quoted strings kept; each stripped, empty ones dropped."""
+    members: list[str] = []
+    start, quoted, escaped = 0, False, False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            members.append(text[start:i])
+            start = i + 1
+    members.append(text[start:])
+    return [m.strip(" \t") for m in members if m.strip(" \t")]
+
+
+@dataclass(frozen=True, slots=True)
+class Targeting:
+    """This cache's target list (RFC 9213 §2.2) and the device token it answers to in Surrogate-Control.
+
+    `fields` are lower-case field names, most applicable first; empty turns
+    targeted fields off (Cache-Control alone decides). `token` names this
+    cache in `Surrogate-Capability` and in `max-age=60;token`; empty: only
+    untargeted Surrogate-Control members apply here.
+    """
+
+    fields: tuple[bytes, ...] = ()
+    token: str = ""
+
+    @classmethod
+    def of(cls, fields: Iterable[str], token: str) -> Targeting:
+        return cls(tuple(dict.fromkeys(f.strip().lower().encode("latin-1") for f in fields)), token.lower())
+
+    @property
+    def capability(self) -> bytes | None:
+        """The Surrogate-Capability member announcing this cache, or None when it does not read Surrogate-Control."""
+        if SURROGATE_CONTROL not in self.fields or not self.token:
+            return None
+        return self.token.encode("latin-1") + b'="' + SURROGATE_CAPABILITY + b'"'
+
+    def directives(self, headers: Headers) -> CacheControl | None:
+        """The first field of the target list present with a valid, non-empty value (RFC 9213 §2.2), parsed."""
+        for name in self.fields:
+            values = field_values(headers, name)
+            if not values:
+                continue
+            found = self._surrogate(values) if name == SURROGATE_CONTROL else _sf_directives(values)
+            if found:
+                return found
+        return None
+
+    def _surrogate(self, values: list[bytes]) -> CacheControl | None:
+        """Surrogate-Control's directives for this cache (Edge Architecture §2.2, §2.3).
+
+        Members targeted at this cache's token win over untargeted ones;
+        members targeted at another device do not apply here. `max-age=N+M`
+        is read as `max-age=N`: the extension M would let a stale response
+        be served, which only this field's own stale-* directives allow
+        here. `no-store-remote` counts as `no-store`, since whether this
+        edge is "remote" from the origin is not something it can know.
+        """
+        members = _surrogate_members(values)
+        mine = [m for m in members if m[2] and m[2] == self.token]
+        chosen = mine or [m for m in members if not m[2]]
+        directives: dict[str, list[str | None]] = {}
+        for name, value, _, _ in chosen:
+            if name == "max-age" and value is not None:
+                directives.setdefault(name, []).append(value.split("+", 1)[0])
+            else:
+                directives.setdefault("no-store" if name == "no-store-remote" else name, []).append(value)
+        return CacheControl({k: tuple(v) for k, v in directives.items()}) if directives else None
+
+    def policy(self, headers: Headers) -> tuple[CacheControl, bool]:
+        """The directives this cache follows for a response, and whether a targeted field supplied them.
+
+        A targeted field replaces Cache-Control (and Expires: the caller
+        passes the flag on), except that Cache-Control's `private` is kept
+        (see the module's docstring).
+        """
+        cc = response_cache_control(headers)
+        targeted = self.directives(headers) if self.fields else None
+        if targeted is None:
+            return cc, False
+        private = cc.directives.get("private")
+        if private is not None and "private" not in targeted:
+            return CacheControl({**targeted.directives, "private": private}), True
+        return targeted, True
+
+    def downstream(self, headers: Headers) -> Headers:
+        """`headers` without the Surrogate-Control members this cache consumed.
+
+        The Edge Architecture Note has a surrogate consume the directives
+        addressed to it, so they do not reach the client (or browsers would
+        read a CDN's policy); members targeted at another device go on, for
+        a surrogate further down. Other targeted fields are passed on:
+        RFC 9213 §3 has a CDN forward CDN-Cache-Control so that CDN caches
+        downstream can use it too.
+        """
+        if SURROGATE_CONTROL not in self.fields or not any(n.lower() == SURROGATE_CONTROL for n, _ in headers):
+            return headers
+        out: Headers = []
+        for name, value in headers:
+            if name.lower() != SURROGATE_CONTROL:
+                out.append((name, value))
+                continue
+            others = [m[3] for m in _surrogate_members([value]) if m[2] and m[2] != self.token]
+            if others:
+                out.append((name, ", ".join(others).encode("latin-1")))
+        return out
+
+
+NO_TARGETING = Targeting()
+# What `[cache] targeted_fields` and `surrogate_token` default to (ingress/config/upstream.py, CacheSettings).
+DEFAULT_TARGETING = Targeting.of(("CDN-Cache-Control", "Surrogate-Control"), "edgeward")
+
+
 # --- storing (§3) ---------------------------------------------------------------------------------------------------
 
 
@@ -210,10 +516,13 @@ def unstorable_reason(
     request_headers: Mapping[bytes, bytes],
     headers: Headers,
     cc: CacheControl | None = None,
+    targeted: bool = False,
 ) -> str:
     """Why a shared cache must not store this response, or "" when it may (§3, §3.5).
 
     A reason rather than a bool so logs and tests can say which rule applied.
+    `targeted`: `cc` came from a targeted field, so Expires does not count
+    (`Targeting.policy`).
     """
     if method not in STORABLE_METHODS:
         return "method"
@@ -240,7 +549,7 @@ def unstorable_reason(
         return "authorization"
     if field_values(headers, b"set-cookie") and not ("public" in cc or "s-maxage" in cc):
         return "set-cookie"
-    explicit = "max-age" in cc or "s-maxage" in cc or bool(field_values(headers, b"expires"))
+    explicit = "max-age" in cc or "s-maxage" in cc or (not targeted and bool(field_values(headers, b"expires")))
     if explicit or "public" in cc:
         return ""
     has_validator = bool(field_values(headers, b"etag") or field_values(headers, b"last-modified"))
@@ -255,8 +564,9 @@ def storable(
     request_headers: Mapping[bytes, bytes],
     headers: Headers,
     cc: CacheControl | None = None,
+    targeted: bool = False,
 ) -> bool:
-    return not unstorable_reason(method, status, request_headers, headers, cc)
+    return not unstorable_reason(method, status, request_headers, headers, cc, targeted)
 
 
 # --- freshness (§4.2.1, §4.2.2) -------------------------------------------------------------------------------------
@@ -268,8 +578,13 @@ def date_value(headers: Headers, response_time: float) -> float:
     return float(when) if when is not None else response_time
 
 
-def freshness_lifetime(status: int, headers: Headers, cc: CacheControl, response_time: float) -> float:
-    """Seconds the response stays fresh for a shared cache: s-maxage, max-age, Expires - Date, then heuristic."""
+def freshness_lifetime(
+    status: int, headers: Headers, cc: CacheControl, response_time: float, targeted: bool = False
+) -> float:
+    """Seconds the response stays fresh for a shared cache: s-maxage, max-age, Expires - Date, then heuristic.
+
+    `targeted`: `cc` came from a targeted field, which replaces Expires too (RFC 9213 §2.2).
+    """
     s_maxage = cc.seconds("s-maxage")
     if s_maxage is not None:
         return float(s_maxage)
@@ -278,7 +593,7 @@ def freshness_lifetime(status: int, headers: Headers, cc: CacheControl, response
         return float(max_age)
     date = date_value(headers, response_time)
     present, expires = _first_date(headers, b"expires")
-    if present:
+    if present and not targeted:
         # §5.3: an invalid Expires (notably "0") means already expired.
         return max(0.0, expires - date) if expires is not None else 0.0
     return heuristic_lifetime(status, headers, cc, date)

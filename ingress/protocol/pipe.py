@@ -157,6 +157,18 @@ class Pipe:
                 self.on_drain()
         return data
 
+    def set_high_water(self, mark: int) -> None:
+        """Move the pause threshold; a producer paused under the old one resumes if the new one has room.
+
+        Without the resume, a consumer that raises the mark to wait for more (and reads nothing
+        meanwhile) would wait for ever on a producer that stopped at the old mark.
+        """
+        self.high_water = mark
+        if self.paused and self.buffered <= mark:
+            self.paused = False
+            if self.on_drain is not None:
+                self.on_drain()
+
     def discard(self) -> None:
         """Nobody will read this body: drop what waits and whatever comes, still counting it."""
         if self.discarding:

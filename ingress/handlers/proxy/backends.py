@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from ingress.config.model import Config
 from ingress.config.upstream import Upstream
 from ingress.handlers.cache import Flights, SharedCache
+from ingress.handlers.freshness import Targeting
 from ingress.handlers.proxy.balancer import Balancer, build_balancer
 from ingress.handlers.proxy.headers import HeaderRules
 from ingress.handlers.proxy.health import ActiveChecker, PoolHealth
@@ -133,12 +134,18 @@ class Backends:
             else:
                 upstreams[upstream.name] = UpstreamRuntime(upstream, loop)
         bounds = (config.cache.max_bytes, config.cache.max_object_bytes)
+        targeting = Targeting.of(config.cache.targeted_fields, config.cache.surrogate_token)
         cache: SharedCache | None = None
         if any(route.proxy is not None and route.proxy.cache for route in config.routes) and bounds[0] > 0:
-            if previous is not None and previous.cache is not None and previous.cache_bounds == bounds:
+            if (
+                previous is not None
+                and previous.cache is not None
+                and previous.cache_bounds == bounds
+                and previous.cache.targeting == targeting
+            ):
                 cache = previous.cache
             else:
-                cache = SharedCache(*bounds)
+                cache = SharedCache(*bounds, targeting)
         rules = HeaderRules(config.proxy, AddressSet(config.policy.network.trusted_proxies))
         return cls(upstreams, cache, bounds, rules)
 

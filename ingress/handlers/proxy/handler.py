@@ -6,8 +6,18 @@ a static file); anything else becomes a task that picks an origin, sends
 the rewritten head and streams the body, and retries elsewhere only when
 that cannot repeat anything the origin saw. The answer is relayed through
 a Pipe, so a 1 GiB download or an endless event stream passes with bounded
-memory; an answer the cache may store (known length, within the object
-limit) is read whole first, stored, and served like a hit.
+memory; an answer the cache may store is gathered first (`gather`): if it
+ends within the object limit it is stored and served like a hit, and if it
+outgrows the limit it goes to the client as a stream after all, from its
+first byte, never having been held whole. That takes answers of any
+framing that says where the body ends: Content-Length, chunked, or a
+connection closed cleanly (RFC 9112 §8: complete; a TLS close without
+close_notify fails the exchange instead). An event stream is never
+gathered: it is meant to be read as it arrives.
+
+On a cached route the origin is told this edge reads Surrogate-Control
+(`Surrogate-Capability`), and the Surrogate-Control members the cache
+consumed are left out of every answer (`Targeting.downstream`).
 
 Failures map to 502 (the origin failed), 503 (no origin may be tried: all
 ejected or unhealthy, or the circuit is open) and 504 (the origin did not
@@ -28,7 +38,7 @@ from collections.abc import Callable
 from ingress.clock import Clock
 from ingress.config.model import Route
 from ingress.handlers.cache import HIT_STALE_IF_ERROR, Lookup, SharedCache, cache_status, primary_key
-from ingress.handlers.freshness import Kind, unstorable_reason
+from ingress.handlers.freshness import Kind, field_values
 from ingress.handlers.proxy.backends import Backends, UpstreamRuntime
 from ingress.handlers.proxy.headers import Outgoing, declared_length, request_framing, response_headers
 from ingress.handlers.proxy.upstream import Exchange, UpstreamConnection, UpstreamError
@@ -79,21 +89,47 @@ class _Waker:
         await self.future
 
 
-async def read_whole(pipe: Pipe, loop: asyncio.AbstractEventLoop) -> bytes:
-    """The rest of an answer's body; UpstreamError if it breaks off, never a cut body."""
+async def gather(pipe: Pipe, limit: int, loop: asyncio.AbstractEventLoop) -> bytes | None:
+    """An answer's whole body if it ends within `limit` bytes; None, with nothing read, once more has arrived.
+
+    Nothing is read before the end is known, so a body that outgrows the
+    limit is still whole in the pipe and the client is sent it all. The
+    pipe's high-water mark is raised to `limit` meanwhile, so the producer
+    pauses (the upstream socket is no longer read) once it holds more: at
+    most the limit plus one socket read is held. The mark is put back
+    before returning, so a streamed remainder has the pipe's usual
+    backpressure. UpstreamError if the body breaks off: never a cut body.
+    """
     waker = _Waker(loop)
     pipe.want(waker)
-    chunks: list[bytes] = []
-    while True:
-        data = pipe.read()
-        if data:
-            chunks.append(bytes(data))
-            continue
-        if pipe.error:
-            raise UpstreamError("reset", pipe.error, answered=True)
-        if pipe.done:
-            return b"".join(chunks)
-        await waker.wait()
+    usual = pipe.high_water
+    pipe.set_high_water(max(usual, limit))
+    try:
+        while True:
+            if pipe.error:
+                raise UpstreamError("reset", pipe.error, answered=True)
+            if pipe.buffered > limit:
+                return None
+            if pipe.eof:
+                return bytes(pipe.read())
+            await waker.wait()
+    finally:
+        pipe.high_water = usual  # lowering it pauses nothing: the next feed decides, as it always does
+
+
+def _event_stream(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A text/event-stream answer: meant to be read while it arrives, so never held back to be stored."""
+    return any(
+        v.split(b";", 1)[0].strip().lower() == b"text/event-stream" for v in field_values(headers, b"content-type")
+    )
+
+
+def _announce(headers: list[tuple[bytes, bytes]], capability: bytes) -> list[tuple[bytes, bytes]]:
+    """`headers` with this cache's member added to Surrogate-Capability, after any a surrogate downstream sent."""
+    out = [(n, v) for n, v in headers if n.lower() != b"surrogate-capability"]
+    prior = b", ".join(v for n, v in headers if n.lower() == b"surrogate-capability")
+    out.append((b"surrogate-capability", prior + b", " + capability if prior else capability))
+    return out
 
 
 def _aborter(pipe: Pipe, conn: UpstreamConnection) -> Callable[[], None]:
@@ -129,6 +165,8 @@ class ProxyHandler:
         self.upstream: UpstreamRuntime = backends.upstreams[proxy.upstream]
         self.rules = backends.rules
         self.cache: SharedCache | None = backends.cache if proxy.cache else None
+        # This cache's Surrogate-Capability member, sent with the requests it may store the answers of.
+        self.capability = self.cache.targeting.capability if self.cache is not None else None
         self.host = proxy.host.encode("latin-1") if proxy.host else None
         self.strip = proxy.strip_prefix
         self.websocket = proxy.websocket
@@ -241,6 +279,8 @@ class ProxyHandler:
             # Revalidate on the cache's behalf: its validators, not the client's (the cache answers the client's).
             headers = [(n, v) for n, v in headers if n not in (b"if-none-match", b"if-modified-since")]
             headers.extend(self.cache.conditional_headers(lookup.entry))
+        if lookup is not None and self.capability is not None:
+            headers = _announce(headers, self.capability)
         target = self._target(request, path)
         lines = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
         for name, value in headers:
@@ -388,6 +428,7 @@ class ProxyHandler:
                 cache.invalidate(request, status, exchange.headers)
             elif lookup is not None:
                 return await self._through_cache(request, exchange, headers, origin_date, out, lookup, request_time)
+            headers = cache.targeting.downstream(headers)
             if self.request_id:
                 headers.append((self.request_id, out.request_id))
         if pipe.eof and not switching and pipe.complete:
@@ -426,16 +467,23 @@ class ProxyHandler:
             return cache.respond(entry, request, time.time(), self.clock, HIT_STALE_IF_ERROR)
         length = pipe.length
         if (
-            not unstorable_reason(request.method, status, request.headers, exchange.headers)
-            and request.method == "GET"
-            and length is not None
-            and length <= cache.max_object_bytes
+            request.method == "GET"
+            and (length is None or length <= cache.max_object_bytes)
+            and not cache.unstorable_reason(request, status, exchange.headers)
+            and not _event_stream(exchange.headers)
         ):
-            body = await read_whole(pipe, self.loop)
+            try:
+                body = await gather(pipe, cache.max_object_bytes, self.loop)
+            except UpstreamError as exc:  # it broke off before the client was sent a byte: say so, as for no answer
+                return self._failed(request, out, exc, None, lookup)
+            if body is None:  # it outgrew the object limit: it streams, from its first byte
+                return self._not_stored(status, headers, pipe, lookup, out)
             now = time.time()
             stored = cache.store(request, status, [*headers, *origin_date], body, request_time, now)
             if stored is not None:
                 return cache.respond(stored, request, now, self.clock, lookup.status + "; stored")
+            if length is None and status not in (204, 304):
+                headers.append((b"content-length", b"%d" % len(body)))  # it came chunked or close-delimited
             return self._not_stored(status, headers, body, lookup, out)
         return self._not_stored(status, headers, pipe, lookup, out)
 
@@ -443,6 +491,9 @@ class ProxyHandler:
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes | Pipe, lookup: Lookup, out: Outgoing
     ) -> Response:
         """An answer that went through the cache without being stored: it says so, and carries its request id."""
+        cache = self.cache
+        assert cache is not None
+        headers = cache.targeting.downstream(headers)
         headers.append((b"Cache-Status", cache_status(fwd=lookup.fwd, fwd_status=status)))
         if self.request_id:
             headers.append((self.request_id, out.request_id))
