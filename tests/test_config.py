@@ -264,6 +264,11 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
         ["upstreams[0].origins[0]: 'http://127.0.0.1:9000/api' must be scheme://host:port with no path, query or user"],
     ),
     (
+        "cache-targeted-field-not-a-header",
+        lambda d: d.update(cache={"targeted_fields": ["CDN-Cache-Control", "Surrogate Control"]}),
+        ["cache.targeted_fields[1]: 'Surrogate Control' is not a header name, e.g. CDN-Cache-Control"],
+    ),
+    (
         "upstream-bad-hash-on",
         lambda d: d.update(upstreams=[{"name": "app", "origins": ["http://127.0.0.1:1"], "hash_on": "header:"}]),
         ["upstreams[0].hash_on: 'header:': use client_ip, header:NAME or cookie:NAME"],

@@ -134,4 +134,9 @@ def upstream_problems(config: Config) -> list[Problem]:
         value = getattr(settings, key)
         if value and not _HEADER_NAME.match(value):
             out.append(Problem(src, f"proxy.{key}", f"{value!r} is not a valid header name"))
+    for j, name in enumerate(config.cache.targeted_fields):
+        if not _HEADER_NAME.match(name):
+            out.append(
+                Problem(src, f"cache.targeted_fields[{j}]", f"{name!r} is not a header name, e.g. CDN-Cache-Control")
+            )
     return out
