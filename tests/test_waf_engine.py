@@ -666,6 +666,50 @@ def test_oversize_bodies() -> None:
     assert reject.inspect_body("POST", {}, b"a" * 100) is None
 
 
+@pytest.mark.parametrize("mode", ["balanced", "aggressive"])
+def test_long_texts_decoded_in_windows_find_what_decoding_them_whole_finds(
+    corpus: list[dict[str, Any]], mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long body is decoded only around its encoded sequences; that must change no verdict.
+
+    Every attack of the corpus (query or body) is put inside 3 KiB of prose at its start,
+    middle and end, as a plain-text body, and inspected windowed and whole.
+    """
+    from ingress.policy.waf import matcher
+
+    prose = b"Dear team, please find the quarterly figures attached; revenue rose by 4.2 per cent. " * 36
+    e = engine(patterns=mode, entropy=False)
+    headers = {b"content-type": b"text/plain"}
+    payloads = []
+    for record in corpus:
+        if record["label"] == "attack":
+            _, _, query, _, body = waf_corpus.request_of(record)
+            if body or query:
+                payloads.append(body or query)
+    assert len(payloads) > 300
+    checked = windowed_bodies = 0
+    for payload in payloads:
+        for body in (payload + prose, prose[:1537] + payload + prose[1537:], prose + payload):
+            assert len(body) >= matcher.WINDOWED_MIN
+            monkeypatch.setattr(matcher, "WINDOWED_MIN", 1 << 30)
+            whole = e.inspect_body("POST", headers, body)
+            monkeypatch.setattr(matcher, "WINDOWED_MIN", 1024)
+            windowed = e.inspect_body("POST", headers, body)
+            assert windowed == whole, (payload, windowed, whole)
+            checked += whole is not None
+            windows = matcher._windows(body.lower().decode("latin-1"), False, 64)
+            windowed_bodies += bool(windows)
+    assert checked > 600  # most attacks are found in a long body too, so the comparison says something
+    assert windowed_bodies > 600  # and most long bodies were decoded in windows, not whole
+
+
+def test_a_sql_comment_longer_than_any_window_still_joins_keywords() -> None:
+    filler = "x" * 3000
+    body = f"note=fine&q=1 union/*{filler}*/select password from users".encode()
+    found = engine().inspect_body("POST", {b"content-type": b"text/plain"}, b"padding " * 200 + body)
+    assert found is not None and found.category == "sqli"
+
+
 def test_compressed_bodies_are_decoded_within_the_inspection_limit() -> None:
     attack = json.dumps({"comment": "<script>alert(1)</script>"}).encode()
     e = engine()

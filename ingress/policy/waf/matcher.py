@@ -20,6 +20,14 @@ from ingress.policy.waf.patterns import Pattern
 
 MAX_PASSES = 3
 
+# Decoding a long text touches only what its encoded sequences are near: such a text is decoded
+# and rescanned as windows around them (see `_windows`) unless they are too many to be worth it.
+WINDOWED_MIN = 1024
+MAX_TRIGGERS = 64
+# The most characters one encoded sequence spans from its first character: an HTML entity
+# (`&` + a 31-character name + `;`); `%xx`, `\\uXXXX`, `\\u{XXXXXX}` and overlong UTF-8 are shorter.
+_REACH = 33
+
 
 class Matcher:
     """One automaton (ahocorasick_rs, a DFA: about 2.5 ns a byte here, a third of a trie walk's cost)."""
@@ -34,6 +42,7 @@ class Matcher:
             self._find = automaton.find_matches_as_indexes
         # Patterns that can only match where a decoded request-head value breaks a line.
         self.has_line_patterns = any(p.text.startswith("\n") for p in self.patterns)
+        self.longest = max((len(p.text) for p in self.patterns), default=0)
 
     def first(self, text: str) -> tuple[Pattern, int] | None:
         """The first pattern found in `text`, with the index of its last character."""
@@ -69,6 +78,7 @@ class Matcher:
             return None
         if current is None:
             current = [_Entry(i, t, t) for i, t in enumerate(texts)]
+        current = self._windowed(current, plus)
         # 2. Each pass decodes only what the previous one changed, and scans only what it changed
         # in a way that could make a new match.
         for passes in range(1, MAX_PASSES + 1):
@@ -94,6 +104,19 @@ class Matcher:
             if hit is not None:
                 return hit[0], hit[1], passes
         return None
+
+    def _windowed(self, entries: list[_Entry], plus: bool) -> list[_Entry]:
+        """`entries` with each long one replaced by the windows of it that decoding can change."""
+        if all(len(e.collapsed) < WINDOWED_MIN for e in entries):
+            return entries
+        out: list[_Entry] = []
+        for e in entries:
+            parts = _windows(e.collapsed, plus, self.longest) if len(e.collapsed) >= WINDOWED_MIN else None
+            if parts is None:
+                out.append(e)
+            else:
+                out.extend(_Entry(e.index, part, part) for part in parts)
+        return out
 
     def _scan_joined(self, items: list[_Entry]) -> tuple[Pattern, int] | None:
         if len(items) == 1:
@@ -123,6 +146,52 @@ class _Entry:
         self.text = text
         self.collapsed = collapsed
         self.active = active
+
+
+def _windows(text: str, plus: bool, context: int) -> list[str] | None:
+    """The stretches of `text` a decoding pass could turn into a new match, or None to decode it whole.
+
+    A match made by decoding contains a decoded character, and reaches at most `context`
+    (the longest pattern) characters either side of it; the characters around it decode to
+    at most as many as they are, so taking `context` raw characters either side of every
+    encoded sequence, and merging what overlaps, keeps every such match whole in one
+    window. A SQL comment counts as one sequence up to its end. Later passes decode inside
+    the windows, whose context only grows as sequences shrink. None when the triggers are
+    many (a form body) or the windows would cover most of the text anyway.
+    """
+    triggers = ["%", "\\", "&", "/*"]
+    if plus:
+        triggers.append("+")
+    if not text.isascii():
+        triggers += [lead for lead in n.FOLD_LEADS if lead in text]
+    size = len(text)
+    spans: list[tuple[int, int]] = []
+    find = text.find
+    for t in triggers:
+        # `find` steps from one to the next at memchr speed; `count` would read every character.
+        i = find(t)
+        while i >= 0:
+            if len(spans) == MAX_TRIGGERS:
+                return None
+            end = i + _REACH
+            if t == "/*":
+                close = find("*/", i + 2)
+                end = size if close < 0 else close + 2
+            spans.append((max(0, i - context), min(size, end + context)))
+            i = find(t, i + 1)
+    if not spans:
+        return []
+    spans.sort()
+    merged = [list(spans[0])]
+    for start, end in spans[1:]:
+        last = merged[-1]
+        if start <= last[1]:
+            last[1] = max(last[1], end)
+        else:
+            merged.append([start, end])
+    if sum(end - start for start, end in merged) > size // 2:
+        return None
+    return [text[start:end] for start, end in merged]
 
 
 def _index_at(lengths: list[int], pos: int) -> int:

@@ -24,6 +24,8 @@ import html.entities
 # and none can match across two inputs; not whitespace, so collapsing keeps it.
 SEPARATOR = "\u00b6"
 
+# The UTF-8 lead bytes (as latin-1 characters) of the overlong and full-width forms `fold_utf8` maps.
+FOLD_LEADS = ("\xc0", "\xc1", "\xe0", "\xef")
 _HEX = "0123456789abcdef"
 _REPLACEMENT = "\ufffd"
 
@@ -255,7 +257,7 @@ def _continuation(c: str) -> int:
 
 def fold_utf8(s: str) -> str:
     """Overlong UTF-8 for ASCII (`\\xc0\\xae` is `.`) and full-width ASCII, as bytes decoded to latin-1."""
-    for lead in ("\xc0", "\xc1", "\xe0", "\xef"):
+    for lead in FOLD_LEADS:
         if lead not in s:
             continue
         parts = s.split(lead)
