@@ -29,6 +29,7 @@ from ingress.handlers.redirect import RedirectHandler
 from ingress.handlers.static import StaticHandler
 from ingress.policy.gate import Gate
 from ingress.policy.waf.firewall import Firewall
+from ingress.policy.waf.stage import REFERENCE_HEADER
 from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Request, Response
 from ingress.routing import Handler, Outcome, RouteEntry, RouteGroup, Router, normalize_path
@@ -214,7 +215,8 @@ def build_site(
         cors = None
         if route.cors is not None:
             # OPTIONS leaves the handler's methods so that every OPTIONS meets the policy first.
-            cors = CorsPolicy(route.cors, route.methods, clock, forwards_options="OPTIONS" in methods)
+            exposes = (REFERENCE_HEADER.decode("ascii"),) if stage is not None else ()
+            cors = CorsPolicy(route.cors, route.methods, clock, forwards_options="OPTIONS" in methods, exposes=exposes)
             methods -= {"OPTIONS"}
             handle = cors.wrap(handle)
         streaming = streaming or streams

@@ -773,6 +773,8 @@ def test_refusal_on_a_cors_route_is_readable_by_the_page(lab: Lab, h1: httpx.Cli
     refused(response, 403, XSS)
     assert response.headers["access-control-allow-origin"] == APP
     assert "origin" in response.headers["vary"].lower()
+    # The reference is readable by the page, so it can show it to the user who calls support.
+    assert "edge-reference" in response.headers["access-control-expose-headers"].lower()
     other = h1.get(lab.http(f"/cors/f.txt?q={q(XSS)}"), headers={"Origin": "https://evil.example"})
     refused(other, 403, XSS)
     assert "access-control-allow-origin" not in other.headers

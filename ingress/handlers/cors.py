@@ -88,7 +88,15 @@ class CorsPolicy:
         "forwards_options",
     )
 
-    def __init__(self, cors: Cors, route_methods: Iterable[str], clock: Clock, forwards_options: bool = False) -> None:
+    def __init__(
+        self,
+        cors: Cors,
+        route_methods: Iterable[str],
+        clock: Clock,
+        forwards_options: bool = False,
+        exposes: tuple[str, ...] = (),
+    ) -> None:
+        """`exposes`: headers the edge itself adds that a page should be able to read (the firewall's reference)."""
         """`forwards_options`: the route lists OPTIONS, so an OPTIONS that is no preflight goes to its handler."""
         self._clock = clock
         self.forwards_options = forwards_options
@@ -104,7 +112,9 @@ class CorsPolicy:
         common: Fields = []
         if cors.credentials:
             common.append((ALLOW_CREDENTIALS, b"true"))
-        exposed = [(EXPOSE_HEADERS, ", ".join(cors.expose_headers).encode("ascii"))] if cors.expose_headers else []
+        listed = _lowered(cors.expose_headers)
+        expose = [*cors.expose_headers, *(name for name in exposes if name.lower() not in listed)]
+        exposed = [(EXPOSE_HEADERS, ", ".join(expose).encode("ascii"))] if expose else []
         keys = [b"*"] if self.any_origin else canonical
         self._extra: dict[bytes | None, Fields] = {key: [(ALLOW_ORIGIN, key), *common, *exposed] for key in keys}
         self._extra[None] = []
@@ -253,3 +263,7 @@ def _respliced(wire: bytes, added: Fields) -> bytes:
             kept.append(line)
     kept += [name + b": " + value for name, value in added]
     return b"\r\n".join(kept) + b"\r\n" + wire[end:]
+
+
+def _lowered(names: Iterable[str]) -> set[str]:
+    return {name.lower() for name in names}
