@@ -190,10 +190,21 @@ class EdgewardProxy(Edgeward):
     protocols = frozenset({"https"})
     http_versions = frozenset({"h1"})
 
-    def __init__(self, env: BenchEnv, *, cache: bool) -> None:
+    def __init__(
+        self,
+        env: BenchEnv,
+        *,
+        cache: bool,
+        methods: tuple[str, ...] = ("GET", "HEAD"),
+        tail: str = "",
+        name: str = "",
+    ) -> None:
+        """`methods` of the route; `tail`: TOML appended to the config (bench/waf.py's `[waf]`)."""
         super().__init__(env, tls_extra=TLS_EDGEWARD)
         self.cache = cache
-        self.name = "edgeward-cache" if cache else "edgeward-proxy"  # type: ignore[misc]
+        self.methods = methods
+        self.tail = tail
+        self.name = name or ("edgeward-cache" if cache else "edgeward-proxy")  # type: ignore[misc]
         self.origin_port: int | None = None
 
     def config_text(self, port: int, origin_port: int) -> str:
@@ -222,11 +233,11 @@ max_idle = {UPSTREAM_IDLE}
 
 [[routes]]
 path = "/"
-methods = ["GET", "HEAD"]
+methods = [{", ".join(f'"{m}"' for m in self.methods)}]
 [routes.proxy]
 upstream = "app"
 cache = {"true" if self.cache else "false"}
-"""
+{self.tail}"""
 
     def command(self, ports: dict[Mode, int], confdir: Path, quic: bool) -> tuple[list[str], dict[str, str]]:
         if self.origin_port is None:

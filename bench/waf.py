@@ -94,7 +94,7 @@ from interleaved import (  # noqa: E402
     scratch_dir,
     target_status,
 )
-from proxy import STATUS_PATH, TLS_EDGEWARD, Origin, origin_status  # noqa: E402
+from proxy import STATUS_PATH, TLS_EDGEWARD, EdgewardProxy, Origin, origin_status  # noqa: E402
 from run import (  # noqa: E402
     DEFAULT_INGRESS,
     FOREIGN_THRESHOLD,
@@ -319,56 +319,12 @@ class EdgewardWafStatic(Edgeward):
         self.waf = waf
 
 
-class EdgewardWafProxy(Edgeward):
-    """edgeward, the same front, one upstream pool and a proxy route on ``/`` taking GET and POST."""
-
-    protocols = frozenset({"https"})
-    http_versions = frozenset({"h1"})
+class EdgewardWafProxy(EdgewardProxy):
+    """bench/proxy.py's edgeward proxy (no cache), its route also taking POST, the firewall on or off."""
 
     def __init__(self, env: BenchEnv, name: str, *, waf: bool) -> None:
-        super().__init__(env)
-        self.name = name  # type: ignore[misc]
+        super().__init__(env, cache=False, methods=("GET", "HEAD", "POST"), tail=waf_toml(waf), name=name)
         self.waf = waf
-        self.origin_port: int | None = None
-
-    def config_text(self, port: int, origin_port: int) -> str:
-        c = self.env.certs
-        return f"""[server]
-workers = 1
-
-[access_log]
-enabled = false
-
-[admin]
-enabled = false
-
-[[listeners]]
-name = "web"
-address = "127.0.0.1:{port}"
-[listeners.tls]
-certs = [{{ cert = "{c.cert}", key = "{c.key}" }}]
-{TLS_EDGEWARD}[listeners.quic]
-enabled = false
-
-[[upstreams]]
-name = "app"
-origins = ["http://127.0.0.1:{origin_port}"]
-max_idle = 64
-
-[[routes]]
-path = "/"
-methods = ["GET", "HEAD", "POST"]
-[routes.proxy]
-upstream = "app"
-cache = false
-{waf_toml(self.waf)}"""
-
-    def command(self, ports: dict[Mode, int], confdir: Path, quic: bool) -> tuple[list[str], dict[str, str]]:
-        if self.origin_port is None:
-            raise ServerError(f"{self.name}: no origin port set")
-        conf = confdir / "edgeward.toml"
-        conf.write_text(self.config_text(ports["https"], self.origin_port))
-        return [str(self.env.ingress_bin), "serve", "--config", str(conf), "--workers", "1"], {}
 
 
 class ApiOrigin(Origin):
