@@ -98,7 +98,7 @@ class Matcher:
                 # or completes one (overlong UTF-8 was folded within the pass), so another pass
                 # would decode nothing more. JSON written with \u escapes stops here.
                 break
-            hit = self._scan_joined(scanned) if scanned else None
+            hit = self._scan_joined(scanned)
             if hit is None and lines and self.has_line_patterns:
                 hit = self._scan_lines(scanned)
             if hit is not None:

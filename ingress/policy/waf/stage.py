@@ -22,7 +22,7 @@ import asyncio
 import typing
 from collections.abc import Callable
 
-from ingress.policy.waf.engine import BODY_METHODS, WafEngine
+from ingress.policy.waf.engine import WafEngine
 from ingress.policy.waf.verdict import Verdict
 from ingress.protocol.errorpages import error_response
 from ingress.protocol.events import Decision, Request, Response
@@ -37,7 +37,7 @@ _NO_DECISION = Decision("allowed", "")
 class WafStage:
     """Wraps a route's handler; one per route, sharing its profile's engine with other routes."""
 
-    __slots__ = ("_decisions", "_handle", "_matches", "_span_id", "engine", "inspects_bodies")
+    __slots__ = ("_decisions", "_handle", "_matches", "_span_id", "engine")
 
     def __init__(
         self,
@@ -55,7 +55,6 @@ class WafStage:
         self._decisions = decisions
         self._matches = matches
         self._span_id = span_id
-        self.inspects_bodies = engine.profile.max_inspect_body_bytes > 0
 
     def __call__(self, request: Request, path: str) -> Outcome:
         engine = self.engine
@@ -66,7 +65,7 @@ class WafStage:
                 return self._handle(request, path)
             if body.__class__ is not bytes:
                 # Still arriving (a proxied route streams bodies): held whole before it may go on.
-                if self.inspects_bodies and request.method in BODY_METHODS:
+                if engine.wants_body(request.method):
                     return self._gather(request, path, typing.cast(Pipe, body))
                 return self._handle(request, path)
             verdict = engine.inspect_body(request.method, request.headers, body)
