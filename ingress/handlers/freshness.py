@@ -44,8 +44,13 @@ from __future__ import annotations
 import enum
 import math
 import re
+import typing
+from collections import UserString
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
+
+import http_sf
 
 from ingress.handlers.conditional import http_date_seconds
 
@@ -223,128 +228,29 @@ SURROGATE_CONTROL = b"surrogate-control"
 # What this cache tells origins it is (Edge Architecture §2.1): a surrogate that reads Surrogate-Control.
 SURROGATE_CAPABILITY = b"Surrogate/1.0"
 _TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_SF_NUMBER = re.compile(r"-?([0-9]{1,15})(\.[0-9]{1,3})?")
-_SF_BASE64 = re.compile(r"[A-Za-z0-9+/=]*")
 # One Surrogate-Control member: `name[=token-or-quoted-string][;device-token]`, nothing between the parts.
 _SURROGATE_MEMBER = re.compile(
     rf'([{re.escape(_TCHARS)}]+)(?:=("(?:[^"\\]|\\.)*"|[{re.escape(_TCHARS)}]+))?(?:;([{re.escape(_TCHARS)}]+))?'
 )
 
 
-class _Malformed(ValueError):
-    pass
-
-
-def _sf_key(s: str, i: int) -> tuple[str, int]:
-    start = i
-    if i >= len(s) or not ("a" <= s[i] <= "z" or s[i] == "*"):
-        raise _Malformed("key")
-    while i < len(s) and ("a" <= s[i] <= "z" or "0" <= s[i] <= "9" or s[i] in "_-.*"):
-        i += 1
-    return s[start:i], i
-
-
-def _sf_bare_item(s: str, i: int) -> tuple[object, int]:
-    """One bare item (RFC 8941 §4.2.3.1): Integer, Decimal (kept as its text), String, Token, bytes or Boolean."""
-    n = len(s)
-    c = s[i] if i < n else ""
-    if c == "-" or "0" <= c <= "9":
-        m = _SF_NUMBER.match(s, i)
-        if m is None or (m.group(2) and len(m.group(1)) > 12) or (m.end() < n and "0" <= s[m.end()] <= "9"):
-            raise _Malformed("number")
-        return (m.group() if m.group(2) else int(m.group())), m.end()
-    if c == '"':
-        out: list[str] = []
-        i += 1
-        while i < n:
-            ch = s[i]
-            if ch == "\\":
-                if i + 1 >= n or s[i + 1] not in '"\\':
-                    raise _Malformed("escape")
-                out.append(s[i + 1])
-                i += 2
-            elif ch == '"':
-                return "".join(out), i + 1
-            elif " " <= ch <= "~":
-                out.append(ch)
-                i += 1
-            else:
-                raise _Malformed("string")
-        raise _Malformed("unterminated string")
-    if c == "*" or (c.isascii() and c.isalpha()):
-        start = i
-        while i < n and (s[i] in _TCHARS or s[i] in ":/"):
-            i += 1
-        return s[start:i], i
-    if c == ":":
-        end = s.find(":", i + 1)
-        if end < 0 or _SF_BASE64.fullmatch(s, i + 1, end) is None:
-            raise _Malformed("byte sequence")
-        return s[i + 1 : end].encode("ascii"), end + 1
-    if c == "?" and s[i + 1 : i + 2] in ("0", "1"):
-        return s[i + 1] == "1", i + 2
-    raise _Malformed("item")
-
-
-def _sf_parameters(s: str, i: int) -> int:
-    """Skip an item's parameters: valid ones are read past, their meaning ignored (RFC 9213 §2.1)."""
-    while i < len(s) and s[i] == ";":
-        i += 1
-        while i < len(s) and s[i] == " ":
-            i += 1
-        _, i = _sf_key(s, i)
-        if i < len(s) and s[i] == "=":
-            _, i = _sf_bare_item(s, i + 1)
-    return i
-
-
-def _sf_member(s: str, i: int) -> tuple[object, int]:
-    """An Item or an Inner List (kept as a list) after `key=`."""
-    if i < len(s) and s[i] == "(":
-        items: list[object] = []
-        i += 1
-        while True:
-            while i < len(s) and s[i] == " ":
-                i += 1
-            if i < len(s) and s[i] == ")":
-                return items, _sf_parameters(s, i + 1)
-            item, i = _sf_bare_item(s, i)
-            items.append(item)
-            i = _sf_parameters(s, i)
-            if i >= len(s) or s[i] not in " )":
-                raise _Malformed("inner list")
-    item, i = _sf_bare_item(s, i)
-    return item, _sf_parameters(s, i)
-
-
 def parse_sf_dictionary(text: str) -> dict[str, object]:
-    """A Structured Fields Dictionary (RFC 8941 §4.2.2); _Malformed (a ValueError) on any syntax error.
+    """A Structured Fields Dictionary (RFC 9651, which RFC 9213 fields are), by http_sf, in plain values.
 
-    Values: True/False, int, str (String, Token, or a Decimal's text),
-    bytes, or a list (Inner List). Parameters are checked and dropped.
+    Values: True/False, int, str (String, Token, or a Decimal's text), bytes, a list (an Inner
+    List's items) or a datetime (a Date). Parameters are dropped: RFC 9213 §2.1 gives them no
+    meaning. ValueError on any syntax error (a non-ASCII field value included).
     """
-    s = text.strip(" ")
-    i, n = 0, len(s)
-    out: dict[str, object] = {}
-    while i < n:
-        key, i = _sf_key(s, i)
-        if i < n and s[i] == "=":
-            value, i = _sf_member(s, i + 1)
-        else:
-            value, i = True, _sf_parameters(s, i)
-        out[key] = value
-        while i < n and s[i] in " \t":
-            i += 1
-        if i >= n:
-            break
-        if s[i] != ",":
-            raise _Malformed("expected a comma")
-        i += 1
-        while i < n and s[i] in " \t":
-            i += 1
-        if i >= n:
-            raise _Malformed("trailing comma")
-    return out
+    parsed = typing.cast("dict[str, tuple[object, object]]", http_sf.parse(text.encode("ascii"), tltype="dictionary"))
+    return {key: _plain(value) for key, (value, _params) in parsed.items()}
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, list):
+        return [_plain(item[0]) for item in value]
+    if isinstance(value, Decimal | UserString):
+        return str(value)
+    return value
 
 
 def _sf_directives(values: list[bytes]) -> CacheControl | None:
@@ -356,7 +262,7 @@ def _sf_directives(values: list[bytes]) -> CacheControl | None:
     """
     try:
         parsed = parse_sf_dictionary(", ".join(v.decode("ascii") for v in values))
-    except (_Malformed, UnicodeDecodeError):
+    except ValueError:  # UnicodeError is one
         return None
     directives: dict[str, tuple[str | None, ...]] = {}
     for name, value in parsed.items():
