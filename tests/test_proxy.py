@@ -56,6 +56,7 @@ from tests.origin import (
     pattern_sha256,
 )
 from tests.pki import CA, Issued
+from tests.ports import refused_origin
 from tests.server import Server, events, wait_for
 from tests.test_policy import Keys, bearer, mint
 
@@ -215,15 +216,6 @@ def edge_config(
     }
     config.update(extra)
     return config
-
-
-def dead_origin() -> str:
-    """An address nothing listens on: connecting is refused at once."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
 
 
 def tag() -> str:
@@ -1281,7 +1273,7 @@ def test_single_origin_failure_with_retries_left_keeps_its_status(
     lab: Lab, failure: str, status: int, reason: str
 ) -> None:
     staller = lab.origin("staller")
-    origin = staller.url if failure == "stall" else dead_origin()
+    origin = staller.url if failure == "stall" else refused_origin()
     edge = lab.edge(edge_config([upstream("app", origin, first_byte_timeout=0.6)], [route("/", "app")]))
     response = httpx.get(edge.url("/stall"), timeout=10)
     assert staller.count_path("/stall") == (1 if failure == "stall" else 0)
@@ -1336,7 +1328,7 @@ def test_post_that_failed_after_sending_is_not_retried(lab: Lab) -> None:
 
 def test_idempotent_get_to_a_dead_origin_is_retried_on_the_other(lab: Lab) -> None:
     live = lab.origin("live")
-    edge = lab.edge(edge_config([upstream("app", dead_origin(), live, retries=1)], [route("/", "app")]))
+    edge = lab.edge(edge_config([upstream("app", refused_origin(), live, retries=1)], [route("/", "app")]))
     with httpx.Client(timeout=10) as client:
         statuses = [client.get(edge.url(f"/echo?i={i}")).status_code for i in range(6)]
     assert statuses == [200] * 6
@@ -1490,7 +1482,7 @@ def test_error_answers_have_ids_and_logged_reasons(lab: Lab) -> None:
     health = {"path": "/health", "interval": 0.2, "timeout": 0.1, "healthy_threshold": 1, "unhealthy_threshold": 1}
     edge = lab.edge(
         edge_config(
-            [upstream("sick", sick, health=health), upstream("refused", dead_origin(), retries=0)],
+            [upstream("sick", sick, health=health), upstream("refused", refused_origin(), retries=0)],
             [route("/sick/", "sick", strip=True), route("/refused/", "refused", strip=True)],
         )
     )
@@ -1510,7 +1502,7 @@ def test_error_answers_have_ids_and_logged_reasons(lab: Lab) -> None:
 
 
 def test_error_answers_have_each_security_header_once(lab: Lab) -> None:
-    edge = lab.edge(edge_config([upstream("refused", dead_origin(), retries=0)], [route("/", "refused")]))
+    edge = lab.edge(edge_config([upstream("refused", refused_origin(), retries=0)], [route("/", "refused")]))
     response = httpx.get(edge.url("/x"), timeout=10)
     assert response.status_code == 502
     counts = Counter(k.decode().lower() for k, _ in response.headers.raw)

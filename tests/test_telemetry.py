@@ -47,8 +47,9 @@ from opentelemetry.proto_json.trace.v1.trace import TracesData
 from tests.conftest import base_config
 from tests.h3client import H3Transport
 from tests.origin import Origin
-from tests.otlp_receiver import OTLPGrpcReceiver, OTLPHttpReceiver, Receiver, free_port
+from tests.otlp_receiver import OTLPGrpcReceiver, OTLPHttpReceiver, Receiver
 from tests.pki import CA, Issued
+from tests.ports import refused_origin
 from tests.server import Server, wait_for
 from tests.test_metrics import Parsed, parse_exposition
 from tests.test_policy import Keys, bearer, mint, policy_config
@@ -255,10 +256,6 @@ def make_site(root: Path) -> Path:
     return root
 
 
-def dead_origin() -> str:
-    return f"http://127.0.0.1:{free_port()}"
-
-
 def port_of(url: str) -> int:
     return int(url.rpartition(":")[2])
 
@@ -287,7 +284,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, ca: CA, localhost_cert: Issued
     work = tmp_path_factory.mktemp("telemetry-rig")
     site = make_site(work / "www")
     access_log, audit, traces = work / "access.log", work / "audit.jsonl", work / "traces.jsonl"
-    flaky_dead, gone = dead_origin(), (dead_origin(), dead_origin())
+    flaky_dead, gone = refused_origin(), (refused_origin(), refused_origin())
     with OTLPHttpReceiver() as collector, Origin(name="telemetry-origin") as origin:
         config = policy_config(site, localhost_cert, ca, jwt_keys, access_log, network={"deny": ["127.0.0.3/32"]})
         config["upstreams"] = [
@@ -1179,7 +1176,7 @@ def test_dead_collector_leaves_serving_at_full_speed_and_counts_drops(
     stall the requests by whole seconds, far beyond the bound.
     """
     hole = Blackhole() if down == "unresponsive" else None
-    endpoint = hole.endpoint if hole is not None else f"http://127.0.0.1:{free_port()}"
+    endpoint = hole.endpoint if hole is not None else refused_origin()
     try:
         config = exporting_config(
             make_site(tmp_path / "www"), localhost_cert, endpoint, timeout=3.0, queue_spans=256, batch_spans=64
