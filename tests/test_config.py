@@ -322,6 +322,13 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
         ["routes[1].redirect.status: invalid value 303; expected one of 301, 302, 307, 308"],
     ),
     (
+        "otlp-batch-above-queue",
+        lambda d: d.update(
+            telemetry={"otlp": {"endpoint": "http://127.0.0.1:4318", "queue_spans": 64, "batch_spans": 128}}
+        ),
+        ["telemetry.otlp.batch_spans: 128 is above queue_spans (64); lower it to 64 or less"],
+    ),
+    (
         "bad-sni-name",
         lambda d: d["listeners"][0]["tls"]["certs"][0].update(names=["*"]),
         ["listeners[0].tls.certs[0].names[0]: '*' is not a DNS name or *.domain wildcard"],

@@ -1208,6 +1208,49 @@ def test_dead_collector_leaves_serving_at_full_speed_and_counts_drops(
             hole.close()
 
 
+def test_a_dead_collector_still_audits_denials_and_counts_every_request(
+    start_server: StartServer, tmp_path: Path, localhost_cert: Issued, ca: CA, jwt_keys: Keys
+) -> None:
+    """Spans that can only be dropped are counted without building their records; a denial's
+    audit event and the request histogram do not depend on them."""
+    site = make_site(tmp_path / "www")
+    audit = tmp_path / "audit.jsonl"
+    config = policy_config(
+        site, localhost_cert, ca, jwt_keys, tmp_path / "access.log", network={"deny": ["127.0.0.3/32"]}
+    )
+    config["access_log"] = {"enabled": False}
+    config["audit"] = {"file": str(audit)}
+    config["telemetry"] = {
+        "interval": 0.05,
+        "otlp": {"endpoint": refused_origin(), **FAST_OTLP, "queue_spans": 64, "batch_spans": 64},
+    }
+    server = start_server(config, name="dead-audited")
+    allowed = 300
+    with httpx.Client(timeout=10) as client:
+        for _ in range(allowed):
+            assert client.get(server.url("http", "/hello.txt")).status_code == 200
+    with httpx.Client(timeout=10, transport=httpx.HTTPTransport(local_address="127.0.0.3")) as client:
+        assert client.get(server.url("http", "/hello.txt")).status_code == 403
+
+    record = audit_event(audit, "edge.auth.denied")
+    assert record["attrs"]["edge.auth.outcome"] == "denied_ip"
+    assert record["attrs"]["client.address"] == "127.0.0.3"
+    assert re.fullmatch(r"[0-9a-f]{32}", record["traceId"])
+    total = allowed + 1
+    # At most the exporter's queue (64) waits to be retried; every other span is counted as dropped.
+    wait_for(
+        lambda: telemetry_counts(server, "edgeward_telemetry_dropped_total", "traces") >= total - 64,
+        10,
+        "the spans that could not be sent counted as dropped",
+    )
+    fams = scrape(server)
+    assert fams["edgeward_telemetry_exported_total"].value(signal="traces") == 0
+    assert fams["edgeward_telemetry_dropped_total"].total(signal="traces") <= total
+    duration = fams["edgeward_http_server_request_duration_seconds"]
+    assert duration.total("_count", status_class="2xx") == allowed
+    assert duration.total("_count", status_class="4xx") == 1
+
+
 def test_slow_collector_keeps_serving_and_its_bounded_queue_drops_are_counted(
     start_server: StartServer, tmp_path: Path, localhost_cert: Issued, quiet_edge: Server
 ) -> None:

@@ -112,7 +112,11 @@ def telemetry_problems(config: Config) -> list[Problem]:
             problems.append(Problem(src, at, "the value holds a control character (CR, LF, NUL ...)"))
     if otlp.batch_spans > otlp.queue_spans:
         problems.append(
-            Problem(src, "telemetry.otlp.batch_spans", f"is above queue_spans ({otlp.queue_spans}); lower it")
+            Problem(
+                src,
+                "telemetry.otlp.batch_spans",
+                f"{otlp.batch_spans} is above queue_spans ({otlp.queue_spans}); lower it to {otlp.queue_spans} or less",
+            )
         )
     files = {"telemetry.files.traces": telemetry.files.traces}
     files["audit.file"] = config.audit.file

@@ -10,7 +10,7 @@ than in every module that has something to count.
 
 Request latency is the exception: it is a distribution, not a count, so
 `RequestMetrics` keeps histograms itself, fed from the batches of
-`Exchange` records the telemetry timer drains, never from the request path.
+request-path tuples the telemetry timer drains, never from the request path.
 
 Every family holds at most `LIMIT` label sets of its own. Label values that
 come from traffic or configuration (routes, origins, providers) could
@@ -26,10 +26,9 @@ import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
-if TYPE_CHECKING:
-    from ingress.telemetry.record import Exchange
+from ingress.telemetry.record import P_CACHE, P_END, P_PROTOCOL, P_ROUTE, P_START, P_STATUS, Pending
 
 # Upper bounds (seconds) of the request-duration buckets; an implicit +Inf bucket follows.
 BOUNDS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -344,8 +343,6 @@ def prometheus_text(families: Iterable[AnyFamily]) -> str:
 # request metrics -------------------------------------------------------------------------------
 
 _CLASSES = tuple(f"{n}xx" for n in range(10))
-# BOUNDS in integer nanoseconds, so a record's duration is bucketed without a division.
-BOUNDS_NS: Final = tuple(round(bound * 1e9) for bound in BOUNDS)
 MEMO_SIZE: Final = 4096
 
 
@@ -381,23 +378,25 @@ class RequestMetrics:
         # working out the status class and the label tuple each time. Cleared if it ever grows large.
         self._memo: dict[tuple[str, int, str], Buckets] = {}
 
-    def observe(self, exchanges: Sequence[Exchange]) -> None:
+    def observe(self, pending: Sequence[Pending]) -> None:
+        """Count the request-path tuples of one tick (see `record.Pending`).
+
+        Durations come from the monotonic clock the request path read, in seconds,
+        so there is no record to build and no negative latency to guard against.
+        """
         memo = self._memo
-        bounds = BOUNDS_NS
+        bounds = BOUNDS
         cache = self.cache
         cached = cache.samples
-        for exchange in exchanges:
-            route, status, protocol = exchange.route, exchange.status, exchange.protocol
+        for p in pending:
+            route, status, protocol = p[P_ROUTE], p[P_STATUS], p[P_PROTOCOL]
             cell = memo.get((route, status, protocol))
             if cell is None:
                 cell = self._cell(route, status, protocol)
-            # Wall-clock ends: a clock stepped back mid-request must not make a negative latency.
-            ns = exchange.end_ns - exchange.start_ns
-            if ns < 0:  # noqa: PLR1730 - a builtin call costs more than the branch, once per request
-                ns = 0
-            cell.counts[bisect_left(bounds, ns)] += 1
-            cell.sum += ns / 1e9
-            status_text = exchange.cache
+            seconds = p[P_END] - p[P_START]
+            cell.counts[bisect_left(bounds, seconds)] += 1
+            cell.sum += seconds
+            status_text = p[P_CACHE]
             if status_text:
                 key = (status_text,)
                 if key in cached:

@@ -30,12 +30,11 @@ from ingress.telemetry.export import Exporter, transport_for
 from ingress.telemetry.metrics import Registry, RequestMetrics
 from ingress.telemetry.otlp.resource import resource_attributes
 from ingress.telemetry.otlp.spans import SpanEncoder
-from ingress.telemetry.record import Exchange
+from ingress.telemetry.record import P_ATTEMPTS, P_DECISION, P_TRACE, Exchange, Pending
 from ingress.telemetry.rotating import RotatingFile
 
 if TYPE_CHECKING:
     from ingress.protocol.events import Decision, Peer, Request
-    from ingress.protocol.trace import Attempt, TraceContext
 
 log = logging.getLogger("edgeward.telemetry")
 
@@ -43,27 +42,6 @@ _new_exchange = tuple.__new__  # NamedTuple's __new__ is Python code; tuple's ma
 perf_counter = time.perf_counter
 _ZERO_TRACE = b"\0" * 16
 _ZERO_SPAN = b"\0" * 8
-# What the request path keeps of an answered request until the next tick: references only.
-Pending = tuple[
-    "TraceContext | None",
-    str,
-    bytes,
-    str,
-    int,
-    str,
-    "Peer",
-    str,
-    "dict[bytes, bytes]",
-    "Decision | None",
-    str,
-    str,
-    "list[Attempt] | None",
-    int,
-    str,
-    str,
-    float,
-    float,
-]
 _ALLOWED = "allowed"
 CHUNK = 256  # records turned into log lines, metrics and spans per loop iteration
 
@@ -204,24 +182,53 @@ class Observer:
                 self.loop.call_soon(self._resume)
             else:
                 self.pending = []
-            batch = self._exchanges(pending)
-            if self.access_log is not None:
-                self.access_log.add(batch)
-            self.metrics.observe(batch)
-            audit = self.audit
-            if audit is not None:
-                for exchange in batch:
-                    decision = exchange.decision
-                    if decision is not None and (decision.outcome != _ALLOWED or decision.waf is not None):
-                        audit.denied(exchange)
-            if self.encoder is not None:
-                self._spans(batch)
+            self.metrics.observe(pending)
+            spans = self.encoder is not None and self._spans_wanted(pending)
+            if spans or self.access_log is not None:
+                batch = self._exchanges(pending)
+                if self.access_log is not None:
+                    self.access_log.add(batch)
+                self._audit(batch)
+                if spans:
+                    self._spans(batch)
+            elif self.audit is not None:
+                # Only the denials become records: nothing else would read one.
+                self._audit(self._exchanges([p for p in pending if _audited(p[P_DECISION])]))
         if self._encoded_spans and time.monotonic() - self._last_export >= self._interval():
             self._export_spans()
         if self.audit is not None:
             written = self.audit.flush()
             if written and self.log_exporter is not None:
                 self._offer(self.log_exporter, self.audit.encode_logs(written), len(written))
+
+    def _audit(self, batch: list[Exchange]) -> None:
+        audit = self.audit
+        if audit is not None:
+            for exchange in batch:
+                if _audited(exchange.decision):
+                    audit.denied(exchange)
+
+    def _spans_wanted(self, pending: list[Pending]) -> bool:
+        """False when every span of `pending` could only be dropped; those are then counted as dropped.
+
+        With no traces file and an exporter that has no room (collector down and backing off,
+        or its queue full), building records to encode nothing would cost the edge more than
+        the rest of its telemetry together. Ratio sampling decides per record, so it always
+        takes the general path.
+        """
+        exporter = self.span_exporter
+        if self.traces_file is not None or exporter is None or not self.tracer.always:
+            return True
+        if exporter.room() - self._encoded_spans > 0:
+            return True
+        count = 0
+        for p in pending:
+            trace, attempts = p[P_TRACE], p[P_ATTEMPTS]
+            if trace is None or trace.sampled:
+                count += 1 + len(attempts) if attempts else 1
+        if count:
+            exporter.drop(count)
+        return False
 
     def _resume(self) -> None:
         if self._resumed:
@@ -429,6 +436,11 @@ class Observer:
             into.counter(
                 "edgeward_telemetry_file_errors_total", "Failed writes to the traces JSON Lines file.", const=const
             ).set((), self.traces_file.errors)
+
+
+def _audited(decision: Decision | None) -> bool:
+    """Whether an answer is an audit event: a denial, or a firewall match (shadow included)."""
+    return decision is not None and (decision.outcome != _ALLOWED or decision.waf is not None)
 
 
 def _sum(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:

@@ -1,10 +1,12 @@
 """What the request path hands to telemetry: one flat tuple per answered request.
 
-The connection builds an `Exchange` from values it already holds and
-appends it to a list; nothing is formatted, hashed or encoded while the
-request is in flight. Everything derived from it (the access-log line, the
-OTLP span, the metric samples, an audit event for a denial) is computed
-later, in batches, from the loop's telemetry timer.
+The connection appends a `Pending` tuple of references it already holds;
+nothing is formatted, hashed or encoded while the request is in flight.
+The loop's telemetry timer turns batches of them into `Exchange` records
+(ids, wall-clock times, text) only when something needs the record: the
+access log, spans that will be exported or written, an audit event for a
+denial. Metrics read the `Pending` tuples themselves, so an edge whose
+spans all go nowhere (collector down, no files) never builds a record.
 
 Ids are raw bytes (16 for a trace, 8 for a span), as OTLP's protobuf
 encoding carries them; text forms (`traceparent`, the access log, OTLP
@@ -13,10 +15,48 @@ JSON) are lower-case hex of the same bytes.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from ingress.protocol.events import Decision
 from ingress.protocol.trace import Attempt
+
+if TYPE_CHECKING:
+    from ingress.protocol.events import Peer
+    from ingress.protocol.trace import TraceContext
+
+# What the request path keeps of an answered request until the next tick, in this order (the
+# observer builds it as a tuple display: a NamedTuple's constructor is Python code):
+# trace, method, path, route, status, protocol, peer, host, headers, decision, cache, upstream,
+# attempts, body bytes, scheme, error, t0, t1 (perf_counter at the first byte and the last).
+Pending = tuple[
+    "TraceContext | None",
+    str,
+    bytes,
+    str,
+    int,
+    str,
+    "Peer",
+    str,
+    "dict[bytes, bytes]",
+    "Decision | None",
+    str,
+    str,
+    "list[Attempt] | None",
+    int,
+    str,
+    str,
+    float,
+    float,
+]
+P_TRACE: Final = 0
+P_ROUTE: Final = 3
+P_STATUS: Final = 4
+P_PROTOCOL: Final = 5
+P_DECISION: Final = 9
+P_CACHE: Final = 10
+P_ATTEMPTS: Final = 12
+P_START: Final = 16
+P_END: Final = 17
 
 
 class Exchange(NamedTuple):
