@@ -159,7 +159,8 @@ def _windows(text: str, plus: bool, context: int) -> list[str] | None:
     the windows, whose context only grows as sequences shrink. None when the triggers are
     many (a form body) or the windows would cover most of the text anyway.
     """
-    triggers = ["%", "\\", "&", "/*"]
+    # "/*" only where a "*" is: a two-character search reads the whole text at a few times memchr's cost.
+    triggers = ["%", "\\", "&", "/*"] if "*" in text else ["%", "\\", "&"]
     if plus:
         triggers.append("+")
     if not text.isascii():
