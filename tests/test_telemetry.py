@@ -1166,6 +1166,17 @@ def exporting_config(site: Path, cert: Issued, endpoint: str, **otlp: Any) -> di
 N_TIMED = 500
 
 
+def dropped_spans_counted(server: Server, total: int, queue: int) -> dict[str, Parsed]:
+    """The metrics once all but `queue` of `total` spans (those the exporter may still hold to
+    retry) are counted as dropped."""
+    wait_for(
+        lambda: telemetry_counts(server, "edgeward_telemetry_dropped_total", "traces") >= total - queue,
+        10,
+        "the spans that could not be sent counted as dropped",
+    )
+    return scrape(server)
+
+
 @pytest.mark.parametrize("down", ["refused", "unresponsive"])
 def test_dead_collector_leaves_serving_at_full_speed_and_counts_drops(
     start_server: StartServer, tmp_path: Path, localhost_cert: Issued, quiet_edge: Server, down: str
@@ -1190,12 +1201,7 @@ def test_dead_collector_leaves_serving_at_full_speed_and_counts_drops(
         )
 
         total = N_TIMED + 5
-        wait_for(
-            lambda: telemetry_counts(server, "edgeward_telemetry_dropped_total", "traces") >= total - 256,
-            10,
-            "the spans that could not be sent counted as dropped",
-        )
-        fams = scrape(server)
+        fams = dropped_spans_counted(server, total, queue=256)
         dropped = fams["edgeward_telemetry_dropped_total"]
         assert dropped.total(signal="traces") > 0
         reasons = {dict(labels)["reason"] for (_, labels) in dropped.samples if dict(labels)["signal"] == "traces"}
@@ -1237,13 +1243,7 @@ def test_a_dead_collector_still_audits_denials_and_counts_every_request(
     assert record["attrs"]["client.address"] == "127.0.0.3"
     assert re.fullmatch(r"[0-9a-f]{32}", record["traceId"])
     total = allowed + 1
-    # At most the exporter's queue (64) waits to be retried; every other span is counted as dropped.
-    wait_for(
-        lambda: telemetry_counts(server, "edgeward_telemetry_dropped_total", "traces") >= total - 64,
-        10,
-        "the spans that could not be sent counted as dropped",
-    )
-    fams = scrape(server)
+    fams = dropped_spans_counted(server, total, queue=64)
     assert fams["edgeward_telemetry_exported_total"].value(signal="traces") == 0
     assert fams["edgeward_telemetry_dropped_total"].total(signal="traces") <= total
     duration = fams["edgeward_http_server_request_duration_seconds"]
