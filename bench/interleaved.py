@@ -1,4 +1,4 @@
-"""What the interleaved benches (policy.py, proxy.py, telemetry.py) share: per-cell results, ratios, and scaffolding.
+"""What the interleaved benches (policy, proxy, telemetry, waf) share: per-cell results, ratios, and scaffolding.
 
 Each cell collects one value per round and metric, plus the CPU use
 measured alongside; ratios are of medians, or per round (both cells
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,23 @@ class CellResult:
         """The load side (`load_key`'s CPU) was saturated while the server's was not: a bound, not a rate."""
         load, srv = self.util(load_key), self.util("server_cpu_util")
         return load is not None and srv is not None and load >= CLIENT_BOUND and srv < CLIENT_BOUND
+
+    def as_json(
+        self, units: Mapping[str, str], bound: tuple[str, str], utils: Sequence[str], **extra: Any
+    ) -> dict[str, Any]:
+        """The cell as the JSON results hold it: medians, every round's values, and `bound`
+        (name, load-side CPU key) saying whether the load side rather than the server was the limit."""
+        name, load_key = bound
+        return {
+            "medians": {k: statistics.median(v) for k, v in self.values.items()},
+            "units": {k: units.get(k, "") for k in self.values},
+            "values": self.values,
+            name: self.saturated(load_key),
+            **{key: self.util(key) for key in ("server_cpu_util", "client_cpu_util", *utils)},
+            **extra,
+            "errors": self.errors,
+            "details": self.details,
+        }
 
 
 def ratio(results: dict[str, CellResult], a: str, b: str, metric: str) -> float | None:

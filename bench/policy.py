@@ -57,7 +57,6 @@ import platform
 import shutil
 import signal
 import ssl
-import statistics
 import subprocess
 import sys
 import time
@@ -930,17 +929,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {
             "meta": meta,
             "cells": {
-                name: {
-                    "medians": {k: statistics.median(v) for k, v in c.values.items()},
-                    "units": {k: METRIC_UNITS.get(k, "") for k in c.values},
-                    "values": c.values,
-                    "client_bound": c.saturated("client_cpu_util"),
-                    "server_cpu_util": c.util("server_cpu_util"),
-                    "client_cpu_util": c.util("client_cpu_util"),
-                    "errors": c.errors,
-                    "details": c.details,
-                }
-                for name, c in results.items()
+                name: c.as_json(METRIC_UNITS, ("client_bound", "client_cpu_util"), ()) for name, c in results.items()
             },
             **summ,
         }

@@ -1143,18 +1143,12 @@ def main(argv: list[str] | None = None) -> int:
         out = {
             "meta": meta,
             "cells": {
-                name: {
-                    "medians": {k: statistics.median(v) for k, v in c.values.items()},
-                    "units": {k: METRIC_UNITS.get(k, "") for k in c.values},
-                    "values": c.values,
-                    "load_core_bound": c.saturated("load_core_cpu_util"),
-                    "server_cpu_util": c.util("server_cpu_util"),
-                    "client_cpu_util": c.util("client_cpu_util"),
-                    "receiver_cpu_util": c.util("receiver_cpu_util"),
-                    "telemetry": cell_telemetry(c),
-                    "errors": c.errors,
-                    "details": c.details,
-                }
+                name: c.as_json(
+                    METRIC_UNITS,
+                    ("load_core_bound", "load_core_cpu_util"),
+                    ("receiver_cpu_util",),
+                    telemetry=cell_telemetry(c),
+                )
                 for name, c in results.items()
             },
             **summ,

@@ -1017,17 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {
             "meta": meta,
             "cells": {
-                name: {
-                    "medians": {k: statistics.median(v) for k, v in c.values.items()},
-                    "units": {k: METRIC_UNITS.get(k, "") for k in c.values},
-                    "values": c.values,
-                    "load_core_bound": c.saturated("load_core_cpu_util"),
-                    "server_cpu_util": c.util("server_cpu_util"),
-                    "client_cpu_util": c.util("client_cpu_util"),
-                    "origin_cpu_util": c.util("origin_cpu_util"),
-                    "errors": c.errors,
-                    "details": c.details,
-                }
+                name: c.as_json(METRIC_UNITS, ("load_core_bound", "load_core_cpu_util"), ("origin_cpu_util",))
                 for name, c in results.items()
             },
             **summ,
