@@ -224,6 +224,18 @@ def access_line(lab: Lab, **match: Any) -> dict[str, Any]:
     return found[0]
 
 
+def exported_spans(lab: Lab, which: Callable[[Any], bool], what: str) -> list[Any]:
+    """The spans the collector received that `which` picks, once there is at least one."""
+    found: list[Any] = []
+
+    def exported() -> bool:
+        found[:] = [s for s in lab.collector.spans() if which(s)]
+        return bool(found)
+
+    wait_for(exported, 10, what)
+    return found
+
+
 def waf_matches(lab: Lab, **labels: str) -> float:
     family = scrape(lab.server).get("edgeward_waf_matches_total")
     return family.total(**labels) if family is not None else 0.0
@@ -554,14 +566,7 @@ def test_shadow_profile_lets_the_attack_through_and_records_it(lab: Lab, h1: htt
     assert got["http.response.status_code"] == "200"
     assert XSS not in json.dumps(record) and q(XSS) not in json.dumps(record)
 
-    found: list[Any] = []
-
-    def exported() -> bool:
-        found[:] = [s for s in lab.collector.spans() if s.trace_id.hex() == trace_id]
-        return bool(found)
-
-    wait_for(exported, 10, f"the span of trace {trace_id}")
-    (span,) = found
+    (span,) = exported_spans(lab, lambda s: s.trace_id.hex() == trace_id, f"the span of trace {trace_id}")
     assert span.span_id.hex() == line["span_id"]
     span_attrs = attrs(span)
     assert (span_attrs["edge.auth.outcome"], span_attrs["http.response.status_code"]) == ("allowed", 200)
@@ -680,14 +685,7 @@ def test_reference_is_the_span_id_in_the_log_the_audit_file_and_the_trace(lab: L
     assert got["http.response.status_code"] == "403"
     assert XSS not in json.dumps(record) and q(XSS) not in json.dumps(record)
 
-    found: list[Any] = []
-
-    def exported() -> bool:
-        found[:] = [s for s in lab.collector.spans() if s.span_id.hex() == reference]
-        return bool(found)
-
-    wait_for(exported, 10, f"the span {reference}")
-    (span,) = found
+    (span,) = exported_spans(lab, lambda s: s.span_id.hex() == reference, f"the span {reference}")
     assert span.trace_id.hex() == trace_id
     span_attrs = attrs(span)
     expected = {
