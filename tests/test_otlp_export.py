@@ -400,7 +400,8 @@ def test_a_slow_collector_fills_the_queue_drops_are_counted_and_the_loop_keeps_t
             offers.append(time.perf_counter() - t0)
             assert accepted == (i < 3)  # the fourth does not fit behind the slow one in flight
         assert exp.dropped_items == {"queue_full": 100} and exp.room() == 0
-        collector.wait_for_attempts(1)
+        # Waited for off the loop: blocking here would be a stall of the test's own making.
+        await asyncio.to_thread(collector.wait_for_attempts, 1)
         started = loop.time()
         collector.mode = "normal"  # the export already in flight stays slow
         await drained(exp, timeout=10)
