@@ -21,12 +21,13 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.proto_json.trace.v1.trace import TracesData
 
 import ingress
-from ingress.protocol.events import Decision
-from ingress.protocol.trace import Attempt
+from ingress.protocol.events import Decision, Peer
+from ingress.protocol.trace import Attempt, TraceContext
 from ingress.telemetry.otlp import wire
 from ingress.telemetry.otlp.resource import resource_attributes
 from ingress.telemetry.otlp.spans import MEMO_LIMIT, MEMO_MAX_CHARS, SpanEncoder, split_origin
-from ingress.telemetry.record import Exchange
+from ingress.telemetry.record import Exchange, Pending
+from ingress.tls.identity import ClientIdentity
 
 TRACE = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
 SPAN = bytes.fromhex("00f067aa0ba902b7")
@@ -691,3 +692,82 @@ def test_special_doubles_in_json() -> None:
         {"key": "inf", "value": {"doubleValue": "Infinity"}},
         {"key": "ninf", "value": {"doubleValue": "-Infinity"}},
     ]
+
+
+# -- spans straight from the request path's tuples ---------------------------------------------------------------
+
+
+def pending_of(record: Exchange, trace: TraceContext | None, peer: Peer, t1: float) -> Pending:
+    """The request-path tuple that `record` was made from (see `record.Pending`)."""
+    return (
+        trace,
+        record.method,
+        record.path.encode("latin-1"),
+        record.route,
+        record.status,
+        record.protocol,
+        peer,
+        record.host,
+        record.user_agent.encode("latin-1"),
+        record.decision,
+        record.cache,
+        record.upstream,
+        list(record.attempts) or None,
+        record.body_bytes,
+        record.scheme,
+        record.error,
+        t1 - (record.end_ns - record.start_ns) / 1e9,
+        t1,
+    )
+
+
+def test_spans_from_request_tuples_are_byte_for_byte_the_spans_from_records() -> None:
+    """`encode_pending` skips the record but must not change a byte of what a collector gets.
+
+    Fresh ids come from the ids buffer by position; a proxied request's context (sampled, with a
+    remote parent and tracestate) is used as it is; an unsampled context gives no span at all.
+    """
+    now_ns, now = T0 + 10_000_000, 500.0
+    ids = bytes(range(1, 121))  # 24 bytes for each of the five requests
+    identity = ClientIdentity("CN=payments", "CN=Bank CA", "01", "ab" * 32)
+    peers = [
+        Peer("192.0.2.7", "TLSv1.3", "example.test"),
+        Peer("192.0.2.8", "TLSv1.2", "", identity),
+        Peer("2001:db8::1", "", ""),
+    ]
+    records = batch_of_everything()
+    traces: list[TraceContext | None] = [None, None, TraceContext(TRACE, b"\x03" * 8, PARENT, "a=1", True), None, None]
+    pending: list[Pending] = []
+    expected: list[Exchange] = []
+    for i, (record, trace) in enumerate(zip(records, traces, strict=True)):
+        peer = peers[i % len(peers)]
+        t1 = now - (i + 1) / 1000
+        pending.append(pending_of(record, trace, peer, t1))
+        end = now_ns - int((now - t1) * 1e9)
+        start = end - int((t1 - pending[-1][16]) * 1e9)
+        fresh = ids[24 * i : 24 * i + 16], ids[24 * i + 16 : 24 * i + 24]
+        trace_id, span_id = (trace.trace_id, trace.span_id) if trace else fresh
+        expected.append(
+            record._replace(
+                trace_id=trace_id,
+                span_id=span_id,
+                start_ns=start,
+                end_ns=end,
+                tls=peer.tls,
+                client=peer.client,
+                sni=peer.sni,
+                client_cert=peer.client_cert,
+            )
+        )
+    unsampled = TraceContext(TRACE, b"\x09" * 8, PARENT, "", False)
+    pending.append(pending_of(records[0], unsampled, peers[0], now))
+    encoder = SpanEncoder(RESOURCE)
+    for _ in range(2):  # memo misses, then hits
+        direct = encoder.encode_pending(pending, ids + bytes(24), now_ns, now)
+        assert direct == SpanEncoder(RESOURCE).encode(expected)
+    spans = spans_of(direct)
+    assert len(spans) == 7  # five SERVER spans, two CLIENT spans, none for the unsampled context
+    assert [s.span_id for s in spans if s.kind == Span.SPAN_KIND_SERVER] == [e.span_id for e in expected]
+    assert attrs_of(spans[1])["tls.client.hash.sha256"] == "AB" * 32
+    assert attrs_of(spans[0])["user_agent.original"] == "curl/8.5.0"
+    assert encoder.encode_pending([pending[-1]], bytes(range(1, 25)), now_ns, now) == b""

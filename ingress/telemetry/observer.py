@@ -40,8 +40,7 @@ log = logging.getLogger("edgeward.telemetry")
 
 _new_exchange = tuple.__new__  # NamedTuple's __new__ is Python code; tuple's makes the same object faster
 perf_counter = time.perf_counter
-_ZERO_TRACE = b"\0" * 16
-_ZERO_SPAN = b"\0" * 8
+_ZERO_RUN = b"\0" * 8
 _ALLOWED = "allowed"
 CHUNK = 256  # records turned into log lines, metrics and spans per loop iteration
 
@@ -82,6 +81,7 @@ class Observer:
         old = self.config
         telemetry = config.telemetry
         self.tracer = tracer
+        self._fresh_ids = tracer.always  # every trace this edge starts takes its ids from `_ids`
         self.resource = resource_attributes(telemetry.service_name, telemetry.resource)
         previous_log = self.access_log
         self.access_log = AccessLog(config.access_log.path) if config.access_log.enabled else None
@@ -126,12 +126,21 @@ class Observer:
 
     # the request path ---------------------------------------------------------------------------
     def request(self, request: Request, status: int, nbytes: int, t0: float, protocol: str) -> None:
-        """An answered request; `t0` is its `perf_counter` start. Only references are kept here."""
+        """An answered request; `t0` is its `perf_counter` start. Only references are kept here.
+
+        Nothing that holds the whole request (its header dict, its body) is kept: a tick's worth of
+        those would push the request path's own memory out of the CPU caches. A tracer that may
+        continue a client's trace or samples by ratio decides here, while the headers are at hand;
+        the common one (`Tracer.always`) needs nothing from them but the User-Agent.
+        """
         pending = self.pending
         if len(pending) < self.max_pending:
+            trace = request.trace
+            if trace is None and not self._fresh_ids:
+                trace = self.tracer.context(request)
             pending.append(
                 (
-                    request.trace,
+                    trace,
                     request.method,
                     request.path,
                     request.route,
@@ -139,7 +148,7 @@ class Observer:
                     protocol,
                     request.peer,
                     request.host,
-                    request.headers,
+                    request.headers.get(b"user-agent", b""),
                     request.decision,
                     request.cache,
                     request.upstream,
@@ -184,8 +193,10 @@ class Observer:
                 self.pending = []
             self.metrics.observe(pending)
             spans = self.encoder is not None and self._spans_wanted(pending)
-            if spans or self.access_log is not None:
-                batch = self._exchanges(pending)
+            if spans and self.access_log is None and self.traces_file is None and self.tracer.always:
+                self._spans_direct(pending)
+            elif spans or self.access_log is not None:
+                batch = self._exchanges(pending, _ids(len(pending)))
                 if self.access_log is not None:
                     self.access_log.add(batch)
                 self._audit(batch)
@@ -193,7 +204,7 @@ class Observer:
                     self._spans(batch)
             elif self.audit is not None:
                 # Only the denials become records: nothing else would read one.
-                self._audit(self._exchanges([p for p in pending if _audited(p[P_DECISION])]))
+                self._audit_denials(pending, b"")
         if self._encoded_spans and time.monotonic() - self._last_export >= self._interval():
             self._export_spans()
         if self.audit is not None:
@@ -207,6 +218,13 @@ class Observer:
             for exchange in batch:
                 if _audited(exchange.decision):
                     audit.denied(exchange)
+
+    def _audit_denials(self, pending: list[Pending], ids: bytes) -> None:
+        """Audit events for the denials in `pending`, whose fresh ids (if given) are `ids` by position."""
+        denials = [i for i, p in enumerate(pending) if _audited(p[P_DECISION])]
+        if denials:
+            ids = b"".join(ids[i * 24 : i * 24 + 24] for i in denials) if ids else _ids(len(denials))
+            self._audit(self._exchanges([pending[i] for i in denials], ids))
 
     def _spans_wanted(self, pending: list[Pending]) -> bool:
         """False when every span of `pending` could only be dropped; those are then counted as dropped.
@@ -234,16 +252,32 @@ class Observer:
         if self._resumed:
             self.tick()
 
-    def _exchanges(self, pending: list[Pending]) -> list[Exchange]:
-        """The recorded requests as Exchanges: trace ids, wall-clock times and text made here, in one loop."""
-        tracer = self.tracer
-        start = tracer.start
-        # Ids for every request of the batch from one read of the CSPRNG; trusted parents and
-        # ratio sampling take the general path.
-        fast = tracer.always
-        ids = os.urandom(24 * len(pending)) if fast else b""
-        at = 0
-        now_ns, now = time.time_ns(), perf_counter()
+    def _spans_direct(self, pending: list[Pending]) -> None:
+        """Spans encoded from the request path's tuples, with no record in between (see `encode_pending`)."""
+        encoder, exporter = self.encoder, self.span_exporter
+        assert encoder is not None and exporter is not None
+        counts = [1 + len(p[P_ATTEMPTS] or ()) if p[P_TRACE] is None or p[P_TRACE].sampled else 0 for p in pending]
+        ids = _ids(len(pending))
+        if self.audit is not None:
+            self._audit_denials(pending, ids)
+        fits, taken = _fitting(counts, exporter.room() - self._encoded_spans)
+        if taken < sum(counts):
+            exporter.drop(sum(counts) - taken)
+        if taken:
+            self._encoded.append(encoder.encode_pending(pending[:fits], ids, time.time_ns(), perf_counter()))
+            self._encoded_spans += taken
+            self._export_if_full()
+
+    def _exchanges(self, pending: list[Pending], ids: bytes, now_ns: int = 0, now: float = 0.0) -> list[Exchange]:
+        """The recorded requests as Exchanges: trace ids, wall-clock times and text made here, in one loop.
+
+        A request without a trace context (see `request`) takes its ids from `ids`, 24 fresh bytes
+        per request by position (see `_ids`). `now_ns` and `now` (read here when 0) are one reading
+        of the wall clock and of `perf_counter`.
+        """
+        at = -24
+        if not now_ns:
+            now_ns, now = time.time_ns(), perf_counter()
         out: list[Exchange] = []
         append = out.append
         for (
@@ -255,7 +289,7 @@ class Observer:
             protocol,
             peer,
             host,
-            headers,
+            agent,
             decision,
             cache,
             upstream,
@@ -266,21 +300,13 @@ class Observer:
             t0,
             t1,
         ) in pending:
+            at += 24
             if trace is None:
-                if fast:
-                    trace_id, span_id = ids[at : at + 16], ids[at + 16 : at + 24]
-                    at += 24
-                    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:  # a 2**-64 chance
-                        trace_id, span_id, parent_id, state, sampled = start(peer, headers)
-                    else:
-                        parent_id, state, sampled = b"", "", True
-                else:
-                    trace_id, span_id, parent_id, state, sampled = start(peer, headers)
+                trace_id, span_id, parent_id, state, sampled = ids[at : at + 16], ids[at + 16 : at + 24], b"", "", True
             else:
                 trace_id, span_id, parent_id = trace.trace_id, trace.span_id, trace.parent_id
                 state, sampled = trace.state, trace.sampled
             end = now_ns - int((now - t1) * 1e9)
-            agent = headers.get(b"user-agent")
             identity = peer.identity
             append(
                 _new_exchange(
@@ -301,7 +327,7 @@ class Observer:
                         peer.tls,
                         host,
                         peer.client,
-                        agent.decode("latin-1") if agent is not None else "",
+                        agent.decode("latin-1"),
                         decision,
                         cache,
                         upstream,
@@ -331,24 +357,16 @@ class Observer:
         exporter = self.span_exporter
         if exporter is None:
             return
-        count = encoder.span_count(sampled)
-        room = exporter.room() - self._encoded_spans
-        if count > room:
-            # Down, backing off or behind: what does not fit is counted, and nothing is spent encoding
-            # it; what fits still goes (the exporter names the reason: collector down or queue full).
-            fits, taken = [], 0
-            for exchange in sampled:
-                spans = 1 + len(exchange.attempts)
-                if taken + spans > room:
-                    break
-                fits.append(exchange)
-                taken += spans
-            exporter.drop(count - taken)
-            if not fits:
-                return
-            sampled, count = fits, taken
-        self._encoded.append(encoder.encode(sampled))
-        self._encoded_spans += count
+        counts = [1 + len(exchange.attempts) for exchange in sampled]
+        fits, taken = _fitting(counts, exporter.room() - self._encoded_spans)
+        if taken < sum(counts):
+            exporter.drop(sum(counts) - taken)
+        if taken:
+            self._encoded.append(encoder.encode(sampled[:fits]))
+            self._encoded_spans += taken
+            self._export_if_full()
+
+    def _export_if_full(self) -> None:
         assert self.config is not None
         if self._encoded_spans >= self.config.telemetry.otlp.batch_spans:
             self._export_spans()
@@ -441,6 +459,32 @@ class Observer:
 def _audited(decision: Decision | None) -> bool:
     """Whether an answer is an audit event: a denial, or a firewall match (shadow included)."""
     return decision is not None and (decision.outcome != _ALLOWED or decision.waf is not None)
+
+
+def _ids(n: int) -> bytes:
+    """Fresh trace and span ids for `n` requests (24 bytes each) from one read of the CSPRNG.
+
+    No id may be all zero: a buffer holding eight zero bytes in a row anywhere is drawn again,
+    which covers every aligned id and happens with a chance of about n * 2**-59.
+    """
+    ids = os.urandom(24 * n)
+    while _ZERO_RUN in ids:
+        ids = os.urandom(24 * n)
+    return ids
+
+
+def _fitting(counts: list[int], room: int) -> tuple[int, int]:
+    """How many leading items (with these span counts) fit in `room` spans, and their spans.
+
+    When the collector is down, backing off or behind, what does not fit is counted as dropped and
+    nothing is spent encoding it; what fits still goes.
+    """
+    taken = 0
+    for i, count in enumerate(counts):
+        if taken + count > room:
+            return i, taken
+        taken += count
+    return len(counts), taken
 
 
 def _sum(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 # What the request path keeps of an answered request until the next tick, in this order (the
 # observer builds it as a tuple display: a NamedTuple's constructor is Python code):
-# trace, method, path, route, status, protocol, peer, host, headers, decision, cache, upstream,
-# attempts, body bytes, scheme, error, t0, t1 (perf_counter at the first byte and the last).
+# trace, method, path, route, status, protocol, peer, host, user agent (b"" without one), decision,
+# cache, upstream, attempts, body bytes, scheme, error, t0, t1 (perf_counter at the first byte and
+# the last). `trace` is None only for a trace that this edge starts with ids of its own choosing.
 Pending = tuple[
     "TraceContext | None",
     str,
@@ -37,7 +38,7 @@ Pending = tuple[
     str,
     "Peer",
     str,
-    "dict[bytes, bytes]",
+    bytes,
     "Decision | None",
     str,
     str,
