@@ -261,23 +261,22 @@ class Observer:
         if self.audit is not None:
             self._audit_denials(pending, ids)
         fits, taken = _fitting(counts, exporter.room() - self._encoded_spans)
-        if taken < sum(counts):
-            exporter.drop(sum(counts) - taken)
+        left = sum(counts) - taken
+        if left:
+            exporter.drop(left)
         if taken:
             self._encoded.append(encoder.encode_pending(pending[:fits], ids, time.time_ns(), perf_counter()))
             self._encoded_spans += taken
             self._export_if_full()
 
-    def _exchanges(self, pending: list[Pending], ids: bytes, now_ns: int = 0, now: float = 0.0) -> list[Exchange]:
+    def _exchanges(self, pending: list[Pending], ids: bytes) -> list[Exchange]:
         """The recorded requests as Exchanges: trace ids, wall-clock times and text made here, in one loop.
 
         A request without a trace context (see `request`) takes its ids from `ids`, 24 fresh bytes
-        per request by position (see `_ids`). `now_ns` and `now` (read here when 0) are one reading
-        of the wall clock and of `perf_counter`.
+        per request by position (see `_ids`).
         """
         at = -24
-        if not now_ns:
-            now_ns, now = time.time_ns(), perf_counter()
+        now_ns, now = time.time_ns(), perf_counter()
         out: list[Exchange] = []
         append = out.append
         for (
@@ -359,8 +358,9 @@ class Observer:
             return
         counts = [1 + len(exchange.attempts) for exchange in sampled]
         fits, taken = _fitting(counts, exporter.room() - self._encoded_spans)
-        if taken < sum(counts):
-            exporter.drop(sum(counts) - taken)
+        left = sum(counts) - taken
+        if left:
+            exporter.drop(left)
         if taken:
             self._encoded.append(encoder.encode(sampled[:fits]))
             self._encoded_spans += taken

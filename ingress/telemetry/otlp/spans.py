@@ -468,11 +468,11 @@ class SpanEncoder:
         """`encode` straight from the request path's tuples, for an edge that samples every request and trusts
         no client's trace context (`Tracer.always`) and has nothing else that reads a record.
 
-        Skipping the `Exchange` step is a third of telemetry's work per span. Requests without a trace
+        Skipping the `Exchange` step saves about a quarter of telemetry's work per span. Requests without a trace
         context take their ids from `ids`, 24 bytes per tuple by position (trace id, then span id), none of
         them zero; `now_ns` and `now` are one reading of the wall clock and of `perf_counter`, which place
         the request path's `perf_counter` times on the wall clock exactly as `Observer` does for a record.
-        A context that is not sampled (a proxy's, from a trusted parent) gives no span. The bytes are
+        A context that is not sampled gives no span. The bytes are
         those `encode` gives for the same requests as records.
         """
         out: list[bytes] = [b""]
