@@ -472,8 +472,8 @@ class SpanEncoder:
         context take their ids from `ids`, 24 bytes per tuple by position (trace id, then span id), none of
         them zero; `now_ns` and `now` are one reading of the wall clock and of `perf_counter`, which place
         the request path's `perf_counter` times on the wall clock exactly as `Observer` does for a record.
-        A context that is not sampled gives no span. The bytes are
-        those `encode` gives for the same requests as records.
+        A context that is not sampled gives no span. The bytes are those `encode` gives for the same
+        requests as records.
         """
         out: list[bytes] = [b""]
         append = out.append
@@ -484,7 +484,7 @@ class SpanEncoder:
         requests, results, edges = self._request, self._result, self._edge
         sizes, hosts, subjects = self._body_size, self._strings[1], self._strings[6]
         paths, agents, peers = self._raw_paths, self._raw_agents, self._peers
-        root_flags, remote_flags = _ROOT_FLAGS[True], _REMOTE_FLAGS
+        root_flags, remote_flags = _ROOT_FLAGS[True], _REMOTE_FLAGS[True]
         at = -24
         for (
             trace,
@@ -515,7 +515,7 @@ class SpanEncoder:
             elif trace.sampled:
                 trace_id, span_id, parent_id = trace.trace_id, trace.span_id, trace.parent_id
                 state = trace_states[trace.state]
-                flags = _PARENT_ID + parent_id + remote_flags[True] if parent_id else root_flags
+                flags = _PARENT_ID + parent_id + remote_flags if parent_id else root_flags
             else:
                 continue
             connection = peers.get(id(peer))
@@ -608,8 +608,7 @@ class SpanEncoder:
         if len(peers) >= MEMO_LIMIT:
             peers.clear()
         _, _, addresses, _, snis, certs, _ = self._strings
-        identity = peer.identity
-        fragment = addresses[peer.client] + snis[peer.sni] + certs[identity.sha256 if identity is not None else ""]
+        fragment = addresses[peer.client] + snis[peer.sni] + certs[peer.client_cert]
         entry = peers[id(peer)] = (peer, fragment)
         return entry
 
