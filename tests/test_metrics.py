@@ -327,10 +327,10 @@ def test_registry_merges_by_name_and_refuses_clashes() -> None:
 
 def exchange(route: str, status: int, protocol: str, seconds: float, cache: str = "") -> Pending:
     """What the request path records of an answer (`record.Pending`); metrics read nothing else."""
-    start = 1000.0
+    start = 1_000_000_000_000  # perf_counter_ns
     return (
-        None, "GET", b"/x", route, status, protocol, None, "localhost", {}, None, cache, "", None, 0, "https", "",
-        start, start + seconds,
+        None, "GET", b"/x", route, status, protocol, None, "localhost", b"", None, cache, "", None, 0, "https", "",
+        start, start + round(seconds * 1e9),
     )  # fmt: skip
 
 

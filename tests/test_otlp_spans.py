@@ -25,7 +25,14 @@ from ingress.protocol.events import Decision, Peer
 from ingress.protocol.trace import Attempt, TraceContext
 from ingress.telemetry.otlp import wire
 from ingress.telemetry.otlp.resource import resource_attributes
-from ingress.telemetry.otlp.spans import MEMO_LIMIT, MEMO_MAX_CHARS, SpanEncoder, split_origin
+from ingress.telemetry.otlp.spans import (
+    MEMO_LIMIT,
+    MEMO_MAX_CHARS,
+    SpanEncoder,
+    fresh_heads,
+    head_ids,
+    split_origin,
+)
 from ingress.telemetry.record import Exchange, Pending
 from ingress.tls.identity import ClientIdentity
 
@@ -697,7 +704,7 @@ def test_special_doubles_in_json() -> None:
 # -- spans straight from the request path's tuples ---------------------------------------------------------------
 
 
-def pending_of(record: Exchange, trace: TraceContext | None, peer: Peer, t1: float) -> Pending:
+def pending_of(record: Exchange, trace: TraceContext | None, peer: Peer, t1: int) -> Pending:
     """The request-path tuple that `record` was made from (see `record.Pending`)."""
     return (
         trace,
@@ -716,7 +723,7 @@ def pending_of(record: Exchange, trace: TraceContext | None, peer: Peer, t1: flo
         record.body_bytes,
         record.scheme,
         record.error,
-        t1 - (record.end_ns - record.start_ns) / 1e9,
+        t1 - (record.end_ns - record.start_ns),
         t1,
     )
 
@@ -724,11 +731,11 @@ def pending_of(record: Exchange, trace: TraceContext | None, peer: Peer, t1: flo
 def test_spans_from_request_tuples_are_byte_for_byte_the_spans_from_records() -> None:
     """`encode_pending` skips the record but must not change a byte of what a collector gets.
 
-    Fresh ids come from the ids buffer by position; a proxied request's context (sampled, with a
+    Fresh ids come from the heads buffer by position; a proxied request's context (sampled, with a
     remote parent and tracestate) is used as it is; an unsampled context gives no span at all.
     """
-    now_ns, now = T0 + 10_000_000, 500.0
-    ids = bytes(range(1, 121))  # 24 bytes for each of the five requests
+    base = T0 - 500 * 10**9  # the wall clock read T0 when perf_counter_ns read 500 s
+    heads = fresh_heads(6)  # one for each of the five requests and the unsampled one
     identity = ClientIdentity("CN=payments", "CN=Bank CA", "01", "ab" * 32)
     peers = [
         Peer("192.0.2.7", "TLSv1.3", "example.test"),
@@ -741,12 +748,11 @@ def test_spans_from_request_tuples_are_byte_for_byte_the_spans_from_records() ->
     expected: list[Exchange] = []
     for i, (record, trace) in enumerate(zip(records, traces, strict=True)):
         peer = peers[i % len(peers)]
-        t1 = now - (i + 1) / 1000
+        t1 = 500 * 10**9 - (i + 1) * 10**6
         pending.append(pending_of(record, trace, peer, t1))
-        end = now_ns - int((now - t1) * 1e9)
-        start = end - int((t1 - pending[-1][16]) * 1e9)
-        fresh = ids[24 * i : 24 * i + 16], ids[24 * i + 16 : 24 * i + 24]
-        trace_id, span_id = (trace.trace_id, trace.span_id) if trace else fresh
+        end = base + t1
+        start = end - (record.end_ns - record.start_ns)
+        trace_id, span_id = (trace.trace_id, trace.span_id) if trace else head_ids(heads, i)
         expected.append(
             record._replace(
                 trace_id=trace_id,
@@ -760,14 +766,29 @@ def test_spans_from_request_tuples_are_byte_for_byte_the_spans_from_records() ->
             )
         )
     unsampled = TraceContext(TRACE, b"\x09" * 8, PARENT, "", False)
-    pending.append(pending_of(records[0], unsampled, peers[0], now))
+    pending.append(pending_of(records[0], unsampled, peers[0], 500 * 10**9))
     encoder = SpanEncoder(RESOURCE)
     for _ in range(2):  # memo misses, then hits
-        direct = encoder.encode_pending(pending, ids + bytes(24), now_ns, now)
+        direct, taken, used = encoder.encode_pending(pending, heads, base, 100)
         assert direct == SpanEncoder(RESOURCE).encode(expected)
+        assert (taken, used) == (7, 6)
     spans = spans_of(direct)
     assert len(spans) == 7  # five SERVER spans, two CLIENT spans, none for the unsampled context
     assert [s.span_id for s in spans if s.kind == Span.SPAN_KIND_SERVER] == [e.span_id for e in expected]
     assert attrs_of(spans[1])["tls.client.hash.sha256"] == "AB" * 32
     assert attrs_of(spans[0])["user_agent.original"] == "curl/8.5.0"
-    assert encoder.encode_pending([pending[-1]], bytes(range(1, 25)), now_ns, now) == b""
+    assert encoder.encode_pending([pending[-1]], fresh_heads(1), base, 100) == (b"", 0, 1)
+    # Room for four spans: the first three requests (the third has two attempts, so three spans) do not fit.
+    partial, taken, used = encoder.encode_pending(pending, heads, base, 4)
+    assert (taken, used) == (2, 2)
+    assert partial == SpanEncoder(RESOURCE).encode(expected[:2])
+
+
+def test_fresh_heads_are_span_id_fields_with_random_nonzero_ids() -> None:
+    heads = fresh_heads(1000)
+    assert len(heads) == 28 * 1000
+    ids = [head_ids(heads, i) for i in range(1000)]
+    for i, (trace_id, span_id) in enumerate(ids):
+        assert heads[28 * i : 28 * i + 28] == b"\x0a\x10" + trace_id + b"\x12\x08" + span_id
+        assert trace_id.count(0) < 16 and span_id.count(0) < 8
+    assert len({trace_id for trace_id, _ in ids}) == 1000 and len({span_id for _, span_id in ids}) == 1000

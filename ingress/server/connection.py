@@ -80,7 +80,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.write_paused = False
         self.sender: FileSender | None = None
         self.queue: deque[Request] = deque()
-        self.t0 = 0.0
+        self.t0 = 0
         self.sent = 0
         # A handler's answer still to come (a proxied request), and the request it answers.
         self.waiting: asyncio.Future[Response] | None = None
@@ -147,7 +147,7 @@ class HTTP1Connection(asyncio.Protocol):
             return
         parser = self.parser
         if self.logging and parser.state == IDLE:
-            self.t0 = time.perf_counter()
+            self.t0 = time.perf_counter_ns()
         try:
             rest = parser.feed(data)
         except ProtocolError as exc:

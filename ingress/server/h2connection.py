@@ -86,7 +86,7 @@ class HTTP2Connection(asyncio.Protocol):
         self.counted = False
         self.outbound: dict[int, BodyCursor | Pipe] = {}
         # Answers still to come from handlers (proxied requests), by stream.
-        self.pending: dict[int, tuple[asyncio.Future[Response], Request, float]] = {}
+        self.pending: dict[int, tuple[asyncio.Future[Response], Request, int]] = {}
         self.requests = 0
         self.progress = 0
         self.closing = False
@@ -176,7 +176,7 @@ class HTTP2Connection(asyncio.Protocol):
                     if self.logging:
                         assert self.ctx.observer is not None
                         scheme = "https" if self.listener.tls else "http"
-                        self.ctx.observer.refused(self.peer, event.status, time.perf_counter(), "2", scheme)
+                        self.ctx.observer.refused(self.peer, event.status, time.perf_counter_ns(), "2", scheme)
                 else:  # an answer already under way is cut: a reset that cannot pass for a clean end
                     session.refuse(event.stream_id, ErrorCodes.INTERNAL_ERROR)
             elif cls is PeerClosed:
@@ -218,7 +218,7 @@ class HTTP2Connection(asyncio.Protocol):
             session.refuse(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         self.requests += 1
-        t0 = time.perf_counter() if self.logging else 0.0
+        t0 = time.perf_counter_ns() if self.logging else 0
         request.peer = self.peer
         body = request.body
         if body.__class__ is Pipe:
@@ -370,7 +370,7 @@ class HTTP2Connection(asyncio.Protocol):
     def _idle(self) -> bool:
         return not self.outbound and not self.session.inbound and not self.pending
 
-    def _log(self, request: Request, response: Response, t0: float) -> None:
+    def _log(self, request: Request, response: Response, t0: int) -> None:
         assert self.ctx.observer is not None
         nbytes = response.body_length if request.method != "HEAD" else 0
         self.ctx.observer.request(request, response.status, nbytes, t0, "2")

@@ -103,7 +103,7 @@ class _Incoming:
 
     __slots__ = ("chunks", "pipe", "request", "size", "t0")
 
-    def __init__(self, request: Request, pipe: Pipe | None, t0: float) -> None:
+    def __init__(self, request: Request, pipe: Pipe | None, t0: int) -> None:
         self.request = request
         self.pipe = pipe
         self.chunks: list[bytes] = []
@@ -172,7 +172,7 @@ class HTTP3Connection:
         self.next_stream = 0
         self.incoming: dict[int, _Incoming] = {}
         self.outgoing: dict[int, BodyCursor | Pipe] = {}
-        self.pending: dict[int, tuple[asyncio.Future[Response], Request, float]] = {}
+        self.pending: dict[int, tuple[asyncio.Future[Response], Request, int]] = {}
         self.discarding: set[int] = set()
         self.progress = 0
         self.crediting = False
@@ -277,7 +277,7 @@ class HTTP3Connection:
             self.quic.reset_stream(stream_id, H3_REQUEST_REJECTED)
             self._stop(stream_id, event.stream_ended, H3_REQUEST_REJECTED)
             return
-        t0 = time.perf_counter() if self.logging else 0.0
+        t0 = time.perf_counter_ns() if self.logging else 0
         try:
             request = parse_request(event.headers, self.ctx.limits)
         except ProtocolError as exc:
@@ -386,7 +386,7 @@ class HTTP3Connection:
         return False
 
     # responses -------------------------------------------------------------
-    def _respond(self, stream_id: int, request: Request, t0: float) -> None:
+    def _respond(self, stream_id: int, request: Request, t0: int) -> None:
         result = self.listener.site.handle(request)
         if result.__class__ is not Response:
             waiting = typing.cast("asyncio.Future[Response]", result)
@@ -405,7 +405,7 @@ class HTTP3Connection:
         self._deliver(stream_id, request, response, t0)
         self.transmit()
 
-    def _deliver(self, stream_id: int, request: Request, response: Response, t0: float) -> None:
+    def _deliver(self, stream_id: int, request: Request, response: Response, t0: int) -> None:
         body = request.body
         if body.__class__ is Pipe and body.on_readable is None and not body.discarding:
             body.discard()  # answered without reading it: take the rest and drop it
@@ -415,7 +415,7 @@ class HTTP3Connection:
         if self.logging:
             self._log(response, t0, request)
 
-    def _refuse(self, stream_id: int, status: int, ended: bool, t0: float, request: Request | None = None) -> None:
+    def _refuse(self, stream_id: int, status: int, ended: bool, t0: int, request: Request | None = None) -> None:
         """Answer without running the request, and stop reading the rest of it (RFC 9114 section 4.1.2)."""
         response = error_response(status)
         method = request.method if request is not None else ""
@@ -525,7 +525,7 @@ class HTTP3Connection:
             pipe.abandon()
         return sent
 
-    def _log(self, response: Response, t0: float, request: Request | None = None) -> None:
+    def _log(self, response: Response, t0: int, request: Request | None = None) -> None:
         observer = self.ctx.observer
         if observer is None:
             return

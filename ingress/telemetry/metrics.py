@@ -393,7 +393,7 @@ class RequestMetrics:
             cell = memo.get((route, status, protocol))
             if cell is None:
                 cell = self._cell(route, status, protocol)
-            seconds = p[P_END] - p[P_START]
+            seconds = (p[P_END] - p[P_START]) * 1e-9
             cell.counts[bisect_left(bounds, seconds)] += 1
             cell.sum += seconds
             status_text = p[P_CACHE]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -29,7 +28,7 @@ from ingress.telemetry.context import Tracer
 from ingress.telemetry.export import Exporter, transport_for
 from ingress.telemetry.metrics import Registry, RequestMetrics
 from ingress.telemetry.otlp.resource import resource_attributes
-from ingress.telemetry.otlp.spans import SpanEncoder
+from ingress.telemetry.otlp.spans import SpanEncoder, clock_base, fresh_heads
 from ingress.telemetry.record import P_ATTEMPTS, P_DECISION, P_TRACE, Exchange, Pending
 from ingress.telemetry.rotating import RotatingFile
 
@@ -39,8 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeward.telemetry")
 
 _new_exchange = tuple.__new__  # NamedTuple's __new__ is Python code; tuple's makes the same object faster
-perf_counter = time.perf_counter
-_ZERO_RUN = b"\0" * 8
+perf_counter_ns = time.perf_counter_ns
 _ALLOWED = "allowed"
 CHUNK = 256  # records turned into log lines, metrics and spans per loop iteration
 
@@ -81,7 +79,7 @@ class Observer:
         old = self.config
         telemetry = config.telemetry
         self.tracer = tracer
-        self._fresh_ids = tracer.always  # every trace this edge starts takes its ids from `_ids`
+        self._fresh_ids = tracer.always  # every trace this edge starts takes its ids from `fresh_heads`
         self.resource = resource_attributes(telemetry.service_name, telemetry.resource)
         previous_log = self.access_log
         self.access_log = AccessLog(config.access_log.path) if config.access_log.enabled else None
@@ -125,8 +123,8 @@ class Observer:
         self.config = config
 
     # the request path ---------------------------------------------------------------------------
-    def request(self, request: Request, status: int, nbytes: int, t0: float, protocol: str) -> None:
-        """An answered request; `t0` is its `perf_counter` start. Only references are kept here.
+    def request(self, request: Request, status: int, nbytes: int, t0: int, protocol: str) -> None:
+        """An answered request; `t0` is its `perf_counter_ns` start. Only references are kept here.
 
         Nothing that holds the whole request (its header dict, its body) is kept: a tick's worth of
         those would push the request path's own memory out of the CPU caches. A tracer that may
@@ -157,13 +155,13 @@ class Observer:
                     request.scheme,
                     request.error,
                     t0,
-                    perf_counter(),
+                    perf_counter_ns(),
                 )
             )
         else:
             self.overflow += 1
 
-    def refused(self, peer: Peer, status: int, t0: float, protocol: str, scheme: str = "") -> None:
+    def refused(self, peer: Peer, status: int, t0: int, protocol: str, scheme: str = "") -> None:
         """Bytes that never became a request (malformed, too large) and the status the edge answered."""
         if len(self.pending) >= self.max_pending:
             self.overflow += 1
@@ -196,7 +194,7 @@ class Observer:
             if spans and self.access_log is None and self.traces_file is None and self.tracer.always:
                 self._spans_direct(pending)
             elif spans or self.access_log is not None:
-                batch = self._exchanges(pending, _ids(len(pending)))
+                batch = self._exchanges(pending, fresh_heads(len(pending)))
                 if self.access_log is not None:
                     self.access_log.add(batch)
                 self._audit(batch)
@@ -219,12 +217,12 @@ class Observer:
                 if _audited(exchange.decision):
                     audit.denied(exchange)
 
-    def _audit_denials(self, pending: list[Pending], ids: bytes) -> None:
-        """Audit events for the denials in `pending`, whose fresh ids (if given) are `ids` by position."""
+    def _audit_denials(self, pending: list[Pending], heads: bytes) -> None:
+        """Audit events for the denials in `pending`, whose fresh ids (if given) are `heads` by position."""
         denials = [i for i, p in enumerate(pending) if _audited(p[P_DECISION])]
         if denials:
-            ids = b"".join(ids[i * 24 : i * 24 + 24] for i in denials) if ids else _ids(len(denials))
-            self._audit(self._exchanges([pending[i] for i in denials], ids))
+            heads = b"".join(heads[i * 28 : i * 28 + 28] for i in denials) if heads else fresh_heads(len(denials))
+            self._audit(self._exchanges([pending[i] for i in denials], heads))
 
     def _spans_wanted(self, pending: list[Pending]) -> bool:
         """False when every span of `pending` could only be dropped; those are then counted as dropped.
@@ -256,27 +254,26 @@ class Observer:
         """Spans encoded from the request path's tuples, with no record in between (see `encode_pending`)."""
         encoder, exporter = self.encoder, self.span_exporter
         assert encoder is not None and exporter is not None
-        counts = [1 + len(p[P_ATTEMPTS] or ()) if p[P_TRACE] is None or p[P_TRACE].sampled else 0 for p in pending]
-        ids = _ids(len(pending))
+        heads = fresh_heads(len(pending))
         if self.audit is not None:
-            self._audit_denials(pending, ids)
-        fits, taken = _fitting(counts, exporter.room() - self._encoded_spans)
-        left = sum(counts) - taken
-        if left:
-            exporter.drop(left)
+            self._audit_denials(pending, heads)
+        room = exporter.room() - self._encoded_spans
+        payload, taken, used = encoder.encode_pending(pending, heads, clock_base(), room)
+        if used < len(pending):
+            exporter.drop(sum(_span_counts(pending[used:])))
         if taken:
-            self._encoded.append(encoder.encode_pending(pending[:fits], ids, time.time_ns(), perf_counter()))
+            self._encoded.append(payload)
             self._encoded_spans += taken
             self._export_if_full()
 
-    def _exchanges(self, pending: list[Pending], ids: bytes) -> list[Exchange]:
+    def _exchanges(self, pending: list[Pending], heads: bytes) -> list[Exchange]:
         """The recorded requests as Exchanges: trace ids, wall-clock times and text made here, in one loop.
 
-        A request without a trace context (see `request`) takes its ids from `ids`, 24 fresh bytes
-        per request by position (see `_ids`).
+        A request without a trace context (see `request`) takes its ids from `heads` by position
+        (see `fresh_heads`).
         """
-        at = -24
-        now_ns, now = time.time_ns(), perf_counter()
+        at = -28
+        base = clock_base()
         out: list[Exchange] = []
         append = out.append
         for (
@@ -299,13 +296,13 @@ class Observer:
             t0,
             t1,
         ) in pending:
-            at += 24
+            at += 28
             if trace is None:
-                trace_id, span_id, parent_id, state, sampled = ids[at : at + 16], ids[at + 16 : at + 24], b"", "", True
+                trace_id, span_id = heads[at + 2 : at + 18], heads[at + 20 : at + 28]
+                parent_id, state, sampled = b"", "", True
             else:
                 trace_id, span_id, parent_id = trace.trace_id, trace.span_id, trace.parent_id
                 state, sampled = trace.state, trace.sampled
-            end = now_ns - int((now - t1) * 1e9)
             identity = peer.identity
             append(
                 _new_exchange(
@@ -316,8 +313,8 @@ class Observer:
                         parent_id,
                         state,
                         sampled,
-                        end - int((t1 - t0) * 1e9),
-                        end,
+                        base + t0,
+                        base + t1,
                         method,
                         path.decode("latin-1"),
                         route,
@@ -461,16 +458,9 @@ def _audited(decision: Decision | None) -> bool:
     return decision is not None and (decision.outcome != _ALLOWED or decision.waf is not None)
 
 
-def _ids(n: int) -> bytes:
-    """Fresh trace and span ids for `n` requests (24 bytes each) from one read of the CSPRNG.
-
-    No id may be all zero: a buffer holding eight zero bytes in a row anywhere is drawn again,
-    which covers every aligned id and happens with a chance of about n * 2**-59.
-    """
-    ids = os.urandom(24 * n)
-    while _ZERO_RUN in ids:
-        ids = os.urandom(24 * n)
-    return ids
+def _span_counts(pending: list[Pending]) -> list[int]:
+    """Spans per request: its SERVER span and a CLIENT span per attempt, none for an unsampled context."""
+    return [1 + len(p[P_ATTEMPTS] or ()) if p[P_TRACE] is None or p[P_TRACE].sampled else 0 for p in pending]
 
 
 def _fitting(counts: list[int], room: int) -> tuple[int, int]:

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 # What the request path keeps of an answered request until the next tick, in this order (the
 # observer builds it as a tuple display: a NamedTuple's constructor is Python code):
 # trace, method, path, route, status, protocol, peer, host, user agent (b"" without one), decision,
-# cache, upstream, attempts, body bytes, scheme, error, t0, t1 (perf_counter at the first byte and
-# the last). `trace` is None only for a trace that this edge starts with ids of its own choosing.
+# cache, upstream, attempts, body bytes, scheme, error, t0, t1 (perf_counter_ns at the first byte
+# and at the answer). `trace` is None only for a trace that this edge starts with ids of its own choosing.
 Pending = tuple[
     "TraceContext | None",
     str,
@@ -46,8 +46,8 @@ Pending = tuple[
     int,
     str,
     str,
-    float,
-    float,
+    int,
+    int,
 ]
 P_TRACE: Final = 0
 P_ROUTE: Final = 3

@@ -10,11 +10,13 @@ then its ids, two timestamps and a dozen dict lookups, joined. Only the ids
 and times are encoded per span.
 
 Values are grouped so that each memo's working set stays small whatever the
-traffic: values that vary together share one key ((method, route, scheme);
-(status, protocol, TLS, error); the policy decision with cache and upstream),
-while values that a client chooses (path, host, address, user agent, subject)
-each get their own. Every memo is emptied when it reaches `MEMO_LIMIT` keys,
-so hostile variety costs encoding time, never unbounded memory.
+traffic: what the edge decided shares one key (method, route, scheme,
+status, protocol, error, cache, upstream and the policy decision: the span's
+"shape"), the connection another (TLS version, client address, SNI,
+certificate), while values that a client chooses on every request (path,
+host, user agent, subject) and the body size each get their own. Every
+memo is emptied when it reaches `MEMO_LIMIT` keys, so hostile variety costs
+encoding time, never unbounded memory.
 
 Span shape: one ResourceSpans / ScopeSpans per batch; a SERVER span per
 exchange, named "{method} {route}" (or "{method}"; "HTTP" for a method the
@@ -31,7 +33,9 @@ at the bottom of this module refuses to import if their fields change.
 from __future__ import annotations
 
 import binascii
+import os
 import struct
+import time
 from collections.abc import Callable, Hashable, Mapping, Sequence, Sized
 from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar
 
@@ -124,12 +128,16 @@ _PARENT_ID: Final = b"\x22\x08"  # 4: parent_span_id, 8 bytes
 _FLAGS_TAG: Final = b"\x85\x01"  # 16: flags, fixed32
 _STATUS_FIELD: Final = length_delimited(15, b"\x18" + varint(_STATUS_ERROR))  # 15: status, Status.code (3) = ERROR
 _SPAN_ATTR: Final = 9  # 9: attributes
+_ZERO_RUN: Final = b"\0" * 8
 
 Attrs: TypeAlias = list[tuple[str, AttributeValue]]
-ServerRequestKey: TypeAlias = tuple[str, str, str]  # method, route, scheme
-ServerResultKey: TypeAlias = tuple[int, str, str, str]  # status, protocol, tls, error
-# outcome, reason, rule, cache, upstream, and what the request firewall found (None: nothing)
-ServerEdgeKey: TypeAlias = tuple[str, str, str, str, str, "Verdict | None"]
+# method, route, scheme, status, protocol, error, cache, upstream; then, when a policy decided, its
+# outcome, reason, rule and what the request firewall found (None: nothing)
+ShapeKey: TypeAlias = (
+    "tuple[str, str, str, int, str, str, str, str]"
+    " | tuple[str, str, str, int, str, str, str, str, str, str, str, Verdict | None]"
+)
+ConnectionKey: TypeAlias = tuple[str, str, str, str]  # tls, client address, SNI, client certificate SHA-256
 ClientKey: TypeAlias = tuple[str, str, int, str, int, str]  # method, origin, status, error, resend, upstream
 
 
@@ -173,26 +181,19 @@ def _present(attrs: Attrs) -> Attrs:
     return [(key, value) for key, value in attrs if value != ""]
 
 
-def _server_request(key: ServerRequestKey) -> tuple[str, Attrs]:
-    method, route, scheme = key
+def _server_shape(key: ShapeKey) -> tuple[str, Attrs, bool]:
+    """A SERVER span's name, the attributes that the edge's handling decides, and whether it failed."""
+    method, route, scheme, status, protocol, error, cache, upstream = key[:8]
+    outcome, reason, rule, waf = key[8:] if len(key) > 8 else ("", "", "", None)
     verb, attrs = _method(method)
     attrs += [("url.scheme", scheme), ("http.route", route), ("network.protocol.name", "http")]
-    return (f"{verb} {route}" if route else verb), _present(attrs)
-
-
-def _server_result(key: ServerResultKey) -> tuple[Attrs, bool]:
-    status, protocol, tls, error = key
-    attrs: Attrs = [("http.response.status_code", status)] if status else []
-    attrs += [("network.protocol.version", protocol), *_tls(tls)]
+    if status:
+        attrs.append(("http.response.status_code", status))
+    attrs.append(("network.protocol.version", protocol))
     failed = status >= 500
     if failed:
         attrs.append(("error.type", error or str(status)))
-    return _present(attrs), failed
-
-
-def _server_edge(key: ServerEdgeKey) -> Attrs:
-    outcome, reason, rule, cache, upstream, waf = key
-    attrs: Attrs = [
+    attrs += [
         ("edge.auth.outcome", outcome),
         ("edge.auth.reason", reason),
         ("edge.auth.rule", rule),
@@ -201,7 +202,7 @@ def _server_edge(key: ServerEdgeKey) -> Attrs:
     ]
     if waf is not None:
         attrs += waf_attributes(waf)
-    return _present(attrs)
+    return (f"{verb} {route}" if route else verb), _present(attrs), failed
 
 
 def waf_attributes(waf: Verdict) -> Attrs:
@@ -298,13 +299,39 @@ def _upper(value: str) -> str:
 _STRING_ATTRS: Final[tuple[tuple[str, Callable[[str], str] | None], ...]] = (
     ("url.path", None),
     ("server.address", None),
-    ("client.address", None),
     ("user_agent.original", None),
-    ("tls.client.server_name", None),
-    # The semantic conventions ask for certificate hashes in upper case, like other hash values.
-    ("tls.client.hash.sha256", _upper),
     ("edge.auth.subject", None),
 )
+
+
+def clock_base() -> int:
+    """What turns the request path's `perf_counter_ns` readings into Unix nanoseconds (by adding it), for a batch.
+
+    Both record paths place a batch's times with one reading, so a span's start and end keep their
+    exact distance, and the request path never reads the wall clock (which may step).
+    """
+    return time.time_ns() - time.perf_counter_ns()
+
+
+def fresh_heads(n: int) -> bytes:
+    """Fresh ids for `n` spans from one read of the CSPRNG, each already written as the span's first 28 bytes.
+
+    A head is Span.trace_id (field 1, 16 bytes) then Span.span_id (field 2, 8 bytes), so the encoder
+    takes one slice per span, not two. No id may be all zero: a buffer holding eight zero bytes in a
+    row anywhere is drawn again, which covers every id and happens with a chance of about n * 2**-58.
+    """
+    while True:
+        heads = bytearray(os.urandom(28 * n))
+        heads[0::28], heads[1::28] = _TRACE_ID[:1] * n, _TRACE_ID[1:] * n
+        heads[18::28], heads[19::28] = _SPAN_ID[:1] * n, _SPAN_ID[1:] * n
+        if _ZERO_RUN not in heads:
+            return bytes(heads)
+
+
+def head_ids(heads: bytes, index: int) -> tuple[bytes, bytes]:
+    """The trace id and span id of the `index`th head of `fresh_heads`."""
+    at = 28 * index
+    return heads[at + 2 : at + 18], heads[at + 20 : at + 28]
 
 
 class SpanEncoder:
@@ -326,9 +353,8 @@ class SpanEncoder:
 
         self._span_head = _Memo[int, bytes](lambda size: b"\x12" + varint(size))  # ScopeSpans.spans (2)
         self._trace_state = _TextMemo[str, bytes](lambda state: string_field(3, state) if state else b"")
-        self._request = _Memo[ServerRequestKey, bytes](self._render_request)
-        self._result = _Memo[ServerResultKey, bytes](self._render_result)
-        self._edge = _Memo[ServerEdgeKey, bytes](lambda key: attributes(_SPAN_ATTR, _server_edge(key)))
+        self._shape = _Memo[ShapeKey, bytes](self._render_shape)
+        self._connection = _Memo[ConnectionKey, bytes](self._connection_renderer(json=False))
         self._client = _Memo[ClientKey, bytes](self._render_client)
         self._body_size = _Memo[int, bytes](lambda size: attribute(_SPAN_ATTR, "http.response.body.size", size))
         self._strings = tuple(
@@ -336,18 +362,17 @@ class SpanEncoder:
             for key, transform in _STRING_ATTRS
         )
         # The request path's own forms, for `encode_pending`: the raw path and User-Agent bytes, and the
-        # connection's Peer (client address, SNI and certificate: one lookup per span, as one fragment).
+        # connection's Peer (its fragment found by one lookup of the Peer's id).
         self._raw_paths = _TextMemo[bytes, bytes](self._from_latin1(self._strings[0]))
-        self._raw_agents = _TextMemo[bytes, bytes](self._from_latin1(self._strings[3]))
+        self._raw_agents = _TextMemo[bytes, bytes](self._from_latin1(self._strings[2]))
         self._peers: dict[int, tuple[Peer, bytes]] = {}
 
         # OTLP JSON is built as bytes too: joining ASCII bytes is several times cheaper than joining str.
         self._trace_state_json = _TextMemo[str, bytes](
             lambda state: f',"traceState":{json_string(state)}'.encode() if state else b""
         )
-        self._request_json = _Memo[ServerRequestKey, tuple[bytes, bytes]](self._render_request_json)
-        self._result_json = _Memo[ServerResultKey, tuple[bytes, bytes]](self._render_result_json)
-        self._edge_json = _Memo[ServerEdgeKey, bytes](lambda key: _attrs_json(_server_edge(key)))
+        self._shape_json = _Memo[ShapeKey, tuple[bytes, bytes, bytes]](self._render_shape_json)
+        self._connection_json = _Memo[ConnectionKey, bytes](self._connection_renderer(json=True))
         self._client_json = _Memo[ClientKey, bytes](self._render_client_json)
         self._body_size_json = _Memo[int, bytes](lambda size: _attrs_json([("http.response.body.size", size)]))
         self._strings_json = tuple(
@@ -366,15 +391,13 @@ class SpanEncoder:
         memos: dict[str, Sized] = {
             "span_head": self._span_head,
             "trace_state": self._trace_state,
-            "request": self._request,
-            "result": self._result,
-            "edge": self._edge,
+            "shape": self._shape,
+            "connection": self._connection,
             "client": self._client,
             "body_size": self._body_size,
             "trace_state_json": self._trace_state_json,
-            "request_json": self._request_json,
-            "result_json": self._result_json,
-            "edge_json": self._edge_json,
+            "shape_json": self._shape_json,
+            "connection_json": self._connection_json,
             "client_json": self._client_json,
             "body_size_json": self._body_size_json,
             "raw_path": self._raw_paths,
@@ -398,9 +421,8 @@ class SpanEncoder:
         times = _TIMES
         span_head = self._span_head
         trace_states = self._trace_state
-        requests, results, edges = self._request, self._result, self._edge
-        sizes = self._body_size
-        paths, hosts, addresses, agents, snis, certs, subjects = self._strings
+        shapes, connections, sizes = self._shape, self._connection, self._body_size
+        paths, hosts, agents, subjects = self._strings
         root_flags, remote_flags = _ROOT_FLAGS, _REMOTE_FLAGS
         for (
             trace_id,
@@ -430,10 +452,25 @@ class SpanEncoder:
             error,
         ) in exchanges:
             if decision is None:
-                edge = edges[("", "", "", cache, upstream, None)]
+                shape = shapes[(method, route, scheme, status, protocol, error, cache, upstream)]
                 subject = b""
             else:
-                edge = edges[(decision.outcome, decision.reason, decision.rule, cache, upstream, decision.waf)]
+                shape = shapes[
+                    (
+                        method,
+                        route,
+                        scheme,
+                        status,
+                        protocol,
+                        error,
+                        cache,
+                        upstream,
+                        decision.outcome,
+                        decision.reason,
+                        decision.rule,
+                        decision.waf,
+                    )
+                ]
                 subject = subjects[decision.subject]
             state = trace_states[trace_state]
             span = join(
@@ -444,17 +481,13 @@ class SpanEncoder:
                     span_id,
                     state,
                     _PARENT_ID + parent_id + remote_flags[sampled] if parent_id else root_flags[sampled],
-                    requests[(method, route, scheme)],
-                    results[(status, protocol, tls, error)],
                     times(_START, start_ns, _END, end_ns),
+                    shape,
+                    sizes[body_bytes],
                     paths[path],
                     hosts[host],
-                    addresses[client],
-                    snis[sni],
-                    certs[client_cert],
+                    connections[(tls, client, sni, client_cert)],
                     agents[user_agent],
-                    sizes[body_bytes],
-                    edge,
                     subject,
                 )
             )
@@ -464,16 +497,17 @@ class SpanEncoder:
                 self._attempts(append, trace_id, span_id, state, sampled, method, upstream, attempts)
         return self._envelope(out)
 
-    def encode_pending(self, pending: Sequence[Pending], ids: bytes, now_ns: int, now: float) -> bytes:
+    def encode_pending(self, pending: Sequence[Pending], heads: bytes, base: int, room: int) -> tuple[bytes, int, int]:
         """`encode` straight from the request path's tuples, for an edge that samples every request and trusts
         no client's trace context (`Tracer.always`) and has nothing else that reads a record.
 
-        Skipping the `Exchange` step saves about a quarter of telemetry's work per span. Requests without a trace
-        context take their ids from `ids`, 24 bytes per tuple by position (trace id, then span id), none of
-        them zero; `now_ns` and `now` are one reading of the wall clock and of `perf_counter`, which place
-        the request path's `perf_counter` times on the wall clock exactly as `Observer` does for a record.
-        A context that is not sampled gives no span. The bytes are those `encode` gives for the same
-        requests as records.
+        Skipping the `Exchange` step saves about a quarter of telemetry's work per span. Requests without a
+        trace context take their ids from `heads` (see `fresh_heads`) by position; `base` places the
+        request path's times on the wall clock (see `clock_base`). A context that is not sampled gives
+        no span. The bytes are those `encode` gives for the same requests as records.
+
+        Requests are taken in order while their spans fit in `room`; returns the payload, the spans in it
+        and how many requests it covers (the caller counts the rest as dropped).
         """
         out: list[bytes] = [b""]
         append = out.append
@@ -481,11 +515,10 @@ class SpanEncoder:
         times = _TIMES
         span_head = self._span_head
         trace_states = self._trace_state
-        requests, results, edges = self._request, self._result, self._edge
-        sizes, hosts, subjects = self._body_size, self._strings[1], self._strings[6]
+        shapes, sizes, hosts, subjects = self._shape, self._body_size, self._strings[1], self._strings[3]
         paths, agents, peers = self._raw_paths, self._raw_agents, self._peers
         root_flags, remote_flags = _ROOT_FLAGS[True], _REMOTE_FLAGS[True]
-        at = -24
+        at = used = taken = 0
         for (
             trace,
             method,
@@ -506,53 +539,73 @@ class SpanEncoder:
             t0,
             t1,
         ) in pending:
-            at += 24
             if trace is None:
-                trace_id = ids[at : at + 16]
-                span_id = ids[at + 16 : at + 24]
+                head = heads[at : at + 28]
                 state = b""
                 flags = root_flags
             elif trace.sampled:
-                trace_id, span_id, parent_id = trace.trace_id, trace.span_id, trace.parent_id
+                head = _TRACE_ID + trace.trace_id + _SPAN_ID + trace.span_id
+                parent_id = trace.parent_id
                 state = trace_states[trace.state]
                 flags = _PARENT_ID + parent_id + remote_flags if parent_id else root_flags
             else:
+                at += 28
+                used += 1
                 continue
+            at += 28
+            if attempts:
+                if taken + 1 + len(attempts) > room:
+                    break
+                taken += 1 + len(attempts)
+            elif taken < room:
+                taken += 1
+            else:
+                break
+            used += 1
             connection = peers.get(id(peer))
             if connection is None:
                 connection = self._peer(peer)
             if decision is None:
-                edge = edges[("", "", "", cache, upstream, None)]
+                shape = shapes[(method, route, scheme, status, protocol, error, cache, upstream)]
                 subject = b""
             else:
-                edge = edges[(decision.outcome, decision.reason, decision.rule, cache, upstream, decision.waf)]
+                shape = shapes[
+                    (
+                        method,
+                        route,
+                        scheme,
+                        status,
+                        protocol,
+                        error,
+                        cache,
+                        upstream,
+                        decision.outcome,
+                        decision.reason,
+                        decision.rule,
+                        decision.waf,
+                    )
+                ]
                 subject = subjects[decision.subject]
-            end = now_ns - int((now - t1) * 1e9)
             span = join(
                 (
-                    _TRACE_ID,
-                    trace_id,
-                    _SPAN_ID,
-                    span_id,
+                    head,
                     state,
                     flags,
-                    requests[(method, route, scheme)],
-                    results[(status, protocol, peer.tls, error)],
-                    times(_START, end - int((t1 - t0) * 1e9), _END, end),
+                    times(_START, base + t0, _END, base + t1),
+                    shape,
+                    sizes[body_bytes],
                     paths[path],
                     hosts[host],
                     connection[1],
                     agents[agent],
-                    sizes[body_bytes],
-                    edge,
                     subject,
                 )
             )
             append(span_head[len(span)])
             append(span)
             if attempts:
-                self._attempts(append, trace_id, span_id, state, True, method, upstream, attempts)
-        return self._envelope(out)
+                self._attempts(append, head[2:18], head[20:28], state, True, method, upstream, attempts)
+        return self._envelope(out), taken, used
 
     def _attempts(
         self,
@@ -599,7 +652,7 @@ class SpanEncoder:
         return join(out)
 
     def _peer(self, peer: Peer) -> tuple[Peer, bytes]:
-        """A connection's client address, SNI and certificate as one fragment, kept by the Peer's id.
+        """A connection's fragment (see `_connection_renderer`), kept by the Peer's id.
 
         The entry holds the Peer itself, so no other object can have its id while the entry lives:
         a hit is always this Peer (hashing the Peer instead would cost more than the lookups saved).
@@ -607,8 +660,7 @@ class SpanEncoder:
         peers = self._peers
         if len(peers) >= MEMO_LIMIT:
             peers.clear()
-        _, _, addresses, _, snis, certs, _ = self._strings
-        fragment = addresses[peer.client] + snis[peer.sni] + certs[peer.client_cert]
+        fragment = self._connection[(peer.tls, peer.client, peer.sni, peer.client_cert)]
         entry = peers[id(peer)] = (peer, fragment)
         return entry
 
@@ -620,14 +672,25 @@ class SpanEncoder:
         return render
 
     @staticmethod
-    def _render_request(key: ServerRequestKey) -> bytes:
-        name, attrs = _server_request(key)
-        return _head(name, SERVER) + attributes(_SPAN_ATTR, attrs)
+    def _render_shape(key: ShapeKey) -> bytes:
+        name, attrs, failed = _server_shape(key)
+        return _head(name, SERVER) + attributes(_SPAN_ATTR, attrs) + (_STATUS_FIELD if failed else b"")
 
     @staticmethod
-    def _render_result(key: ServerResultKey) -> bytes:
-        attrs, failed = _server_result(key)
-        return attributes(_SPAN_ATTR, attrs) + (_STATUS_FIELD if failed else b"")
+    def _connection_renderer(*, json: bool) -> Callable[[ConnectionKey], bytes]:
+        """The connection's attributes as one fragment: TLS version, client address, SNI, client certificate."""
+        string = _string_attr_json if json else _string_attr
+        address, sni = string("client.address"), string("tls.client.server_name")
+        # The semantic conventions ask for certificate hashes in upper case, like other hash values.
+        cert = string("tls.client.hash.sha256", _upper)
+
+        def render(key: ConnectionKey) -> bytes:
+            tls, client, server_name, fingerprint = key
+            tls_attrs = _tls(tls)
+            head = _attrs_json(tls_attrs) if json else attributes(_SPAN_ATTR, tls_attrs)
+            return head + address(client) + sni(server_name) + cert(fingerprint)
+
+        return render
 
     @staticmethod
     def _render_client(key: ClientKey) -> bytes:
@@ -649,9 +712,9 @@ class SpanEncoder:
         join = b"".join
         hexlify = binascii.hexlify
         trace_states = self._trace_state_json
-        requests, results, edges = self._request_json, self._result_json, self._edge_json
-        clients, sizes = self._client_json, self._body_size_json
-        paths, hosts, addresses, agents, snis, certs, subjects = self._strings_json
+        shapes, connections, clients = self._shape_json, self._connection_json, self._client_json
+        sizes = self._body_size_json
+        paths, hosts, agents, subjects = self._strings_json
         root_flags, remote_flags, child_flags = _ROOT_FLAGS_JSON, _REMOTE_FLAGS_JSON, _CHILD_FLAGS_JSON
         for (
             trace_id,
@@ -681,16 +744,30 @@ class SpanEncoder:
             error,
         ) in exchanges:
             if decision is None:
-                edge = edges[("", "", "", cache, upstream, None)]
+                key: ShapeKey = (method, route, scheme, status, protocol, error, cache, upstream)
+                head, shape_attrs, status_json = shapes[key]
                 subject = b""
             else:
-                edge = edges[(decision.outcome, decision.reason, decision.rule, cache, upstream, decision.waf)]
+                head, shape_attrs, status_json = shapes[
+                    (
+                        method,
+                        route,
+                        scheme,
+                        status,
+                        protocol,
+                        error,
+                        cache,
+                        upstream,
+                        decision.outcome,
+                        decision.reason,
+                        decision.rule,
+                        decision.waf,
+                    )
+                ]
                 subject = subjects[decision.subject]
             trace_hex = hexlify(trace_id)
             span_hex = hexlify(span_id)
             state = trace_states[trace_state]
-            head, request_attrs = requests[(method, route, scheme)]
-            result_attrs, status_json = results[(status, protocol, tls, error)]
             append(
                 join(
                     (
@@ -709,16 +786,12 @@ class SpanEncoder:
                         b'","endTimeUnixNano":"',
                         b"%d" % end_ns,
                         b'","attributes":[',
-                        request_attrs,  # never empty (network.protocol.name), so the only fragment without a comma
-                        result_attrs,
+                        shape_attrs,  # never empty (network.protocol.name), so the only fragment without a comma
+                        sizes[body_bytes],
                         paths[path],
                         hosts[host],
-                        addresses[client],
-                        snis[sni],
-                        certs[client_cert],
+                        connections[(tls, client, sni, client_cert)],
                         agents[user_agent],
-                        sizes[body_bytes],
-                        edge,
                         subject,
                         b"]",
                         status_json,
@@ -754,14 +827,9 @@ class SpanEncoder:
         return join(spans)
 
     @staticmethod
-    def _render_request_json(key: ServerRequestKey) -> tuple[bytes, bytes]:
-        name, attrs = _server_request(key)
-        return _head_json(name, SERVER), attributes_json(attrs).encode()
-
-    @staticmethod
-    def _render_result_json(key: ServerResultKey) -> tuple[bytes, bytes]:
-        attrs, failed = _server_result(key)
-        return _attrs_json(attrs), (_STATUS_JSON if failed else b"")
+    def _render_shape_json(key: ShapeKey) -> tuple[bytes, bytes, bytes]:
+        name, attrs, failed = _server_shape(key)
+        return _head_json(name, SERVER), attributes_json(attrs).encode(), (_STATUS_JSON if failed else b"")
 
     @staticmethod
     def _render_client_json(key: ClientKey) -> bytes:
