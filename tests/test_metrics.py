@@ -41,7 +41,7 @@ from ingress.telemetry.metrics import (
     prometheus_text,
 )
 from ingress.telemetry.otlp.metrics import encode_metrics
-from ingress.telemetry.record import Pending
+from ingress.telemetry.record import Pending, columns
 from tests.conftest import base_config
 from tests.h2client import H2Client, h2_context
 from tests.h3client import H3Transport
@@ -325,6 +325,10 @@ def test_registry_merges_by_name_and_refuses_clashes() -> None:
 # --------------------------------------------------------------------------- request metrics
 
 
+def observe(metrics: RequestMetrics, rows: list[Pending]) -> None:
+    metrics.observe(columns(rows))
+
+
 def exchange(route: str, status: int, protocol: str, seconds: float, cache: str = "") -> Pending:
     """What the request path records of an answer (`record.Pending`); metrics read nothing else."""
     start = 1_000_000_000_000  # perf_counter_ns
@@ -336,7 +340,8 @@ def exchange(route: str, status: int, protocol: str, seconds: float, cache: str 
 
 def test_request_metrics_by_route_status_class_and_protocol() -> None:
     metrics = RequestMetrics(worker=2)
-    metrics.observe(
+    observe(
+        metrics,
         [
             exchange("/api", 200, "1.1", 0.0003),
             exchange("/api", 204, "1.1", 0.002),
@@ -344,9 +349,9 @@ def test_request_metrics_by_route_status_class_and_protocol() -> None:
             exchange("", 404, "3", 0.00001),
             exchange("/static", 304, "1.0", 20.0, cache="hit"),
             exchange("/static", 200, "2", 0.01, cache="hit"),
-        ]
+        ],
     )
-    metrics.observe([exchange("/api", 200, "1.1", 0.0004)])
+    observe(metrics, [exchange("/api", 200, "1.1", 0.0004)])
     reg = Registry()
     metrics.collect(reg)
     fams = parse_exposition(prometheus_text(reg))
@@ -371,11 +376,25 @@ def test_request_metrics_by_route_status_class_and_protocol() -> None:
     }
 
 
+def test_a_wall_clock_stepped_back_counts_as_a_zero_duration() -> None:
+    """Durations are the spans' wall-clock times apart; a step back between the two must not go below zero."""
+    metrics = RequestMetrics()
+    observe(metrics, [exchange("/api", 200, "1.1", -2.5), exchange("/api", 200, "1.1", 0.002)])
+    observe(metrics, [exchange("/api", 200, "1.1", 0.0005), exchange("/api", 200, "1.1", 0.0005001)])  # on a bound
+    reg = Registry()
+    metrics.collect(reg)
+    duration = parse_exposition(prometheus_text(reg))["edgeward_http_server_request_duration_seconds"]
+    assert duration.total("_count", route="/api") == 4
+    assert duration.total("_bucket", le="0.0005", route="/api") == 2
+    assert duration.total("_bucket", le="0.001", route="/api") == 3
+    assert duration.total("_sum", route="/api") == pytest.approx(0.0030001)
+
+
 def test_request_metrics_stay_bounded_under_many_routes_and_statuses() -> None:
     metrics = RequestMetrics()
     batch = [exchange(f"/r{i}", 200 + i % 300, "1.1", 0.001) for i in range(5000)]
-    metrics.observe(batch)
-    metrics.observe(batch)
+    observe(metrics, batch)
+    observe(metrics, batch)
     duration = metrics.duration
     limit = duration.limit
     assert limit == 1024  # routes x 5 status classes x 4 protocols, for a config of a few dozen routes
@@ -389,9 +408,9 @@ def test_observe_is_cheap_per_record() -> None:
     """A loose bound (CI machines vary): per record, microseconds at most, never milliseconds."""
     metrics = RequestMetrics()
     batch = [exchange(f"/r{i % 8}", 200 + (i % 4) * 100, "1.1", i / 1e6, "hit" if i % 3 else "") for i in range(20000)]
-    metrics.observe(batch)
+    observe(metrics, batch)
     start = time.perf_counter()
-    metrics.observe(batch)
+    observe(metrics, batch)
     per_record = (time.perf_counter() - start) / len(batch)
     assert per_record < 20e-6, per_record
 
@@ -413,13 +432,14 @@ def _attrs(kvs: Any) -> dict[str, Any]:
 
 def test_otlp_metrics_decode_with_types_temporality_bounds_and_counts() -> None:
     requests = RequestMetrics(worker=1)
-    requests.observe(
+    observe(
+        requests,
         [
             exchange("/api", 200, "1.1", 0.0002),
             exchange("/api", 200, "1.1", 0.3),
             exchange("/api", 200, "1.1", 30.0),
             exchange("", 404, "2", 0.001),
-        ]
+        ],
     )
     reg = Registry()
     const = (("worker", "1"),)

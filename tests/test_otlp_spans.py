@@ -33,7 +33,7 @@ from ingress.telemetry.otlp.spans import (
     head_ids,
     split_origin,
 )
-from ingress.telemetry.record import Exchange, Pending
+from ingress.telemetry.record import Exchange, Pending, columns
 from ingress.tls.identity import ClientIdentity
 
 TRACE = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
@@ -728,60 +728,87 @@ def pending_of(record: Exchange, trace: TraceContext | None, peer: Peer, t1: int
     )
 
 
-def test_spans_from_request_tuples_are_byte_for_byte_the_spans_from_records() -> None:
-    """`encode_pending` skips the record but must not change a byte of what a collector gets.
+PEERS = [
+    Peer("192.0.2.7", "TLSv1.3", "example.test"),
+    Peer("192.0.2.8", "TLSv1.2", "", ClientIdentity("CN=payments", "CN=Bank CA", "01", "ab" * 32)),
+    Peer("2001:db8::1", "", ""),
+]
 
-    Fresh ids come from the heads buffer by position; a proxied request's context (sampled, with a
-    remote parent and tracestate) is used as it is; an unsampled context gives no span at all.
-    """
-    base = T0 - 500 * 10**9  # the wall clock read T0 when perf_counter_ns read 500 s
-    heads = fresh_heads(6)  # one for each of the five requests and the unsampled one
-    identity = ClientIdentity("CN=payments", "CN=Bank CA", "01", "ab" * 32)
-    peers = [
-        Peer("192.0.2.7", "TLSv1.3", "example.test"),
-        Peer("192.0.2.8", "TLSv1.2", "", identity),
-        Peer("2001:db8::1", "", ""),
-    ]
-    records = batch_of_everything()
-    traces: list[TraceContext | None] = [None, None, TraceContext(TRACE, b"\x03" * 8, PARENT, "a=1", True), None, None]
+
+def as_pending(
+    records: list[Exchange], traces: list[TraceContext | None], heads: bytes
+) -> tuple[list[Pending], list[Exchange]]:
+    """The request-path tuples for `records`, and the records `encode` must be given to get the same spans:
+    fresh ids from `heads` by position, the peer's connection facts, the times the tuples carry."""
     pending: list[Pending] = []
     expected: list[Exchange] = []
     for i, (record, trace) in enumerate(zip(records, traces, strict=True)):
-        peer = peers[i % len(peers)]
-        t1 = 500 * 10**9 - (i + 1) * 10**6
-        pending.append(pending_of(record, trace, peer, t1))
-        end = base + t1
-        start = end - (record.end_ns - record.start_ns)
+        peer = PEERS[i % len(PEERS)]
+        pending.append(pending_of(record, trace, peer, T0 + (i + 1) * 10**6))
         trace_id, span_id = (trace.trace_id, trace.span_id) if trace else head_ids(heads, i)
         expected.append(
             record._replace(
                 trace_id=trace_id,
                 span_id=span_id,
-                start_ns=start,
-                end_ns=end,
+                start_ns=pending[-1][16],
+                end_ns=pending[-1][17],
                 tls=peer.tls,
                 client=peer.client,
                 sni=peer.sni,
                 client_cert=peer.client_cert,
             )
         )
+    return pending, expected
+
+
+def test_spans_from_request_tuples_are_byte_for_byte_the_spans_from_records() -> None:
+    """`encode_pending` skips the record but must not change a byte of what a collector gets.
+
+    Fresh ids come from the heads buffer by position; a proxied request's context (sampled, with a
+    remote parent and tracestate) is used as it is; an unsampled context gives no span at all.
+    """
+    heads = fresh_heads(6)  # one for each of the five requests and the unsampled one
+    traces: list[TraceContext | None] = [None, None, TraceContext(TRACE, b"\x03" * 8, PARENT, "a=1", True), None, None]
+    records = batch_of_everything()
+    pending, expected = as_pending(records, traces, heads)
     unsampled = TraceContext(TRACE, b"\x09" * 8, PARENT, "", False)
-    pending.append(pending_of(records[0], unsampled, peers[0], 500 * 10**9))
+    pending.append(pending_of(records[0], unsampled, PEERS[0], T0))
     encoder = SpanEncoder(RESOURCE)
     for _ in range(2):  # memo misses, then hits
-        direct, taken, used = encoder.encode_pending(pending, heads, base, 100)
-        assert direct == SpanEncoder(RESOURCE).encode(expected)
+        direct, taken, used = encoder.encode_pending(columns(pending), heads, 100)
+        assert b"".join(direct) == SpanEncoder(RESOURCE).encode(expected)
         assert (taken, used) == (7, 6)
-    spans = spans_of(direct)
+    spans = spans_of(b"".join(direct))
     assert len(spans) == 7  # five SERVER spans, two CLIENT spans, none for the unsampled context
     assert [s.span_id for s in spans if s.kind == Span.SPAN_KIND_SERVER] == [e.span_id for e in expected]
     assert attrs_of(spans[1])["tls.client.hash.sha256"] == "AB" * 32
     assert attrs_of(spans[0])["user_agent.original"] == "curl/8.5.0"
-    assert encoder.encode_pending([pending[-1]], fresh_heads(1), base, 100) == (b"", 0, 1)
+    assert encoder.encode_pending(columns([pending[-1]]), fresh_heads(1), 100) == ([], 0, 1)
     # Room for four spans: the first three requests (the third has two attempts, so three spans) do not fit.
-    partial, taken, used = encoder.encode_pending(pending, heads, base, 4)
+    partial, taken, used = encoder.encode_pending(columns(pending), heads, 4)
     assert (taken, used) == (2, 2)
-    assert partial == SpanEncoder(RESOURCE).encode(expected[:2])
+    assert b"".join(partial) == SpanEncoder(RESOURCE).encode(expected[:2])
+
+
+def test_a_batch_of_fresh_roots_takes_the_columns_and_gives_the_same_bytes() -> None:
+    """Without proxied requests, every span is a fresh root: the batch is encoded column by column.
+
+    Decided and undecided requests mix (a denial names its subject); room for fewer spans than
+    requests encodes the leading ones only.
+    """
+    records = [r for r in batch_of_everything() if not r.attempts and not r.parent_id] * 3
+    assert any(r.decision is not None for r in records) and any(r.decision is None for r in records)
+    heads = fresh_heads(len(records))
+    pending, expected = as_pending(records, [None] * len(records), heads)
+    encoder = SpanEncoder(RESOURCE)
+    for _ in range(2):  # memo misses, then hits
+        direct, taken, used = encoder.encode_pending(columns(pending), heads, 100)
+        assert b"".join(direct) == SpanEncoder(RESOURCE).encode(expected)
+        assert taken == used == len(records)
+    assert attrs_of(spans_of(b"".join(direct))[1])["edge.auth.subject"] == "bob"
+    partial, taken, used = encoder.encode_pending(columns(pending), heads, 5)
+    assert (taken, used) == (5, 5)
+    assert b"".join(partial) == SpanEncoder(RESOURCE).encode(expected[:5])
 
 
 def test_fresh_heads_are_span_id_fields_with_random_nonzero_ids() -> None:

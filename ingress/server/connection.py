@@ -147,7 +147,7 @@ class HTTP1Connection(asyncio.Protocol):
             return
         parser = self.parser
         if self.logging and parser.state == IDLE:
-            self.t0 = time.perf_counter_ns()
+            self.t0 = time.time_ns()
         try:
             rest = parser.feed(data)
         except ProtocolError as exc:

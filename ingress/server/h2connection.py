@@ -176,7 +176,7 @@ class HTTP2Connection(asyncio.Protocol):
                     if self.logging:
                         assert self.ctx.observer is not None
                         scheme = "https" if self.listener.tls else "http"
-                        self.ctx.observer.refused(self.peer, event.status, time.perf_counter_ns(), "2", scheme)
+                        self.ctx.observer.refused(self.peer, event.status, time.time_ns(), "2", scheme)
                 else:  # an answer already under way is cut: a reset that cannot pass for a clean end
                     session.refuse(event.stream_id, ErrorCodes.INTERNAL_ERROR)
             elif cls is PeerClosed:
@@ -218,7 +218,7 @@ class HTTP2Connection(asyncio.Protocol):
             session.refuse(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         self.requests += 1
-        t0 = time.perf_counter_ns() if self.logging else 0
+        t0 = time.time_ns() if self.logging else 0
         request.peer = self.peer
         body = request.body
         if body.__class__ is Pipe:

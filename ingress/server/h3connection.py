@@ -277,7 +277,7 @@ class HTTP3Connection:
             self.quic.reset_stream(stream_id, H3_REQUEST_REJECTED)
             self._stop(stream_id, event.stream_ended, H3_REQUEST_REJECTED)
             return
-        t0 = time.perf_counter_ns() if self.logging else 0
+        t0 = time.time_ns() if self.logging else 0
         try:
             request = parse_request(event.headers, self.ctx.limits)
         except ProtocolError as exc:

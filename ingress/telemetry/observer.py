@@ -28,8 +28,8 @@ from ingress.telemetry.context import Tracer
 from ingress.telemetry.export import Exporter, transport_for
 from ingress.telemetry.metrics import Registry, RequestMetrics
 from ingress.telemetry.otlp.resource import resource_attributes
-from ingress.telemetry.otlp.spans import SpanEncoder, clock_base, fresh_heads
-from ingress.telemetry.record import P_ATTEMPTS, P_DECISION, P_TRACE, Exchange, Pending
+from ingress.telemetry.otlp.spans import SpanEncoder, fitting, fresh_heads
+from ingress.telemetry.record import P_ATTEMPTS, P_DECISION, P_TRACE, Columns, Exchange, Pending, columns
 from ingress.telemetry.rotating import RotatingFile
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeward.telemetry")
 
 _new_exchange = tuple.__new__  # NamedTuple's __new__ is Python code; tuple's makes the same object faster
-perf_counter_ns = time.perf_counter_ns
+time_ns = time.time_ns
 _ALLOWED = "allowed"
 CHUNK = 256  # records turned into log lines, metrics and spans per loop iteration
 
@@ -124,7 +124,7 @@ class Observer:
 
     # the request path ---------------------------------------------------------------------------
     def request(self, request: Request, status: int, nbytes: int, t0: int, protocol: str) -> None:
-        """An answered request; `t0` is its `perf_counter_ns` start. Only references are kept here.
+        """An answered request; `t0` is its start (`time.time_ns`). Only references are kept here.
 
         Nothing that holds the whole request (its header dict, its body) is kept: a tick's worth of
         those would push the request path's own memory out of the CPU caches. A tracer that may
@@ -155,7 +155,7 @@ class Observer:
                     request.scheme,
                     request.error,
                     t0,
-                    perf_counter_ns(),
+                    time_ns(),
                 )
             )
         else:
@@ -189,17 +189,18 @@ class Observer:
                 self.loop.call_soon(self._resume)
             else:
                 self.pending = []
-            self.metrics.observe(pending)
+            batch = columns(pending)
+            self.metrics.observe(batch)
             spans = self.encoder is not None and self._spans_wanted(pending)
             if spans and self.access_log is None and self.traces_file is None and self.tracer.always:
-                self._spans_direct(pending)
+                self._spans_direct(pending, batch)
             elif spans or self.access_log is not None:
-                batch = self._exchanges(pending, fresh_heads(len(pending)))
+                records = self._exchanges(pending, fresh_heads(len(pending)))
                 if self.access_log is not None:
-                    self.access_log.add(batch)
-                self._audit(batch)
+                    self.access_log.add(records)
+                self._audit(records)
                 if spans:
-                    self._spans(batch)
+                    self._spans(records)
             elif self.audit is not None:
                 # Only the denials become records: nothing else would read one.
                 self._audit_denials(pending, b"")
@@ -250,7 +251,7 @@ class Observer:
         if self._resumed:
             self.tick()
 
-    def _spans_direct(self, pending: list[Pending]) -> None:
+    def _spans_direct(self, pending: list[Pending], batch: Columns) -> None:
         """Spans encoded from the request path's tuples, with no record in between (see `encode_pending`)."""
         encoder, exporter = self.encoder, self.span_exporter
         assert encoder is not None and exporter is not None
@@ -258,11 +259,11 @@ class Observer:
         if self.audit is not None:
             self._audit_denials(pending, heads)
         room = exporter.room() - self._encoded_spans
-        payload, taken, used = encoder.encode_pending(pending, heads, clock_base(), room)
+        payload, taken, used = encoder.encode_pending(batch, heads, room)
         if used < len(pending):
             exporter.drop(sum(_span_counts(pending[used:])))
         if taken:
-            self._encoded.append(payload)
+            self._encoded += payload
             self._encoded_spans += taken
             self._export_if_full()
 
@@ -273,7 +274,6 @@ class Observer:
         (see `fresh_heads`).
         """
         at = -28
-        base = clock_base()
         out: list[Exchange] = []
         append = out.append
         for (
@@ -313,8 +313,8 @@ class Observer:
                         parent_id,
                         state,
                         sampled,
-                        base + t0,
-                        base + t1,
+                        t0,
+                        t1,
                         method,
                         path.decode("latin-1"),
                         route,
@@ -354,7 +354,7 @@ class Observer:
         if exporter is None:
             return
         counts = [1 + len(exchange.attempts) for exchange in sampled]
-        fits, taken = _fitting(counts, exporter.room() - self._encoded_spans)
+        fits, taken = fitting(counts, exporter.room() - self._encoded_spans)
         left = sum(counts) - taken
         if left:
             exporter.drop(left)
@@ -461,20 +461,6 @@ def _audited(decision: Decision | None) -> bool:
 def _span_counts(pending: list[Pending]) -> list[int]:
     """Spans per request: its SERVER span and a CLIENT span per attempt, none for an unsampled context."""
     return [1 + len(p[P_ATTEMPTS] or ()) if p[P_TRACE] is None or p[P_TRACE].sampled else 0 for p in pending]
-
-
-def _fitting(counts: list[int], room: int) -> tuple[int, int]:
-    """How many leading items (with these span counts) fit in `room` spans, and their spans.
-
-    When the collector is down, backing off or behind, what does not fit is counted as dropped and
-    nothing is spent encoding it; what fits still goes.
-    """
-    taken = 0
-    for i, count in enumerate(counts):
-        if taken + count > room:
-            return i, taken
-        taken += count
-    return len(counts), taken
 
 
 def _sum(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:

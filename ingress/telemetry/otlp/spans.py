@@ -33,11 +33,12 @@ at the bottom of this module refuses to import if their fields change.
 from __future__ import annotations
 
 import binascii
+import functools
 import os
 import struct
-import time
-from collections.abc import Callable, Hashable, Mapping, Sequence, Sized
-from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence, Sized
+from itertools import chain, repeat
+from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar, cast
 
 import ingress
 from ingress.protocol.trace import Attempt
@@ -56,11 +57,12 @@ from ingress.telemetry.otlp.wire import (
     utf8,
     varint,
 )
-from ingress.telemetry.record import Exchange, Pending
+from ingress.telemetry.record import Columns, Exchange
 
 if TYPE_CHECKING:
     from ingress.policy.waf.verdict import Verdict
     from ingress.protocol.events import Peer
+    from ingress.protocol.trace import TraceContext
 
 MEMO_LIMIT: Final = 4096
 """Keys a memo holds at most; reaching it empties the memo (cheaper per span than LRU bookkeeping)."""
@@ -129,6 +131,8 @@ _FLAGS_TAG: Final = b"\x85\x01"  # 16: flags, fixed32
 _STATUS_FIELD: Final = length_delimited(15, b"\x18" + varint(_STATUS_ERROR))  # 15: status, Status.code (3) = ERROR
 _SPAN_ATTR: Final = 9  # 9: attributes
 _ZERO_RUN: Final = b"\0" * 8
+_START_TAG: Final = bytes([_START])
+_END_TAG: Final = bytes([_END])
 
 Attrs: TypeAlias = list[tuple[str, AttributeValue]]
 # method, route, scheme, status, protocol, error, cache, upstream; then, when a policy decided, its
@@ -304,13 +308,43 @@ _STRING_ATTRS: Final[tuple[tuple[str, Callable[[str], str] | None], ...]] = (
 )
 
 
-def clock_base() -> int:
-    """What turns the request path's `perf_counter_ns` readings into Unix nanoseconds (by adding it), for a batch.
+_Unpack: TypeAlias = Callable[[bytes | bytearray], tuple[bytes, ...]]
 
-    Both record paths place a batch's times with one reading, so a span's start and end keep their
-    exact distance, and the request path never reads the wall clock (which may step).
+
+@functools.lru_cache(maxsize=512)
+def _batch_structs(n: int) -> tuple[_Unpack, Callable[..., bytes], _Unpack]:
+    """For `n` spans: split `fresh_heads` into heads; pack each head with root flags and two times (their
+    tags left as pad bytes for `_fresh_leads` to write); split those into leads."""
+    return (
+        struct.Struct("28s" * n).unpack_from,  # the heads may run on (a batch cut short by room)
+        struct.Struct("<" + "28s6sxQxQ" * n).pack,
+        struct.Struct("52s" * n).unpack,
+    )
+
+
+def _fresh_leads(heads: bytes, starts: Sequence[int], ends: Sequence[int]) -> tuple[bytes, ...]:
+    """The first 52 bytes of each fresh root span: its ids (see `fresh_heads`), the flags of a sampled root,
+    its start and end time. One `struct` call packs the batch."""
+    n = len(starts)
+    unpack_heads, pack_leads, unpack_leads = _batch_structs(n)
+    fields = zip(unpack_heads(heads), repeat(_ROOT_FLAGS[True]), starts, ends, strict=False)  # an endless repeat
+    leads = bytearray(pack_leads(*chain.from_iterable(fields)))
+    leads[34::52], leads[43::52] = _START_TAG * n, _END_TAG * n
+    return unpack_leads(leads)
+
+
+def fitting(counts: list[int], room: int) -> tuple[int, int]:
+    """How many leading items (with these span counts) fit in `room` spans, and their spans.
+
+    When the collector is down, backing off or behind, what does not fit is counted as dropped and
+    nothing is spent encoding it; what fits still goes.
     """
-    return time.time_ns() - time.perf_counter_ns()
+    taken = 0
+    for i, count in enumerate(counts):
+        if taken + count > room:
+            return i, taken
+        taken += count
+    return len(counts), taken
 
 
 def fresh_heads(n: int) -> bytes:
@@ -365,7 +399,8 @@ class SpanEncoder:
         # connection's Peer (its fragment found by one lookup of the Peer's id).
         self._raw_paths = _TextMemo[bytes, bytes](self._from_latin1(self._strings[0]))
         self._raw_agents = _TextMemo[bytes, bytes](self._from_latin1(self._strings[2]))
-        self._peers: dict[int, tuple[Peer, bytes]] = {}
+        self._peers: dict[int, bytes] = {}
+        self._peers_held: list[Peer] = []  # keeps each Peer in `_peers` alive, so its id stays its own
 
         # OTLP JSON is built as bytes too: joining ASCII bytes is several times cheaper than joining str.
         self._trace_state_json = _TextMemo[str, bytes](
@@ -479,8 +514,8 @@ class SpanEncoder:
                     trace_id,
                     _SPAN_ID,
                     span_id,
-                    state,
                     _PARENT_ID + parent_id + remote_flags[sampled] if parent_id else root_flags[sampled],
+                    state,
                     times(_START, start_ns, _END, end_ns),
                     shape,
                     sizes[body_bytes],
@@ -495,117 +530,143 @@ class SpanEncoder:
             append(span)
             if attempts:
                 self._attempts(append, trace_id, span_id, state, sampled, method, upstream, attempts)
-        return self._envelope(out)
+        return b"".join(self._envelope(out))
 
-    def encode_pending(self, pending: Sequence[Pending], heads: bytes, base: int, room: int) -> tuple[bytes, int, int]:
+    def encode_pending(self, batch: Columns, heads: bytes, room: int) -> tuple[list[bytes], int, int]:
         """`encode` straight from the request path's tuples, for an edge that samples every request and trusts
         no client's trace context (`Tracer.always`) and has nothing else that reads a record.
 
-        Skipping the `Exchange` step saves about a quarter of telemetry's work per span. Requests without a
-        trace context take their ids from `heads` (see `fresh_heads`) by position; `base` places the
-        request path's times on the wall clock (see `clock_base`). A context that is not sampled gives
-        no span. The bytes are those `encode` gives for the same requests as records.
+        Skipping the `Exchange` step, and working column by column so that the per-span steps run in C
+        (`map` over the memos, one `struct` call for the whole batch's ids, flags and times), takes the
+        encoding from about 17,400 to 8,000 instructions per span. Requests without a trace context take
+        their ids from `heads` (see `fresh_heads`) by position. A context that is not sampled gives no
+        span. The bytes are those `encode` gives for the same requests as records.
 
-        Requests are taken in order while their spans fit in `room`; returns the payload, the spans in it
-        and how many requests it covers (the caller counts the rest as dropped).
+        Requests are taken in order while their spans fit in `room`; returns the payload (as pieces to
+        join: the exporter joins a whole interval's pieces at once), the spans in it and how many
+        requests it covers (the caller counts the rest as dropped).
         """
-        out: list[bytes] = [b""]
-        append = out.append
-        join = b"".join
-        times = _TIMES
-        span_head = self._span_head
-        trace_states = self._trace_state
-        shapes, sizes, hosts, subjects = self._shape, self._body_size, self._strings[1], self._strings[3]
-        paths, agents, peers = self._raw_paths, self._raw_agents, self._peers
-        root_flags, remote_flags = _ROOT_FLAGS[True], _REMOTE_FLAGS[True]
-        at = used = taken = 0
-        for (
-            trace,
-            method,
-            path,
-            route,
-            status,
-            protocol,
-            peer,
-            host,
-            agent,
-            decision,
-            cache,
-            upstream,
+        if not batch:
+            return [], 0, 0
+        (
+            traces,
+            methods,
+            paths,
+            routes,
+            statuses,
+            protocols,
+            peers,
+            hosts,
+            agents,
+            decisions,
+            caches,
+            upstreams,
             attempts,
-            body_bytes,
-            scheme,
-            error,
-            t0,
-            t1,
-        ) in pending:
-            if trace is None:
-                head = heads[at : at + 28]
-                state = b""
-                flags = root_flags
-            elif trace.sampled:
-                head = _TRACE_ID + trace.trace_id + _SPAN_ID + trace.span_id
-                parent_id = trace.parent_id
-                state = trace_states[trace.state]
-                flags = _PARENT_ID + parent_id + remote_flags if parent_id else root_flags
-            else:
-                at += 28
-                used += 1
-                continue
-            at += 28
-            if attempts:
-                if taken + 1 + len(attempts) > room:
-                    break
-                taken += 1 + len(attempts)
-            elif taken < room:
-                taken += 1
-            else:
-                break
-            used += 1
-            connection = peers.get(id(peer))
-            if connection is None:
-                connection = self._peer(peer)
-            if decision is None:
-                shape = shapes[(method, route, scheme, status, protocol, error, cache, upstream)]
-                subject = b""
-            else:
-                shape = shapes[
-                    (
-                        method,
-                        route,
-                        scheme,
-                        status,
-                        protocol,
-                        error,
-                        cache,
-                        upstream,
-                        decision.outcome,
-                        decision.reason,
-                        decision.rule,
-                        decision.waf,
-                    )
-                ]
-                subject = subjects[decision.subject]
-            span = join(
-                (
-                    head,
-                    state,
-                    flags,
-                    times(_START, base + t0, _END, base + t1),
-                    shape,
-                    sizes[body_bytes],
-                    paths[path],
-                    hosts[host],
-                    connection[1],
-                    agents[agent],
-                    subject,
-                )
+            sizes,
+            schemes,
+            errors,
+            starts,
+            ends,
+        ) = batch
+        n = len(traces)
+        proxied, fresh = attempts.count(None) != n, traces.count(None) == n
+        used = n
+        if proxied or n > room:
+            counts = [
+                (1 + len(a) if a else 1) if t is None or t.sampled else 0 for t, a in zip(traces, attempts, strict=True)
+            ]
+            used = fitting(counts, room)[0]
+            if used < n:  # encode only what fits
+                payload, taken, _ = self.encode_pending([column[:used] for column in batch], heads, room)
+                return payload, taken, used
+        leads = _fresh_leads(heads, starts, ends)
+        subjects: Iterable[bytes] = repeat(b"", n)
+        keys: Iterable[ShapeKey] = zip(
+            methods, routes, schemes, statuses, protocols, errors, caches, upstreams, strict=True
+        )
+        if decisions.count(None) != n:
+            decided: list[ShapeKey] = list(keys)
+            named, subject_memo = [b""] * n, self._strings[3]
+            for i, decision in enumerate(decisions):
+                if decision is not None:
+                    decided[i] = (*decided[i][:8], decision.outcome, decision.reason, decision.rule, decision.waf)
+                    named[i] = subject_memo[decision.subject]
+            keys, subjects = decided, named
+        connections = self._connections_of(peers)
+        spans = list(
+            map(
+                b"".join,
+                zip(
+                    leads if fresh else self._leads(leads, traces, starts, ends),
+                    map(self._shape.__getitem__, keys),
+                    map(self._body_size.__getitem__, sizes),
+                    map(self._raw_paths.__getitem__, paths),
+                    map(self._strings[1].__getitem__, hosts),
+                    connections,
+                    map(self._raw_agents.__getitem__, agents),
+                    subjects,
+                    strict=False,  # `subjects` may be an endless repeat
+                ),
             )
+        )
+        out: list[bytes] = [b""]
+        span_head = self._span_head
+        if fresh and not proxied and used == n:
+            out += chain.from_iterable(zip(map(span_head.__getitem__, map(len, spans)), spans, strict=True))
+            return self._envelope(out), n, n
+        # Spans that are not fresh roots: leave out the unsampled ones, add a CLIENT span per attempt.
+        append = out.append
+        taken = 0
+        for i in range(used):
+            trace = traces[i]
+            if trace is not None and not trace.sampled:
+                continue
+            span = spans[i]
             append(span_head[len(span)])
             append(span)
-            if attempts:
-                self._attempts(append, head[2:18], head[20:28], state, True, method, upstream, attempts)
+            taken += 1
+            tries = attempts[i]
+            if tries:
+                taken += len(tries)
+                state = self._trace_state[trace.state] if trace is not None else b""
+                self._attempts(append, span[2:18], span[20:28], state, True, methods[i], upstreams[i], tries)
         return self._envelope(out), taken, used
+
+    def _leads(
+        self, fresh: Sequence[bytes], traces: Sequence[TraceContext | None], starts: Sequence[int], ends: Sequence[int]
+    ) -> list[bytes]:
+        """Leads for a batch where some requests continue a context (a proxied request's): theirs are built here."""
+        leads = list(fresh)
+        trace_states, times, remote_flags, root_flags = (
+            self._trace_state,
+            _TIMES,
+            _REMOTE_FLAGS[True],
+            _ROOT_FLAGS[True],
+        )
+        for i, trace in enumerate(traces):
+            if trace is not None:
+                parent_id = trace.parent_id
+                leads[i] = b"".join(
+                    (
+                        _TRACE_ID,
+                        trace.trace_id,
+                        _SPAN_ID,
+                        trace.span_id,
+                        _PARENT_ID + parent_id + remote_flags if parent_id else root_flags,
+                        trace_states[trace.state],
+                        times(_START, starts[i], _END, ends[i]),
+                    )
+                )
+        return leads
+
+    def _connections_of(self, peers: Sequence[Peer]) -> list[bytes]:
+        """Each request's connection fragment, found by its Peer's id (see `_peer`)."""
+        fragments = list(map(self._peers.get, map(id, peers)))
+        if None in fragments:
+            for i, fragment in enumerate(fragments):
+                if fragment is None:
+                    fragments[i] = self._peer(peers[i])
+        return cast("list[bytes]", fragments)
 
     def _attempts(
         self,
@@ -639,30 +700,32 @@ class SpanEncoder:
             append(span_head[len(span)])
             append(span)
 
-    def _envelope(self, out: list[bytes]) -> bytes:
-        """`out` with its first item set to what encloses the spans after it; "" without spans."""
+    def _envelope(self, out: list[bytes]) -> list[bytes]:
+        """`out` with its first item set to what encloses the spans after it; nothing without spans."""
         if len(out) == 1:
-            return b""
+            return []
         join = b"".join
         scope_spans = len(self._scope) + sum(map(len, out))
         scope_head = varint(scope_spans)
         resource_spans = len(self._resource) + 1 + len(scope_head) + scope_spans
         # ExportTraceServiceRequest.resource_spans (1) { resource, ResourceSpans.scope_spans (2) { scope, spans } }
         out[0] = join((b"\x0a", varint(resource_spans), self._resource, b"\x12", scope_head, self._scope))
-        return join(out)
+        return out
 
-    def _peer(self, peer: Peer) -> tuple[Peer, bytes]:
+    def _peer(self, peer: Peer) -> bytes:
         """A connection's fragment (see `_connection_renderer`), kept by the Peer's id.
 
-        The entry holds the Peer itself, so no other object can have its id while the entry lives:
-        a hit is always this Peer (hashing the Peer instead would cost more than the lookups saved).
+        `_peers_held` holds every Peer with an entry, so no other object can have its id while the
+        entry lives: a hit is always this Peer (hashing the Peer instead would cost more than the
+        lookups saved).
         """
         peers = self._peers
         if len(peers) >= MEMO_LIMIT:
             peers.clear()
-        fragment = self._connection[(peer.tls, peer.client, peer.sni, peer.client_cert)]
-        entry = peers[id(peer)] = (peer, fragment)
-        return entry
+            self._peers_held.clear()
+        fragment = peers[id(peer)] = self._connection[(peer.tls, peer.client, peer.sni, peer.client_cert)]
+        self._peers_held.append(peer)
+        return fragment
 
     @staticmethod
     def _from_latin1(memo: Mapping[str, bytes]) -> Callable[[bytes], bytes]:
