@@ -6,8 +6,9 @@ encoder cost over 90 µs a span here). Almost everything in a span repeats from
 request to request (method, route, status, protocol, host, client, user
 agent, policy outcome), so each repeating value is encoded once into the
 exact bytes it contributes to a span and kept in a bounded memo; a span is
-then its ids, two timestamps and a dozen dict lookups, joined. Only the ids
-and times are encoded per span.
+then its ids, two timestamps and seven memo lookups, joined. Only the ids
+and times are encoded per span. From the request path's own tuples
+(`encode_pending`) the lookups and joins run column by column in C.
 
 Values are grouped so that each memo's working set stays small whatever the
 traffic: what the edge decided shares one key (method, route, scheme,
@@ -350,8 +351,8 @@ def fitting(counts: list[int], room: int) -> tuple[int, int]:
 def fresh_heads(n: int) -> bytes:
     """Fresh ids for `n` spans from one read of the CSPRNG, each already written as the span's first 28 bytes.
 
-    A head is Span.trace_id (field 1, 16 bytes) then Span.span_id (field 2, 8 bytes), so the encoder
-    takes one slice per span, not two. No id may be all zero: a buffer holding eight zero bytes in a
+    A head is Span.trace_id (field 1, 16 bytes) then Span.span_id (field 2, 8 bytes), so one `struct`
+    call splits a batch's heads into span fields. No id may be all zero: a buffer holding eight zero bytes in a
     row anywhere is drawn again, which covers every id and happens with a chance of about n * 2**-58.
     """
     while True:
