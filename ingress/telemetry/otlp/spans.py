@@ -62,7 +62,7 @@ from ingress.telemetry.record import Columns, Exchange
 
 if TYPE_CHECKING:
     from ingress.policy.waf.verdict import Verdict
-    from ingress.protocol.events import Peer
+    from ingress.protocol.events import Decision, Peer
     from ingress.protocol.trace import TraceContext
 
 MEMO_LIMIT: Final = 4096
@@ -184,6 +184,11 @@ def split_origin(origin: str) -> tuple[str, int | None]:
 def _present(attrs: Attrs) -> Attrs:
     """String attributes are left out when empty; numbers and booleans always count."""
     return [(key, value) for key, value in attrs if value != ""]
+
+
+def _decided(key: ShapeKey, decision: Decision) -> ShapeKey:
+    """A shape key (see `ShapeKey`) with what the policy decided: outcome, reason, rule, what the firewall found."""
+    return (*key[:8], decision.outcome, decision.reason, decision.rule, decision.waf)
 
 
 def _server_shape(key: ShapeKey) -> tuple[str, Attrs, bool]:
@@ -487,27 +492,13 @@ class SpanEncoder:
             client_cert,
             error,
         ) in exchanges:
+            key: ShapeKey = (method, route, scheme, status, protocol, error, cache, upstream)
             if decision is None:
-                shape = shapes[(method, route, scheme, status, protocol, error, cache, upstream)]
                 subject = b""
             else:
-                shape = shapes[
-                    (
-                        method,
-                        route,
-                        scheme,
-                        status,
-                        protocol,
-                        error,
-                        cache,
-                        upstream,
-                        decision.outcome,
-                        decision.reason,
-                        decision.rule,
-                        decision.waf,
-                    )
-                ]
+                key = _decided(key, decision)
                 subject = subjects[decision.subject]
+            shape = shapes[key]
             state = trace_states[trace_state]
             span = join(
                 (
@@ -590,7 +581,7 @@ class SpanEncoder:
             named, subject_memo = [b""] * n, self._strings[3]
             for i, decision in enumerate(decisions):
                 if decision is not None:
-                    decided[i] = (*decided[i][:8], decision.outcome, decision.reason, decision.rule, decision.waf)
+                    decided[i] = _decided(decided[i], decision)
                     named[i] = subject_memo[decision.subject]
             keys, subjects = decided, named
         connections = self._connections_of(peers)
@@ -807,28 +798,13 @@ class SpanEncoder:
             client_cert,
             error,
         ) in exchanges:
+            key: ShapeKey = (method, route, scheme, status, protocol, error, cache, upstream)
             if decision is None:
-                key: ShapeKey = (method, route, scheme, status, protocol, error, cache, upstream)
-                head, shape_attrs, status_json = shapes[key]
                 subject = b""
             else:
-                head, shape_attrs, status_json = shapes[
-                    (
-                        method,
-                        route,
-                        scheme,
-                        status,
-                        protocol,
-                        error,
-                        cache,
-                        upstream,
-                        decision.outcome,
-                        decision.reason,
-                        decision.rule,
-                        decision.waf,
-                    )
-                ]
+                key = _decided(key, decision)
                 subject = subjects[decision.subject]
+            head, shape_attrs, status_json = shapes[key]
             trace_hex = hexlify(trace_id)
             span_hex = hexlify(span_id)
             state = trace_states[trace_state]
