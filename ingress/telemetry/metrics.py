@@ -33,7 +33,6 @@ from typing import Any, ClassVar, Final, Generic, TypeVar, cast
 from ingress.telemetry.record import P_CACHE, P_END, P_PROTOCOL, P_ROUTE, P_START, P_STATUS, Columns
 
 # Upper bounds (seconds) of the request-duration buckets; an implicit +Inf bucket follows.
-_NS_TO_S: Final = (1e-9).__mul__
 BOUNDS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BOUNDS_NS: Final = tuple(round(bound * 1e9) for bound in BOUNDS)
 SORTED_CELLS: Final = 8
