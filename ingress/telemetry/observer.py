@@ -28,7 +28,7 @@ from ingress.telemetry.context import Tracer
 from ingress.telemetry.export import Exporter, transport_for
 from ingress.telemetry.metrics import Registry, RequestMetrics
 from ingress.telemetry.otlp.resource import resource_attributes
-from ingress.telemetry.otlp.spans import SpanEncoder, fitting, fresh_heads
+from ingress.telemetry.otlp.spans import SpanEncoder, fitting, fresh_heads, head_ids
 from ingress.telemetry.record import P_ATTEMPTS, P_DECISION, P_TRACE, Columns, Exchange, Pending, columns
 from ingress.telemetry.rotating import RotatingFile
 
@@ -273,10 +273,9 @@ class Observer:
         A request without a trace context (see `request`) takes its ids from `heads` by position
         (see `fresh_heads`).
         """
-        at = -28
         out: list[Exchange] = []
         append = out.append
-        for (
+        for i, (
             trace,
             method,
             path,
@@ -295,10 +294,9 @@ class Observer:
             error,
             t0,
             t1,
-        ) in pending:
-            at += 28
+        ) in enumerate(pending):
             if trace is None:
-                trace_id, span_id = heads[at + 2 : at + 18], heads[at + 20 : at + 28]
+                trace_id, span_id = head_ids(heads, i)
                 parent_id, state, sampled = b"", "", True
             else:
                 trace_id, span_id, parent_id = trace.trace_id, trace.span_id, trace.parent_id

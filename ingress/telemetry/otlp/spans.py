@@ -369,7 +369,11 @@ def fresh_heads(n: int) -> bytes:
 
 
 def head_ids(heads: bytes, index: int) -> tuple[bytes, bytes]:
-    """The trace id and span id of the `index`th head of `fresh_heads`."""
+    """The trace id and span id of the `index`th head of `fresh_heads`.
+
+    Every span this encoder writes starts with such a head, so `head_ids(span, 0)` reads its own ids: the
+    layout is written in `fresh_heads` and read only here.
+    """
     at = 28 * index
     return heads[at + 2 : at + 18], heads[at + 20 : at + 28]
 
@@ -621,7 +625,8 @@ class SpanEncoder:
             if tries:
                 taken += len(tries)
                 state = self._trace_state[trace.state] if trace is not None else b""
-                self._attempts(append, span[2:18], span[20:28], state, True, methods[i], upstreams[i], tries)
+                trace_id, span_id = head_ids(span, 0)
+                self._attempts(append, trace_id, span_id, state, True, methods[i], upstreams[i], tries)
         return self._envelope(out), taken, used
 
     def _leads(
