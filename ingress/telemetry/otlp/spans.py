@@ -371,8 +371,8 @@ def fresh_heads(n: int) -> bytes:
 def head_ids(heads: bytes, index: int) -> tuple[bytes, bytes]:
     """The trace id and span id of the `index`th head of `fresh_heads`.
 
-    Every span this encoder writes starts with such a head, so `head_ids(span, 0)` reads its own ids: the
-    layout is written in `fresh_heads` and read only here.
+    Every span this encoder writes begins with the same 28 bytes (Span.trace_id, then Span.span_id), so
+    `head_ids(span, 0)` reads a span's own ids.
     """
     at = 28 * index
     return heads[at + 2 : at + 18], heads[at + 20 : at + 28]
