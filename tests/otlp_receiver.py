@@ -73,11 +73,15 @@ class Received:
     at: float  # time.monotonic() when it arrived
 
 
-def free_port() -> int:
-    """A port nothing listens on (for a moment): connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def refusing_port() -> socket.socket:
+    """A socket bound to a loopback port and not listening: connecting to the port is refused.
+
+    Holding it keeps the port this test's until it is closed, right before a receiver binds the same
+    port; a port found free and let go at once could be taken by anything in between.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 def items_of(signal: Signal, request: Any) -> int:

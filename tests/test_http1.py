@@ -801,18 +801,26 @@ def redirect_server(start_server: Callable[..., Server], site: Path, tmp_path: P
     acme = tmp_path / "acme"
     (acme / ".well-known" / "acme-challenge").mkdir(parents=True)
     (acme / ".well-known" / "acme-challenge" / "token-abc").write_text("token-abc.thumbprint")
-    https_port = _free_port()
-    config = base_config(
-        site,
-        localhost_cert,
-        routes=[
-            {"path": "/.well-known/acme-challenge/", "listeners": ["http"], "static": {"root": str(acme)}},
-            {"path": "/", "listeners": ["http"], "redirect": {"scheme": "https", "port": https_port}},
-            {"path": "/", "listeners": ["https"], "static": {"root": str(site)}},
-        ],
-    )
-    config["listeners"][0]["address"] = f"127.0.0.1:{https_port}"
-    return start_server(config)
+    # The redirect names the HTTPS port, so it is chosen before the server binds it; a port taken by
+    # something else in between makes the server refuse to start, and another is tried.
+    for attempt in range(3):
+        https_port = _free_port()
+        config = base_config(
+            site,
+            localhost_cert,
+            routes=[
+                {"path": "/.well-known/acme-challenge/", "listeners": ["http"], "static": {"root": str(acme)}},
+                {"path": "/", "listeners": ["http"], "redirect": {"scheme": "https", "port": https_port}},
+                {"path": "/", "listeners": ["https"], "static": {"root": str(site)}},
+            ],
+        )
+        config["listeners"][0]["address"] = f"127.0.0.1:{https_port}"
+        try:
+            return start_server(config)
+        except RuntimeError as exc:
+            if attempt == 2 or "Address already in use" not in str(exc):
+                raise
+    raise AssertionError("unreachable")
 
 
 def _plain(srv: Server) -> Wire:

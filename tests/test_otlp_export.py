@@ -35,7 +35,7 @@ from ingress.config.model import Config
 from ingress.config.telemetry import OTLP, Telemetry
 from ingress.errors import ConfigError
 from ingress.telemetry.export import Exporter, otlp_file_problems, transport_for
-from tests.otlp_receiver import OTLPGrpcReceiver, OTLPHttpReceiver, Receiver, Signal, free_port
+from tests.otlp_receiver import OTLPGrpcReceiver, OTLPHttpReceiver, Receiver, Signal, refusing_port
 from tests.pki import CA, Issued
 
 T = TypeVar("T")
@@ -307,7 +307,8 @@ def test_retry_after_is_honoured() -> None:
 
 
 def test_a_collector_that_is_down_is_counted_then_recovers_on_the_same_port(kind: str, telemetry_log: Records) -> None:
-    port = free_port()
+    holder = refusing_port()
+    port = holder.getsockname()[1]
     scheme = "http" if kind == "http" else "grpc"
 
     async def main() -> Receiver:
@@ -320,6 +321,7 @@ def test_a_collector_that_is_down_is_counted_then_recovers_on_the_same_port(kind
         await drained(exp)  # the one retry fails too
         assert exp.dropped_items == {"connect_refused": 10, "collector_unavailable": 8}
         assert exp.failed_exports == 2
+        holder.close()
         collector = receiver(kind, port=port).start()
         try:
             await until(lambda: exp.room() > 0, what="the backoff to end")
@@ -331,7 +333,8 @@ def test_a_collector_that_is_down_is_counted_then_recovers_on_the_same_port(kind
             collector.stop()
         return collector
 
-    collector = run(main())
+    with holder:  # closed early by main(), or here if it failed before
+        collector = run(main())
     assert [s.name for s in collector.spans()] == [f"GET /item/{i}" for i in range(100, 105)]
     events = telemetry_log.events()
     assert events.count("telemetry.export_failed") == 1 and events.count("telemetry.export_recovered") == 1
