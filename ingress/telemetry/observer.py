@@ -238,11 +238,7 @@ class Observer:
             return True
         if exporter.room() - self._encoded_spans > 0:
             return True
-        count = 0
-        for p in pending:
-            trace, attempts = p[P_TRACE], p[P_ATTEMPTS]
-            if trace is None or trace.sampled:
-                count += 1 + len(attempts) if attempts else 1
+        count = sum(_span_counts(pending))
         if count:
             exporter.drop(count)
         return False
