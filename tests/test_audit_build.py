@@ -128,7 +128,7 @@ def test_the_server_runs_as_bytecode_and_its_dependencies_compiled() -> None:
     modules = load_report(exe.with_name(exe.name + ".nuitka-report.xml")).modules
     ours = {name: module.kind for name, module in modules.items() if name.partition(".")[0] == "ingress"}
     assert len(ours) > 50, sorted(ours)
-    assert {kind for kind in ours.values()} <= {"UncompiledPythonModule", "UncompiledPythonPackage"}, ours
+    assert set(ours.values()) <= {"UncompiledPythonModule", "UncompiledPythonPackage"}, ours
     assert ours["ingress.protocol.http1"] == "UncompiledPythonModule"
     assert modules["h2.connection"].kind == "CompiledPythonModule"
     assert modules["jwt.api_jwt"].kind == "CompiledPythonModule"
