@@ -73,17 +73,6 @@ class Received:
     at: float  # time.monotonic() when it arrived
 
 
-def refusing_port() -> socket.socket:
-    """A socket bound to a loopback port and not listening: connecting to the port is refused.
-
-    Holding it keeps the port this test's until it is closed, right before a receiver binds the same
-    port; a port found free and let go at once could be taken by anything in between.
-    """
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 def items_of(signal: Signal, request: Any) -> int:
     """Spans, data points or log records in a decoded request, as OTLP counts them."""
     if signal == "traces":

@@ -14,10 +14,19 @@ import socket
 _HELD: list[socket.socket] = []  # open for the life of the test process
 
 
-def refused_port() -> int:
-    """A port on 127.0.0.1 that refuses connections for as long as the tests run."""
+def refusing_socket() -> socket.socket:
+    """A socket bound to a port on 127.0.0.1 and not listening: the port refuses while it is open.
+
+    For a test that later starts a server on that same port: close it right before the server binds.
+    """
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def refused_port() -> int:
+    """A port on 127.0.0.1 that refuses connections for as long as the tests run."""
+    sock = refusing_socket()
     _HELD.append(sock)
     return int(sock.getsockname()[1])
 

@@ -35,8 +35,9 @@ from ingress.config.model import Config
 from ingress.config.telemetry import OTLP, Telemetry
 from ingress.errors import ConfigError
 from ingress.telemetry.export import Exporter, otlp_file_problems, transport_for
-from tests.otlp_receiver import OTLPGrpcReceiver, OTLPHttpReceiver, Receiver, Signal, refusing_port
+from tests.otlp_receiver import OTLPGrpcReceiver, OTLPHttpReceiver, Receiver, Signal
 from tests.pki import CA, Issued
+from tests.ports import refusing_socket
 
 T = TypeVar("T")
 SECRET = "Bearer s3cr3t-T0KEN-never-logged"
@@ -307,7 +308,7 @@ def test_retry_after_is_honoured() -> None:
 
 
 def test_a_collector_that_is_down_is_counted_then_recovers_on_the_same_port(kind: str, telemetry_log: Records) -> None:
-    holder = refusing_port()
+    holder = refusing_socket()
     port = holder.getsockname()[1]
     scheme = "http" if kind == "http" else "grpc"
 
