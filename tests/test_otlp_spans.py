@@ -23,6 +23,7 @@ from opentelemetry.proto_json.trace.v1.trace import TracesData
 import ingress
 from ingress.protocol.events import Decision, Peer
 from ingress.protocol.trace import Attempt, TraceContext
+from ingress.telemetry.observer import _span_counts
 from ingress.telemetry.otlp import wire
 from ingress.telemetry.otlp.resource import resource_attributes
 from ingress.telemetry.otlp.spans import (
@@ -788,6 +789,22 @@ def test_spans_from_request_tuples_are_byte_for_byte_the_spans_from_records() ->
     partial, taken, used = encoder.encode_pending(columns(pending), heads, 4)
     assert (taken, used) == (2, 2)
     assert b"".join(partial) == SpanEncoder(RESOURCE).encode(expected[:2])
+
+
+def test_spans_counted_as_dropped_are_the_spans_the_encoder_would_have_written() -> None:
+    """A batch dropped for want of room is counted span for span, by the rule the encoder writes by.
+
+    A SERVER span per request, a CLIENT span per upstream attempt, none for an unsampled context.
+    """
+    heads = fresh_heads(6)
+    traces: list[TraceContext | None] = [None, None, TraceContext(TRACE, b"\x03" * 8, PARENT, "a=1", True), None, None]
+    records = batch_of_everything()
+    pending, _ = as_pending(records, traces, heads)
+    pending.append(pending_of(records[0], TraceContext(TRACE, b"\x09" * 8, PARENT, "", False), PEERS[0], T0))
+    counts = _span_counts(pending)
+    assert counts == [1 + len(r.attempts) for r in records] + [0]
+    _, taken, used = SpanEncoder(RESOURCE).encode_pending(columns(pending), heads, 100)
+    assert (sum(counts), used) == (taken, len(pending))
 
 
 def test_a_batch_of_fresh_roots_takes_the_columns_and_gives_the_same_bytes() -> None:
