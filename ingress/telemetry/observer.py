@@ -184,7 +184,11 @@ class Observer:
         pending = self.pending
         if pending:
             if len(pending) > CHUNK:
-                pending, self.pending = pending[:CHUNK], pending[CHUNK:]
+                # The rest stays in place: `del` moves pointers, where slicing off the rest would copy
+                # (and count a reference to) every waiting tuple once per chunk.
+                chunk = pending[:CHUNK]
+                del pending[:CHUNK]
+                pending = chunk
                 self._resumed = True
                 self.loop.call_soon(self._resume)
             else:
