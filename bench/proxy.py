@@ -104,7 +104,7 @@ WRK_CONNECTIONS = 50
 UPSTREAM_IDLE = 64
 PROXY_TARGET = 0.70
 CACHE_TARGET = 0.90
-CELLS = ("proxy_edgeward", "proxy_nginx", "cache_hit_edgeward", "static_edgeward")
+CELLS = ("proxy_edgeward", "proxy_nginx", "relay_floor", "cache_hit_edgeward", "static_edgeward")
 
 
 # --------------------------------------------------------------------------
@@ -320,6 +320,29 @@ http {{
         return argv, {}
 
 
+class RelayFloor(Server):
+    """bench/relay.py: the same TLS front on the same interpreter and loop, relaying bytes unparsed."""
+
+    name = "relay-floor"
+    protocols = frozenset({"https"})
+    http_versions = frozenset({"h1"})
+
+    def __init__(self, env: BenchEnv) -> None:
+        super().__init__(env)
+        self.origin_port: int | None = None
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def command(self, ports: dict[Mode, int], confdir: Path, quic: bool) -> tuple[list[str], dict[str, str]]:
+        if self.origin_port is None:
+            raise ServerError(f"{self.name}: no origin port set")
+        c = self.env.certs
+        argv = [sys.executable, str(BENCH_DIR / "relay.py"), "--listen", f"127.0.0.1:{ports['https']}"]
+        argv += ["--origin", f"127.0.0.1:{self.origin_port}", "--cert", str(c.cert), "--key", str(c.key)]
+        return argv, {}
+
+
 @dataclass
 class Servers:
     origin: Origin
@@ -327,6 +350,7 @@ class Servers:
     cache: EdgewardProxy
     nginx: NginxProxy
     static: EdgewardStatic
+    relay: RelayFloor
 
 
 def make_servers(env: BenchEnv) -> Servers:
@@ -336,6 +360,7 @@ def make_servers(env: BenchEnv) -> Servers:
         cache=EdgewardProxy(env, cache=True),
         nginx=NginxProxy(env),
         static=EdgewardStatic(env, tls_extra=TLS_EDGEWARD),
+        relay=RelayFloor(env),
     )
 
 
@@ -512,6 +537,14 @@ CELL_SPECS: dict[str, Cell] = {
             "the same with nginx proxy_pass (upstream keepalive 64, proxy_http_version 1.1)",
         ),
         Cell(
+            "relay_floor",
+            lambda s: s.relay,
+            PATH,
+            True,
+            False,
+            "bench/relay.py: the same TLS front on uvloop relaying bytes to the origin unparsed (reported, not judged)",
+        ),
+        Cell(
             "cache_hit_edgeward",
             lambda s: s.cache,
             CACHED_PATH,
@@ -555,9 +588,10 @@ def _status(r: float | None, target: float, override: str | None = None) -> str:
 
 def summary(results: dict[str, CellResult]) -> dict[str, Any]:
     out: dict[str, Any] = {"targets": [], "derived": {}}
-    pairs = (
+    pairs: tuple[tuple[str, str, float | None], ...] = (
         ("proxy_edgeward", "proxy_nginx", PROXY_TARGET),
         ("cache_hit_edgeward", "static_edgeward", CACHE_TARGET),
+        ("relay_floor", "proxy_nginx", None),
     )
     for a, b, target in pairs:
         if a not in results or b not in results:
@@ -567,14 +601,16 @@ def summary(results: dict[str, CellResult]) -> dict[str, Any]:
         # (a "met" is undecided, a miss stands).
         a_bound, b_bound = results[a].saturated("load_core_cpu_util"), results[b].saturated("load_core_cpu_util")
         bound = None if a_bound == b_bound else ("lower" if a_bound else "upper")
-        for metric, judged in (("req_per_s", True), ("req_per_server_cpu_s", False)):
+        for metric, judged in (("req_per_s", target is not None), ("req_per_server_cpu_s", False)):
             r = ratio(results, a, b, metric)
-            status = _status(r, target)
-            if judged and r is not None and a_bound and not b_bound and r < target:
+            status = "reported" if target is None else _status(r, target)
+            if not judged or target is None or r is None:
+                pass
+            elif a_bound and not b_bound and r < target:
                 status = f"inconclusive: {a} load-core-bound"
-            elif judged and r is not None and b_bound and not a_bound and r >= target:
+            elif b_bound and not a_bound and r >= target:
                 status = f"inconclusive: {b} load-core-bound"
-            elif judged and r is not None and a_bound and b_bound:
+            elif a_bound and b_bound:
                 status = "inconclusive: both load-core-bound"
             out["targets"].append(
                 {
@@ -661,7 +697,8 @@ def render_markdown(results: dict[str, CellResult], meta: dict[str, Any], summ: 
         if t.get("bound") and t["ratio"] is not None:
             r = ("≤" if t["bound"] == "upper" else "≥") + r
         per_round = ", ".join(f"{x:.2f}" for x in t.get("per_round", []))
-        lines.append(f"| {name} | {r} | {per_round} | ≥ {t['target']:g} | {t['status'] if t['judged'] else '—'} |")
+        target = "—" if t["target"] is None else f"≥ {t['target']:g}"
+        lines.append(f"| {name} | {r} | {per_round} | {target} | {t['status'] if t['judged'] else '—'} |")
     if any(results[n].saturated("load_core_cpu_util") for n in meta["cells"]):
         lines += [
             "",
