@@ -44,7 +44,10 @@ class RouteEntry:
 
 def normalize_path(raw: bytes) -> str:
     """Decode and normalise a request path; raise ProtocolError(400) on anything unsafe."""
-    if b"%" not in raw and b"/." not in raw and b"//" not in raw and b"\\" not in raw:
+    # `find`, not `in`: on bytes, `in` first tries the operand as an integer and formats the TypeError
+    # it then clears, which costs more than the search (CPython 3.11); this runs for every request.
+    find = raw.find
+    if find(b"%") < 0 and find(b"/.") < 0 and find(b"//") < 0 and find(b"\\") < 0:
         try:
             return raw.decode("ascii")
         except UnicodeDecodeError:

@@ -57,10 +57,7 @@ def request_from_fields(fields: list[tuple[bytes, bytes]], limits: Limits, versi
             raise ProtocolError(400, "malformed content-length")
         if int(length) > limits.max_body_bytes:
             raise ProtocolError(413, "request body larger than the limit")
-    if b"?" in path:
-        path, _, query = path.partition(b"?")
-    else:
-        query = b""
+    path, _, query = path.partition(b"?")
     if path != b"*" and not path.startswith(b"/"):
         raise ProtocolError(400, "request target must be origin-form")
     request = Request(

@@ -48,4 +48,5 @@ def valid_host(host: str) -> bool:
     elif not _port_ok(port):
         return False
     # ":" left over in the name means a second colon; "." must separate non-empty labels.
-    return bool(name) and not name.translate(None, _NAME) and name[0] != 0x2E and b".." not in name
+    # (`find`, not `in`: see routing.normalize_path.)
+    return bool(name) and not name.translate(None, _NAME) and name[0] != 0x2E and name.find(b"..") < 0

@@ -247,16 +247,13 @@ class RequestParser:
         url = self._url
         headers = self._headers
         if url[0] == 47:  # b"/": origin-form, the common case
-            if b"?" in url:
-                path, _, query = url.partition(b"?")
-            else:
-                path, query = url, b""
+            path, _, query = url.partition(b"?")
             host = headers.get(b"host", b"")
         elif url == b"*":
             path, query, host = url, b"", headers.get(b"host", b"")
         else:
             path, query, host = self._absolute_form(url)
-        if b"#" in path:
+        if path.find(b"#") >= 0:  # not `in`: see routing.normalize_path
             self._fail(400, "fragment in request target")
         body = b"".join(self._body) if self._body else b""
         method = parser.get_method()

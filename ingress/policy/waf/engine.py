@@ -58,7 +58,7 @@ def _texts(values: list[bytes]) -> list[str]:
         texts = joined.lower().decode("latin-1").split(n.SEPARATOR)
     else:
         texts = [value.lower().decode("latin-1") for value in values]
-    if b"\x00" in joined:
+    if joined.find(b"\x00") >= 0:  # not `in`: see routing.normalize_path
         texts = [t.replace("\x00", "") for t in texts]
     return texts
 

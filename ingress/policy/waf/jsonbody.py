@@ -97,7 +97,7 @@ def check(body: bytes, limits: JsonLimits, pieces: list[bytes] | None = None) ->
     # A literal holds at least one byte per character it decodes to; escapes aside, its length
     # as written is a bound, and the body's always is.
     strings_ok = len(body) <= limits.max_string_length
-    if not strings_ok and b"\\" not in body:
+    if not strings_ok and body.find(b"\\") < 0:
         if pieces is None:
             pieces = split(body)
         strings_ok = max(map(len, pieces[1::2]), default=0) <= limits.max_string_length
