@@ -4,7 +4,8 @@
 
 Each client connection gets its own connection to the origin, opened when the client connects,
 and bytes are copied both ways as they arrive, with backpressure, on uvloop with the same TLS
-settings as edgeward's bench front (TLS 1.2+, the Mozilla intermediate suites, ALPN http/1.1).
+settings as edgeward's bench front (edgeward's own context: TLS 1.2+, the Mozilla intermediate
+suites, server preference, ALPN http/1.1).
 Nothing is parsed: no request line, no headers, no pool, no policy, no telemetry. A real proxy
 cannot be faster than this on the same interpreter and event loop, so `bench/proxy.py` runs it as
 the `relay_floor` cell (reported, not judged) to show how much of nginx's rate this stack leaves.
@@ -25,7 +26,8 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ingress.tls.contexts import INTERMEDIATE_CIPHERS
+from ingress.config.model import CertPair, TLSSettings
+from ingress.tls.contexts import leaf_context
 
 
 class _Side(asyncio.Protocol):
@@ -87,12 +89,9 @@ class _Client(_Side):
 
 
 def _context(cert: str, key: str) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_ciphers(INTERMEDIATE_CIPHERS)
-    ctx.set_alpn_protocols(["http/1.1"])
-    ctx.load_cert_chain(cert, key)
-    return ctx
+    """edgeward's own server context for one certificate, as the bench's edgeward front configures it."""
+    pair = CertPair(cert, key)
+    return leaf_context(TLSSettings(certs=(pair,), alpn=("http/1.1",)), pair)
 
 
 def _address(text: str) -> tuple[str, int]:
