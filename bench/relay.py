@@ -81,8 +81,11 @@ class _Client(_Side):
             if self.transport is not None:
                 self.transport.close()
             return
-        self.peer = upstream
         assert upstream.transport is not None
+        if self.transport is None or self.transport.is_closing():
+            upstream.transport.close()  # the client left while the origin was being dialled
+            return
+        self.peer = upstream
         for data in self.held:
             upstream.transport.write(data)
         self.held = []
