@@ -367,7 +367,20 @@ VALID_TP = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 RolesDecision = Decision  # the gate records the roles it granted on the Decision
 
 
-def as_dict(fields: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+def fields_of(block: bytes) -> list[tuple[bytes, bytes]]:
+    """The `name: value` lines of a serialised field block, each checked to be one whole line."""
+    assert block.endswith(b"\r\n"), block
+    pairs = []
+    for line in block[:-2].split(b"\r\n"):
+        name, sep, value = line.partition(b": ")
+        assert sep and name and b"\n" not in line and b"\r" not in line, line
+        pairs.append((name, value))
+    return pairs
+
+
+def as_dict(fields: bytes | list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    if isinstance(fields, bytes):
+        fields = fields_of(fields)
     names = [name for name, _ in fields]
     assert len(names) == len(set(names)), f"repeated fields in {names}"
     return dict(fields)
@@ -382,13 +395,13 @@ def test_spoofed_identity_headers_are_replaced_by_verified_facts() -> None:
         b"x-auth-roles": b"admin",
         b"accept": b"*/*",
     }
-    anonymous = as_dict(RULES.request_headers(request(dict(spoof))).headers)
+    anonymous = as_dict(RULES.request_headers(request(dict(spoof))).fields)
     for name in (b"x-client-cert-subject", b"x-client-cert-fingerprint", b"x-auth-subject", b"x-auth-roles"):
         assert name not in anonymous
     assert anonymous[b"accept"] == b"*/*"
 
     decision = RolesDecision("allowed", "granted", "api", "alice", roles=("teller", "auditor"))
-    fields = as_dict(RULES.request_headers(request(dict(spoof), identity=CERT, decision=decision)).headers)
+    fields = as_dict(RULES.request_headers(request(dict(spoof), identity=CERT, decision=decision)).fields)
     assert fields[b"x-client-cert-subject"] == b"CN=payments,O=Bank"
     assert fields[b"x-client-cert-fingerprint"] == b"ab" * 32
     assert fields[b"x-auth-subject"] == b"alice"
@@ -397,14 +410,14 @@ def test_spoofed_identity_headers_are_replaced_by_verified_facts() -> None:
     # Names from config are matched whatever their case; a refused decision asserts nothing.
     custom = HeaderRules(ProxySettings(auth_subject_header="X-USER"), TRUSTED)
     refused = Decision("denied_rbac", "missing role", "api", "mallory")
-    fields = as_dict(custom.request_headers(request({b"x-user": b"root"}, decision=refused)).headers)
+    fields = as_dict(custom.request_headers(request({b"x-user": b"root"}, decision=refused)).fields)
     assert b"x-user" not in fields
 
 
 def test_underscore_names_never_reach_the_origin() -> None:
     """CGI, WSGI and PHP read X_Auth_Subject as X-Auth-Subject: such names are dropped, as nginx does."""
     spoof = {b"host": b"bank.example", b"x_auth_subject": b"root", b"x_client_cert_subject": b"CN=admin", b"a": b"1"}
-    fields = as_dict(RULES.request_headers(request(spoof)).headers)
+    fields = as_dict(RULES.request_headers(request(spoof)).fields)
     assert not any(b"_" in name for name in fields)
     assert fields[b"a"] == b"1"
 
@@ -412,7 +425,7 @@ def test_underscore_names_never_reach_the_origin() -> None:
 def test_identity_values_cannot_break_the_head() -> None:
     evil = ClientIdentity("CN=a\r\nX-Auth-Subject: root,O=\x00Bänk", "CN=ca", "1", "cd" * 32)
     decision = RolesDecision("allowed", "granted", "api", "bob\r\nx-admin: 1", roles=("a,b", "c\nd", "100%"))
-    out = RULES.request_headers(request(identity=evil, decision=decision)).headers
+    out = fields_of(RULES.request_headers(request(identity=evil, decision=decision)).fields)
     for name, value in out:
         assert not re.search(rb"[\x00-\x1f\x7f]", name + value), (name, value)
     fields = as_dict(out)
@@ -446,7 +459,7 @@ def test_hop_by_hop_and_connection_named_fields_are_removed() -> None:
                     b"cookie": b"a=1",
                 }
             )
-        ).headers
+        ).fields
     )
     for gone in (
         b"connection",
@@ -467,9 +480,9 @@ def test_hop_by_hop_and_connection_named_fields_are_removed() -> None:
 
 
 def test_host_first_and_overridable_and_websocket_upgrade() -> None:
-    out = RULES.request_headers(request({b"host": b"bank.example", b"upgrade": b"websocket"})).headers
+    out = fields_of(RULES.request_headers(request({b"host": b"bank.example", b"upgrade": b"websocket"})).fields)
     assert out[0] == (b"host", b"bank.example")
-    out = RULES.request_headers(request(), b"internal.svc", websocket=True).headers
+    out = fields_of(RULES.request_headers(request(), b"internal.svc", websocket=True).fields)
     assert out[0] == (b"host", b"internal.svc")
     fields = as_dict(out)
     assert fields[b"connection"] == b"upgrade" and fields[b"upgrade"] == b"websocket"
@@ -485,7 +498,7 @@ def test_untrusted_peers_start_a_new_forwarding_chain() -> None:
         b"x-request-id": b"attacker-chosen",
     }
     result = RULES.request_headers(request(lies, client="192.0.2.10"))
-    fields = as_dict(result.headers)
+    fields = as_dict(result.fields)
     assert fields[b"forwarded"] == b"for=192.0.2.10;host=bank.example;proto=https"
     assert fields[b"x-forwarded-for"] == b"192.0.2.10"
     assert fields[b"x-forwarded-proto"] == b"https"
@@ -504,7 +517,7 @@ def test_trusted_proxies_chains_are_extended() -> None:
     }
     # The gate has replaced peer.client by the client behind the proxy; the caller passes the proxy.
     result = RULES.request_headers(request(chain, client="198.51.100.7", scheme="http"), peer="10.1.2.3")
-    fields = as_dict(result.headers)
+    fields = as_dict(result.fields)
     assert fields[b"forwarded"] == b"for=198.51.100.7;proto=https, for=10.1.2.3;host=bank.example;proto=http"
     assert fields[b"x-forwarded-for"] == b"198.51.100.7, 10.1.2.3"
     assert fields[b"x-forwarded-proto"] == b"https"  # the scheme the client used at the first proxy
@@ -518,14 +531,14 @@ def test_trusted_proxies_chains_are_extended() -> None:
 
 
 def test_ipv6_and_port_values_are_quoted_in_forwarded() -> None:
-    fields = as_dict(RULES.request_headers(request(client="2001:db8::1", host="bank.example:8443")).headers)
+    fields = as_dict(RULES.request_headers(request(client="2001:db8::1", host="bank.example:8443")).fields)
     assert fields[b"forwarded"] == b'for="[2001:db8::1]";host="bank.example:8443";proto=https'
     assert fields[b"x-forwarded-for"] == b"2001:db8::1"
     assert fields[b"x-forwarded-host"] == b"bank.example:8443"
     trusted_v6 = {b"x-forwarded-for": b"203.0.113.9"}
-    fields = as_dict(RULES.request_headers(request(trusted_v6, client="2001:db8:ffff::5")).headers)
+    fields = as_dict(RULES.request_headers(request(trusted_v6, client="2001:db8:ffff::5")).fields)
     assert fields[b"x-forwarded-for"] == b"203.0.113.9, 2001:db8:ffff::5"
-    fields = as_dict(RULES.request_headers(request(client="")).headers)
+    fields = as_dict(RULES.request_headers(request(client="")).fields)
     assert fields[b"forwarded"].startswith(b"for=unknown;")
 
 
@@ -541,18 +554,18 @@ def test_forwarding_modes(mode: str, present: set[bytes], absent: set[bytes]) ->
     rules = HeaderRules(ProxySettings(forwarded=mode), TRUSTED)  # type: ignore[arg-type]
     sent = {b"forwarded": b"for=1.1.1.1", b"x-forwarded-for": b"1.1.1.1", b"x-forwarded-proto": b"http"}
     for client in ("192.0.2.1", "10.0.0.1"):
-        fields = as_dict(rules.request_headers(request(dict(sent), client=client)).headers)
+        fields = as_dict(rules.request_headers(request(dict(sent), client=client)).fields)
         assert present <= fields.keys() and not (absent & fields.keys())
 
 
 def test_via_is_appended_with_the_clients_version() -> None:
-    fields = as_dict(RULES.request_headers(request({b"via": b"1.0 fred"}, version="1.1")).headers)
+    fields = as_dict(RULES.request_headers(request({b"via": b"1.0 fred"}, version="1.1")).fields)
     assert fields[b"via"] == b"1.0 fred, 1.1 edgeward"
-    fields = as_dict(RULES.request_headers(request(version="2")).headers)
+    fields = as_dict(RULES.request_headers(request(version="2")).fields)
     assert fields[b"via"] == b"2 edgeward"
     quiet = HeaderRules(ProxySettings(via=""), TRUSTED)
-    assert b"via" not in as_dict(quiet.request_headers(request()).headers)
-    assert as_dict(quiet.request_headers(request({b"via": b"1.1 lb"})).headers)[b"via"] == b"1.1 lb"
+    assert b"via" not in as_dict(quiet.request_headers(request()).fields)
+    assert as_dict(quiet.request_headers(request({b"via": b"1.1 lb"})).fields)[b"via"] == b"1.1 lb"
 
 
 def traced(
@@ -565,7 +578,7 @@ def traced(
     assert tracer.context(req) is trace  # made once, kept on the request
     span_id = new_span_id()
     out = RULES.request_headers(req, trace=trace, span_id=span_id)
-    fields = as_dict(out.headers)
+    fields = as_dict(out.fields)
     assert fields[b"traceparent"] == out.traceparent == trace.traceparent(span_id)
     assert trace.traceparent(span_id).split(b"-")[2] == span_id.hex().encode()
     return trace, fields, out
@@ -594,7 +607,7 @@ def test_a_trusted_unsampled_parent_is_followed() -> None:
 
 def test_no_trace_context_no_traceparent() -> None:
     out = RULES.request_headers(request({b"traceparent": VALID_TP, b"tracestate": b"a=b"}))
-    fields = as_dict(out.headers)
+    fields = as_dict(out.fields)
     assert b"traceparent" not in fields and b"tracestate" not in fields and out.traceparent == b""
 
 

@@ -39,7 +39,7 @@ def serialize_head(
     """Status line, `preamble` (Date and Server lines), headers, and Connection if closing."""
     parts = [status_line(status), preamble]
     for name, value in headers:
-        parts.append(name + b": " + value + b"\r\n")
+        parts += (name, b": ", value, b"\r\n")
     if close:
         parts.append(b"Connection: close\r\n")
     parts.append(b"\r\n")

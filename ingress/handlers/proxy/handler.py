@@ -68,6 +68,10 @@ NOT_SENT = frozenset({"connect", "connect_timeout", "tls", "pool_full", "closed"
 # Failures that count against an origin for passive outlier detection.
 ORIGIN_FAULTS = frozenset({"connect", "connect_timeout", "tls", "reset", "first_byte_timeout", "protocol"})
 _WS_DROP = frozenset({b"sec-websocket-accept", b"upgrade", b"connection"})
+# Client fields left out when the cache revalidates with its own validators, or announces itself.
+_VALIDATORS = frozenset({b"if-none-match", b"if-modified-since"})
+_CAPABILITY = frozenset({b"surrogate-capability"})
+_NONE: frozenset[bytes] = frozenset()
 
 
 class _Waker:
@@ -124,14 +128,6 @@ def _event_stream(headers: list[tuple[bytes, bytes]]) -> bool:
     )
 
 
-def _announce(headers: list[tuple[bytes, bytes]], capability: bytes) -> list[tuple[bytes, bytes]]:
-    """`headers` with this cache's member added to Surrogate-Capability, after any a surrogate downstream sent."""
-    out = [(n, v) for n, v in headers if n.lower() != b"surrogate-capability"]
-    prior = b", ".join(v for n, v in headers if n.lower() == b"surrogate-capability")
-    out.append((b"surrogate-capability", prior + b", " + capability if prior else capability))
-    return out
-
-
 def _aborter(pipe: Pipe, conn: UpstreamConnection) -> Callable[[], None]:
     """What to do when the client leaves before the answer's end: close that upstream connection.
 
@@ -144,6 +140,106 @@ def _aborter(pipe: Pipe, conn: UpstreamConnection) -> Callable[[], None]:
             conn.abort()
 
     return abandon
+
+
+class _Try:
+    """One proxied request on its way to an origin: what the next attempt, a retry and the answer need."""
+
+    __slots__ = (
+        "attempt",
+        "attempts",
+        "body",
+        "head",
+        "key",
+        "last",
+        "lookup",
+        "method",
+        "origin",
+        "out",
+        "request",
+        "request_time",
+        "retrying",
+        "span_id",
+        "started",
+        "trace",
+        "tried",
+        "websocket",
+    )
+
+    def __init__(
+        self,
+        request: Request,
+        lookup: Lookup | None,
+        trace: TraceContext | None,
+        span_id: bytes,
+        head: bytes,
+        out: Outgoing,
+        method: str,
+        websocket: bool,
+        body: bytes | Pipe | None,
+    ) -> None:
+        self.request = request
+        self.lookup = lookup
+        self.trace = trace
+        # This attempt's CLIENT span id, and the head that names it as the origin's parent.
+        self.span_id = span_id
+        self.head = head
+        self.out = out
+        self.method = method
+        self.websocket = websocket
+        self.body = body
+        self.attempts: list[Attempt] | None = None
+        self.key: bytes | None = None
+        self.origin: int | None = None  # the origin picked for the next attempt, when already picked
+        self.tried: set[int] = set()
+        self.attempt = 0
+        self.retrying = False
+        self.last: tuple[UpstreamError, int] | None = None
+        self.request_time = 0.0  # time.time() when the attempt that answered was sent, for the cache's Age
+        self.started = 0  # time.time_ns() at the current attempt's start, for its span
+
+
+class _Answer(asyncio.Future[Response]):
+    """The client's wait for an answer `ProxyHandler._quick` started, and how the origin's connection reports it.
+
+    Cancelling it (the client left) stops the exchange at the origin, as
+    cancelling the general path's task does.
+    """
+
+    __slots__ = ("conn", "handler", "origin", "task", "tr")
+
+    handler: ProxyHandler
+    tr: _Try
+    origin: int
+    conn: UpstreamConnection | None
+    task: asyncio.Task[Response] | None
+
+    def told(self, outcome: Exchange | UpstreamError) -> None:
+        self.handler._arrived(self, outcome)
+
+    def follow(self, task: asyncio.Task[Response]) -> None:
+        """A retry `_attempts` took over has ended: its answer is this one."""
+        self.handler.upstream.active -= 1
+        if self.done():
+            return
+        if task.cancelled():
+            self.cancel()
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.set_exception(exc)
+        else:
+            self.set_result(task.result())
+
+    def cancel(self, msg: object = None) -> bool:
+        cancelled = super().cancel(msg)
+        task = self.task
+        if task is not None:
+            task.cancel(msg)
+        conn = self.conn
+        if conn is not None:
+            conn.abort()  # tells `_arrived`, which finds this future cancelled
+        return cancelled
 
 
 class ProxyHandler:
@@ -210,7 +306,85 @@ class ProxyHandler:
             return self.loop.create_task(self._cached(request, path, lookup))
         if cache is not None:
             request.cache = "bypass"
+        if request.body.__class__ is bytes and not request.upgrade:
+            return self._quick(request, path)
         return self.loop.create_task(self._forward(request, path))
+
+    def _quick(self, request: Request, path: str) -> Outcome:
+        """The common exchange without a task: a whole request on an idle connection, answered by callback.
+
+        Most proxied requests arrive whole and find a kept-alive connection,
+        and most answers arrive whole with their head. For those this path
+        makes no coroutine and no task, so no loop step: the connection's
+        callback (`_arrived`) makes the answer and settles the future the
+        client connection waits on. A request it cannot serve that way (no
+        idle connection to the picked origin, or a failure worth a retry)
+        goes on in `_attempts` from where it stands, so both paths decide
+        retries, health and failures the same way.
+        """
+        upstream = self.upstream
+        upstream.stats.requests += 1
+        t = self._prepare(request, path, None)
+        i = self._pick(t)
+        if i is None:
+            return self._failed(request, t.out, UpstreamError("no_origin", "no healthy origin left"), None)
+        upstream.active += 1
+        conn = upstream.pools[i].take_idle()
+        if conn is None:  # it has to be dialled or waited for: that takes a coroutine
+            t.origin = i
+            return self.loop.create_task(self._settle(t))
+        answer = _Answer(loop=self.loop)
+        answer.handler = self
+        answer.tr = t
+        answer.origin = i
+        answer.conn = conn
+        answer.task = None
+        t.request_time = time.time()
+        if t.attempts is not None:
+            t.started = time.time_ns()
+        try:
+            conn.send(t.head, t.body, t.method, answer.told)
+        except UpstreamError as exc:
+            self._arrived(answer, exc)
+        return answer
+
+    def _arrived(self, answer: _Answer, outcome: Exchange | UpstreamError) -> None:
+        """What `_quick`'s connection told: the answer made, a retry handed to `_attempts`, or the failure."""
+        t = answer.tr
+        i = answer.origin
+        conn, answer.conn = answer.conn, None
+        upstream = self.upstream
+        try:
+            if isinstance(outcome, UpstreamError):
+                if answer.done():
+                    pass  # the client left, and its cancel aborted the exchange
+                elif self._retry(t, outcome, i):
+                    task = answer.task = self.loop.create_task(self._attempts(t))
+                    task.add_done_callback(answer.follow)
+                    return
+                else:
+                    answer.set_result(self._failed(t.request, t.out, outcome, i))
+            else:
+                self._landed(t, i, outcome.status)
+                body = outcome.body
+                if answer.done():
+                    if isinstance(body, Pipe):
+                        body.abandon()  # the client left as the head arrived
+                else:
+                    if isinstance(body, Pipe) and conn is not None:
+                        body.on_abandon = _aborter(body, conn)
+                    answer.set_result(self._answer(t.request, outcome, t.out, t.websocket))
+        except Exception as exc:  # a bug here must not escape into the origin connection's callbacks
+            if not answer.done():
+                answer.set_exception(exc)
+        upstream.active -= 1
+
+    async def _settle(self, t: _Try) -> Response:
+        """`_attempts` for a request `_quick` started, which counted it as active."""
+        try:
+            return await self._attempts(t)
+        finally:
+            self.upstream.active -= 1
 
     async def _cached(self, request: Request, path: str, lookup: Lookup) -> Response:
         """A miss or a stale entry: one origin fetch per key however many ask at once (singleflight)."""
@@ -250,9 +424,25 @@ class ProxyHandler:
         upstream.stats.requests += 1
         upstream.active += 1
         try:
-            return await self._attempts(request, path, lookup)
+            return await self._attempts(self._prepare(request, path, lookup))
         finally:
             upstream.active -= 1
+
+    def _prepare(self, request: Request, path: str, lookup: Lookup | None) -> _Try:
+        """The request as the origin is sent it, and the state its attempts share."""
+        trace = self.tracer.context(request) if self.tracer is not None else None
+        span_id = new_span_id()
+        head, out, method, websocket = self._head(request, path, lookup, trace, span_id)
+        body: bytes | Pipe | None = request.body
+        if (request.upgrade and not websocket) or self._bodiless(request):
+            body = None  # an upgrade this route does not pass, or a body the cache key cannot see
+        t = _Try(request, lookup, trace, span_id, head, out, method, websocket, body)
+        # Each try is a CLIENT span of a sampled trace; unsampled requests skip the bookkeeping.
+        if trace is not None and trace.sampled:
+            t.attempts = request.attempts = []
+        if self.hash_key is not None:
+            t.key = self.hash_key(request)
+        return t
 
     def _head(
         self, request: Request, path: str, lookup: Lookup | None, trace: TraceContext | None, span_id: bytes
@@ -261,32 +451,37 @@ class ProxyHandler:
         websocket = self.websocket and request.upgrade == b"websocket"
         method = request.method
         peer = request.peer
-        out = self.rules.request_headers(
-            request, self.host, peer=peer.remote or peer.client, websocket=websocket, trace=trace, span_id=span_id
-        )
-        headers = out.headers
+        rules = self.rules
+        # Revalidating on the cache's behalf sends its validators, not the client's (the cache answers the
+        # client's); announcing this cache to the origin sends Surrogate-Capability with this cache's member.
+        revalidating = lookup is not None and lookup.entry is not None and self.cache is not None
+        announcing = lookup is not None and self.capability is not None
+        without = _VALIDATORS if revalidating else _NONE
+        if announcing:
+            without = without | _CAPABILITY
+        out = rules.request_headers(request, self.host, peer.remote or peer.client, websocket, trace, span_id, without)
+        more: list[bytes] = []
         if websocket and method == "CONNECT":
             # RFC 8441 extended CONNECT arrives as CONNECT with :protocol; the origin speaks HTTP/1.1 Upgrade.
             method = "GET"
-            headers.append((b"sec-websocket-key", base64.b64encode(os.urandom(16))))
-            if not any(name == b"sec-websocket-version" for name, _ in headers):
-                headers.append((b"sec-websocket-version", b"13"))
+            more += (b"sec-websocket-key: ", base64.b64encode(os.urandom(16)), b"\r\n")
+            if rules.passed_on(request, b"sec-websocket-version") is None:
+                more.append(b"sec-websocket-version: 13\r\n")
         elif not websocket and not request.upgrade and not self._bodiless(request):
             framing = request_framing(method, declared_length(request))
             if framing is not None:
-                headers.append(framing)
-        if lookup is not None and lookup.entry is not None and self.cache is not None:
-            # Revalidate on the cache's behalf: its validators, not the client's (the cache answers the client's).
-            headers = [(n, v) for n, v in headers if n not in (b"if-none-match", b"if-modified-since")]
-            headers.extend(self.cache.conditional_headers(lookup.entry))
-        if lookup is not None and self.capability is not None:
-            headers = _announce(headers, self.capability)
+                more += (framing[0], b": ", framing[1], b"\r\n")
+        if revalidating:
+            assert lookup is not None and lookup.entry is not None and self.cache is not None
+            for name, value in self.cache.conditional_headers(lookup.entry):
+                more += (name, b": ", value, b"\r\n")
+        if announcing:
+            assert self.capability is not None
+            prior = rules.passed_on(request, b"surrogate-capability")
+            more += (b"surrogate-capability: ", prior + b", " + self.capability if prior else self.capability, b"\r\n")
         target = self._target(request, path)
-        lines = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in headers:
-            lines += (name, b": ", value, b"\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines), out, method, websocket
+        head = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method.encode("ascii"), target, out.fields, b"".join(more))
+        return head, out, method, websocket
 
     def _bodiless(self, request: Request) -> bool:
         """A GET or HEAD on a cached route goes upstream without its body.
@@ -312,133 +507,139 @@ class ProxyHandler:
                 raw = b"/" + raw
         return raw + b"?" + request.query if request.query else raw
 
-    async def _attempts(self, request: Request, path: str, lookup: Lookup | None) -> Response:
+    def _pick(self, t: _Try) -> int | None:
+        """The origin for the next attempt: healthy, not ejected, and not one a retry should avoid."""
         upstream = self.upstream
-        config = upstream.config
-        trace = self.tracer.context(request) if self.tracer is not None else None
-        span_id = new_span_id()
-        head, out, method, websocket = self._head(request, path, lookup, trace, span_id)
-        # Each try is a CLIENT span of a sampled trace; unsampled requests skip the bookkeeping.
-        attempts: list[Attempt] | None = None
-        if trace is not None and trace.sampled:
-            attempts = request.attempts = []
-        body: bytes | Pipe | None = request.body
-        if (request.upgrade and not websocket) or self._bodiless(request):
-            body = None  # an upgrade this route does not pass, or a body the cache key cannot see
-        key = self.hash_key(request) if self.hash_key is not None else None
-        tried: set[int] = set()
-        attempt = 0
-        retrying = False
-        last: tuple[UpstreamError, int] | None = None
+        skip = upstream.health.unusable(time.monotonic())
+        if t.tried:
+            skip = skip | t.tried
+        return upstream.balancer.pick(t.key, skip, upstream.in_flight() if self.least else ())
+
+    def _retry(self, t: _Try, exc: UpstreamError, i: int) -> bool:
+        """Record a failed attempt at origin `i`; True when another attempt may be made, with `t` ready for it."""
+        upstream = self.upstream
+        if t.attempts is not None:
+            t.attempts.append(
+                Attempt(t.span_id, t.started, time.time_ns(), self.authorities[i], 0, exc.kind, t.attempt)
+            )
+        if exc.kind in ORIGIN_FAULTS:
+            upstream.health.record_failure(i, time.monotonic())
+        replayable = not exc.answered and not exc.sent_body and exc.kind != "pool_full"
+        # A non-idempotent request is retried only if the origin cannot have seen it: a
+        # reset after the head went out may have followed the origin acting on it.
+        idempotent = t.method in IDEMPOTENT or exc.kind in NOT_SENT
+        if not (replayable and idempotent and t.attempt < upstream.config.retries and not t.websocket):
+            return False
+        # The budget bounds requests in retry, not attempts: once admitted, a request may use all its `retries`.
+        if not t.retrying and not upstream.retry_allowed():
+            upstream.stats.retries_refused += 1
+            return False
+        t.attempt += 1
+        t.last = (exc, i)
+        if not (exc.reused and t.method in IDEMPOTENT):
+            # A fresh connection failed: try another origin. A reused one may just have been closed
+            # by the origin while idle: a new connection to the same origin is the right retry.
+            t.tried.add(i)
+        upstream.stats.retries += 1
+        trace = t.trace
+        if trace is not None:
+            # The retry is a span of its own: the origin sees it as the parent.
+            t.span_id = new_span_id()
+            fresh = trace.traceparent(t.span_id)
+            t.head = t.head.replace(t.out.traceparent, fresh, 1)
+            t.out = t.out._replace(traceparent=fresh)
+        if not t.retrying:
+            t.retrying = True
+            upstream.retrying += 1
+        return True
+
+    def _landed(self, t: _Try, i: int, status: int) -> None:
+        """An attempt at origin `i` was answered: its span, and the origin's passive health."""
+        if t.attempts is not None:
+            t.attempts.append(Attempt(t.span_id, t.started, time.time_ns(), self.authorities[i], status, "", t.attempt))
+        self.upstream.health.record_response(i, status, time.monotonic())
+
+    async def _attempts(self, t: _Try) -> Response:
+        upstream = self.upstream
+        request = t.request
         try:
             while True:
-                now = time.monotonic()
-                skip = upstream.health.unusable(now)
-                if tried:
-                    skip = skip | tried
-                i = upstream.balancer.pick(key, skip, upstream.in_flight() if self.least else ())
+                i = t.origin if t.origin is not None else self._pick(t)
+                t.origin = None
                 if i is None:
-                    if last is not None:  # every origin that could take a retry has had one: say why it failed
-                        return self._failed(request, out, last[0], last[1], lookup)
-                    return self._failed(request, out, UpstreamError("no_origin", "no healthy origin left"), None)
+                    if t.last is not None:  # every origin that could take a retry has had one: say why it failed
+                        return self._failed(request, t.out, t.last[0], t.last[1], t.lookup)
+                    return self._failed(request, t.out, UpstreamError("no_origin", "no healthy origin left"), None)
                 pool = upstream.pools[i]
-                request_time = time.time()
-                started = time.time_ns() if attempts is not None else 0
+                t.request_time = time.time()
+                if t.attempts is not None:
+                    t.started = time.time_ns()
                 try:
                     conn = await pool.acquire()
-                    exchange = await conn.start(head, body, method, upgrade=websocket)
+                    exchange = await conn.start(t.head, t.body, t.method, upgrade=t.websocket)
                 except UpstreamError as exc:
-                    if attempts is not None:
-                        attempts.append(
-                            Attempt(span_id, started, time.time_ns(), self.authorities[i], 0, exc.kind, attempt)
-                        )
-                    if exc.kind in ORIGIN_FAULTS:
-                        upstream.health.record_failure(i, time.monotonic())
-                    replayable = not exc.answered and not exc.sent_body and exc.kind != "pool_full"
-                    # A non-idempotent request is retried only if the origin cannot have seen it: a
-                    # reset after the head went out may have followed the origin acting on it.
-                    idempotent = method in IDEMPOTENT or exc.kind in NOT_SENT
-                    if replayable and idempotent and attempt < config.retries and not websocket:
-                        # The budget bounds requests in retry, not attempts: once admitted, a request
-                        # may use all its `retries`.
-                        if retrying or upstream.retry_allowed():
-                            attempt += 1
-                            last = (exc, i)
-                            if not (exc.reused and method in IDEMPOTENT):
-                                # A fresh connection failed: try another origin. A reused one may just
-                                # have been closed by the origin while idle: a new connection to the
-                                # same origin is the right retry.
-                                tried.add(i)
-                            upstream.stats.retries += 1
-                            if trace is not None:
-                                # The retry is a span of its own: the origin sees it as the parent.
-                                span_id = new_span_id()
-                                fresh = trace.traceparent(span_id)
-                                head = head.replace(out.traceparent, fresh, 1)
-                                out = out._replace(traceparent=fresh)
-                            if not retrying:
-                                retrying = True
-                                upstream.retrying += 1
-                            continue
-                        upstream.stats.retries_refused += 1
-                    return self._failed(request, out, exc, i, lookup)
-                exchange.body.on_abandon = _aborter(exchange.body, conn)
-                if attempts is not None:
-                    attempts.append(
-                        Attempt(span_id, started, time.time_ns(), self.authorities[i], exchange.status, "", attempt)
-                    )
-                upstream.health.record_response(i, exchange.status, time.monotonic())
+                    if self._retry(t, exc, i):
+                        continue
+                    return self._failed(request, t.out, exc, i, t.lookup)
+                body = exchange.stream()
+                body.on_abandon = _aborter(body, conn)
+                self._landed(t, i, exchange.status)
                 try:
-                    return await self._relay(request, exchange, out, websocket, lookup, request_time)
+                    return await self._relay(t, exchange)
                 except BaseException:
-                    exchange.body.abandon()  # cancelled (the client left) or failed: stop the upstream side
+                    body.abandon()  # cancelled (the client left) or failed: stop the upstream side
                     raise
         finally:
-            if retrying:
+            if t.retrying:
+                t.retrying = False
                 upstream.retrying -= 1
 
-    async def _relay(
-        self,
-        request: Request,
-        exchange: Exchange,
-        out: Outgoing,
-        websocket: bool,
-        lookup: Lookup | None,
-        request_time: float,
-    ) -> Response:
-        status = exchange.status
-        switching = websocket and status == 101
-        pipe = exchange.body
-        cache = self.cache
-        # The request id goes on after the cache has stored the answer: a hit must not replay it.
-        rid = (self.request_id, out.request_id) if self.request_id and cache is None else None
+    async def _relay(self, t: _Try, exchange: Exchange) -> Response:
+        request = t.request
+        lookup = t.lookup
+        if self.cache is None or lookup is None or request.method not in ("GET", "HEAD"):
+            return self._answer(request, exchange, t.out, t.websocket)
         headers, date = response_headers(
             exchange.headers,
             self.via,
-            keep_length=not switching and (pipe.length is not None or request.method == "HEAD"),
-            upgrade=switching,
-            request_id=rid,
+            keep_length=exchange.length is not None or request.method == "HEAD",
             extra=self.extra,
         )
         origin_date = [(b"date", date)] if date is not None else []
+        return await self._through_cache(request, exchange, headers, origin_date, t.out, lookup, t.request_time)
+
+    def _answer(self, request: Request, exchange: Exchange, out: Outgoing, websocket: bool) -> Response:
+        """The origin's answer as the client is sent it, when the cache has no part in it."""
+        status = exchange.status
+        switching = websocket and status == 101
+        body = exchange.body
+        length = exchange.length
+        cache = self.cache
+        # The request id goes on after the cache's fields are cut (`downstream`): it is always last.
+        rid = (self.request_id, out.request_id) if self.request_id else None
+        headers, _ = response_headers(
+            exchange.headers,
+            self.via,
+            keep_length=not switching and (length is not None or request.method == "HEAD"),
+            upgrade=switching,
+            request_id=rid if cache is None else None,
+            extra=self.extra,
+        )
         if switching and request.version != "1.1":
             headers = [(n, v) for n, v in headers if n.lower() not in _WS_DROP]
         if cache is not None:
             if request.method not in ("GET", "HEAD"):
                 cache.invalidate(request, status, exchange.headers)
-            elif lookup is not None:
-                return await self._through_cache(request, exchange, headers, origin_date, out, lookup, request_time)
             headers = cache.targeting.downstream(headers)
-            if self.request_id:
-                headers.append((self.request_id, out.request_id))
-        if pipe.eof and not switching and pipe.complete:
-            # The whole answer came with its head (the usual small answer): pass it on as bytes,
-            # so the client gets head and body in one write and no stream is kept open for it.
-            body = bytes(pipe.read())
-            if pipe.length is None and request.method != "HEAD" and status not in (204, 304):
-                headers.append((b"content-length", b"%d" % len(body)))  # it came chunked or close-delimited
-            return Response(status, headers, body)
-        return Response(status, headers, pipe)
+            if rid is not None:
+                headers.append(rid)
+        if isinstance(body, Pipe):
+            if not (body.eof and not switching and body.complete):
+                return Response(status, headers, body)
+            body = bytes(body.read())  # the whole answer came with its head: one write of head and body
+        if length is None and request.method != "HEAD" and status not in (204, 304):
+            headers.append((b"content-length", b"%d" % len(body)))  # it came chunked or close-delimited
+        return Response(status, headers, body)
 
     async def _through_cache(
         self,
@@ -453,7 +654,7 @@ class ProxyHandler:
         cache = self.cache
         assert cache is not None
         status = exchange.status
-        pipe = exchange.body
+        pipe = exchange.stream()
         entry = lookup.entry
         if status == 304 and entry is not None:
             request.cache = "revalidated"

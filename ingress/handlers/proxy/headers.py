@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from ingress.config.upstream import ProxySettings
@@ -85,14 +85,13 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CONTENT_LENGTH_0 = (b"content-length", b"0")
 _CHUNKED = (b"transfer-encoding", b"chunked")
 _CONNECTION_UPGRADE = (b"connection", b"upgrade")
-_UPGRADE_WEBSOCKET = (b"upgrade", b"websocket")
 MEMO_SIZE = 1024
 
 
 class Outgoing(NamedTuple):
-    """The head sent upstream, and the ids telemetry and the response need (lower-case hex, ASCII)."""
+    """The fields sent upstream, and the ids telemetry and the response need (lower-case hex, ASCII)."""
 
-    headers: Fields
+    fields: bytes  # serialised, `name: value\r\n` each
     request_id: bytes
     traceparent: bytes  # as sent, b"" without one; a retry swaps in its own span id
 
@@ -110,6 +109,7 @@ class HeaderRules:
         "_cert_fingerprint",
         "_cert_subject",
         "_drop",
+        "_memo",
         "_pseudonym",
         "_request_id",
         "_rfc7239",
@@ -128,6 +128,8 @@ class HeaderRules:
         self._drop = HOP_BY_HOP | _SET_BY_EDGE | identity | {self._request_id}
         self._pseudonym = _clean(settings.via.encode("utf-8"))
         self._via: dict[str, bytes] = {}
+        # Forwarding fields by (Via element, client, host, scheme), for clients that send no chain.
+        self._memo: dict[tuple[bytes, str, str, str], bytes] = {}
         self._rfc7239 = settings.forwarded in ("rfc7239", "both")
         self._xf = settings.forwarded in ("x-forwarded", "both")
         self._trusted = trusted
@@ -145,13 +147,13 @@ class HeaderRules:
         self,
         request: Request,
         host: bytes | None = None,
-        *,
         peer: str | None = None,
         websocket: bool = False,
         trace: TraceContext | None = None,
         span_id: bytes = b"",
+        without: frozenset[bytes] = frozenset(),
     ) -> Outgoing:
-        """The fields sent to the origin, Host first, without framing (see `request_framing`).
+        """The fields sent to the origin, serialised (`name: value\r\n` each), Host first, without framing.
 
         `host` overrides the client's Host (a route's `host`). `peer` is
         the address of the node that connected to this edge; it defaults
@@ -160,6 +162,9 @@ class HeaderRules:
         sends `Connection: upgrade` and `Upgrade: websocket`, the only
         upgrade this edge passes. `trace` and `span_id` (this hop's CLIENT
         span) make the `traceparent`; without a trace none is sent.
+        `without` names more client fields to leave out, for a caller that
+        sends its own (the cache's validators, say). Framing (see
+        `request_framing`) and the request line are the caller's.
         """
         headers = request.headers
         connection = headers.get(b"connection")
@@ -167,71 +172,105 @@ class HeaderRules:
             named = _connection_names(connection)
             if named:
                 headers = {name: value for name, value in headers.items() if name not in named}
-        drop = self._drop
-        # Names with "_" are dropped (nginx's underscores_in_headers off): CGI, WSGI and PHP origins read
-        # X_Auth_Subject as the X-Auth-Subject the edge sets, so they could pass for identity headers.
-        # (`find`, not `in`: see routing.normalize_path.)
-        out = [item for item in headers.items() if item[0] not in drop and item[0].find(b"_") < 0]
-        out.insert(0, (b"host", host if host is not None else request.host.encode("latin-1")))
-        add = out.append
+        drop = self._drop | without if without else self._drop
+        lines = [b"host: ", host if host is not None else request.host.encode("latin-1"), b"\r\n"]
+        for name, value in headers.items():
+            # Names with "_" are dropped (nginx's underscores_in_headers off): CGI, WSGI and PHP origins read
+            # X_Auth_Subject as the X-Auth-Subject the edge sets, so they could pass for identity headers.
+            # (`find`, not `in`: see routing.normalize_path.)
+            if name not in drop and name.find(b"_") < 0:
+                lines += (name, b": ", value, b"\r\n")
 
         client = peer if peer is not None else request.peer.client
         trusted = client in self._trusted
-
         via = self.via(request.version)
-        prior = headers.get(b"via")
-        if via:
-            add((b"via", prior + b", " + via if prior else via))
-        elif prior:
-            add((b"via", prior))
-
-        if self._rfc7239:
-            element = _forwarded_element(client, request.host, request.scheme)
-            prior = headers.get(b"forwarded") if trusted else None
-            add((b"forwarded", prior + b", " + element if prior else element))
-        if self._xf:
-            address = _xff_node(client)
-            prior = headers.get(b"x-forwarded-for") if trusted else None
-            add((b"x-forwarded-for", prior + b", " + address if prior else address))
-            prior = headers.get(b"x-forwarded-proto") if trusted else None
-            add((b"x-forwarded-proto", prior or (b"https" if request.scheme == "https" else b"http")))
-            prior = headers.get(b"x-forwarded-host") if trusted else None
-            add((b"x-forwarded-host", prior or request.host.encode("latin-1")))
+        prior_via = headers.get(b"via")
+        if trusted or prior_via is not None:
+            lines.append(self._forwarding(via, prior_via, client, request.host, request.scheme, headers, trusted))
+        else:
+            # The common case depends on nothing the client sent: one block per client address and host.
+            key = (via, client, request.host, request.scheme)
+            block = self._memo.get(key)
+            if block is None:
+                block = self._forwarding(via, None, client, request.host, request.scheme, headers, False)
+                if len(self._memo) >= MEMO_SIZE:
+                    self._memo.clear()
+                self._memo[key] = block
+            lines.append(block)
 
         request_id = headers.get(self._request_id) if trusted else None
         if request_id is None or _REQUEST_ID.fullmatch(request_id) is None:
             request_id = ENTROPY.hex(32)
         if self._request_id:
-            add((self._request_id, request_id))
+            lines += (self._request_id, b": ", request_id, b"\r\n")
 
         # The client's own traceparent and tracestate were dropped above; the tracer decided whether to
         # continue them (a trusted source) or start a new trace, and this hop's span is the parent.
         traceparent = b""
         if trace is not None:
             traceparent = trace.traceparent(span_id)
-            add((b"traceparent", traceparent))
+            lines += (b"traceparent: ", traceparent, b"\r\n")
             if trace.state:
-                add((b"tracestate", trace.state.encode("ascii")))
+                lines += (b"tracestate: ", trace.state.encode("ascii"), b"\r\n")
 
         identity = request.peer.identity
         if identity is not None:
             if identity.subject and self._cert_subject:
-                add((self._cert_subject, dn_value(identity.subject)))
+                lines += (self._cert_subject, b": ", dn_value(identity.subject), b"\r\n")
             if identity.sha256 and self._cert_fingerprint:
-                add((self._cert_fingerprint, text_value(identity.sha256)))
+                lines += (self._cert_fingerprint, b": ", text_value(identity.sha256), b"\r\n")
         decision = request.decision
         if decision is not None and decision.outcome == ALLOWED:
             if decision.subject and self._auth_subject:
-                add((self._auth_subject, text_value(decision.subject)))
+                lines += (self._auth_subject, b": ", text_value(decision.subject), b"\r\n")
             # Not on Decision yet: read when the gate records the roles it granted (a sorted tuple).
             roles: Iterable[str] | None = getattr(decision, "roles", None)
             if roles and self._auth_roles:
-                add((self._auth_roles, roles_value(roles)))
+                lines += (self._auth_roles, b": ", roles_value(roles), b"\r\n")
 
         if websocket:
-            add(_CONNECTION_UPGRADE)
-            add(_UPGRADE_WEBSOCKET)
-        return _outgoing(Outgoing, (out, request_id, traceparent))
+            lines.append(b"connection: upgrade\r\nupgrade: websocket\r\n")
+        return _outgoing(Outgoing, (b"".join(lines), request_id, traceparent))
+
+    def passed_on(self, request: Request, name: bytes) -> bytes | None:
+        """The client's field `name` (lower case) as `request_headers` passes it on; None when it does not."""
+        if name in self._drop or name.find(b"_") >= 0:
+            return None
+        headers = request.headers
+        connection = headers.get(b"connection")
+        if connection is not None and name in _connection_names(connection):
+            return None
+        return headers.get(name)
+
+    def _forwarding(
+        self,
+        via: bytes,
+        prior_via: bytes | None,
+        client: str,
+        host: str,
+        scheme: str,
+        headers: Mapping[bytes, bytes],
+        trusted: bool,
+    ) -> bytes:
+        """Via and the forwarding fields, serialised; the chains a client sent are kept only from a trusted one."""
+        lines: list[bytes] = []
+        if via:
+            lines += (b"via: ", prior_via + b", " + via if prior_via else via, b"\r\n")
+        elif prior_via:
+            lines += (b"via: ", prior_via, b"\r\n")
+        if self._rfc7239:
+            element = _forwarded_element(client, host, scheme)
+            prior = headers.get(b"forwarded") if trusted else None
+            lines += (b"forwarded: ", prior + b", " + element if prior else element, b"\r\n")
+        if self._xf:
+            address = _xff_node(client)
+            prior = headers.get(b"x-forwarded-for") if trusted else None
+            lines += (b"x-forwarded-for: ", prior + b", " + address if prior else address, b"\r\n")
+            prior = headers.get(b"x-forwarded-proto") if trusted else None
+            lines += (b"x-forwarded-proto: ", prior or (b"https" if scheme == "https" else b"http"), b"\r\n")
+            prior = headers.get(b"x-forwarded-host") if trusted else None
+            lines += (b"x-forwarded-host: ", prior or host.encode("latin-1"), b"\r\n")
+        return b"".join(lines)
 
 
 def response_headers(
@@ -284,7 +323,9 @@ def response_headers(
     if via:
         out.append((b"via", via))
     if seen is not None:
-        out.extend(pair for pair in extra if pair[0].lower() not in seen)
+        for pair in extra:
+            if pair[0].lower() not in seen:
+                out.append(pair)
     if request_id is not None:
         out.append(request_id)
     return out, date

@@ -101,7 +101,7 @@ class OriginPool:
         while True:
             if self.closed:
                 raise UpstreamError("closed", f"the pool for {self.origin} is closed")
-            conn = self._take_idle()
+            conn = self.take_idle()
             if conn is not None:
                 return conn
             if not self._waiters and self.total < limit:
@@ -124,6 +124,22 @@ class OriginPool:
             if handed.usable:
                 return handed
             # Closed by the origin between being handed over and this task running: queue again.
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """An idle connection now, without waiting: None when there is none (`acquire` would dial or queue).
+
+        Taken as `acquire` takes it: it goes back by itself, or with `release` if it is not used.
+        """
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if conn.usable:
+                conn.held = True
+                self._busy.add(conn)
+                self.reused_total += 1
+                return conn
+            conn.close()
+        return None
 
     def release(self, conn: UpstreamConnection) -> None:
         """Give back a connection acquired and never started; it is kept idle (or closed past the limits).
@@ -221,11 +237,11 @@ class OriginPool:
         stage = "connect_timeout"
         try:
             async with asyncio.timeout(timeout):
-                conn = self._take_idle() or await self._open(reserved=False)
+                conn = self.take_idle() or await self._open(reserved=False)
                 stage = "first_byte_timeout"
                 exchange = await conn.start(head, None, "GET")
                 stage = "read_timeout"
-                await _drain(conn, exchange.body, self._loop)
+                await _drain(conn, exchange.stream(), self._loop)
                 return exchange.status
         except TimeoutError:
             if conn is not None:
@@ -235,18 +251,6 @@ class OriginPool:
             ) from None
 
     # inside ---------------------------------------------------------------------------------
-    def _take_idle(self) -> UpstreamConnection | None:
-        idle = self._idle
-        while idle:
-            conn = idle.pop()
-            if conn.usable:
-                conn.held = True
-                self._busy.add(conn)
-                self.reused_total += 1
-                return conn
-            conn.close()
-        return None
-
     async def _open(self, reserved: bool) -> UpstreamConnection:
         """Connect (and handshake) under `connect_timeout`; `reserved`: the slot was counted by `_wake`."""
         if not reserved:

@@ -9,6 +9,11 @@ whole: the request body is read from its pipe only while the socket takes
 more, and the answer's body stops the socket being read while its pipe is
 full.
 
+An answer is told to the caller once the read that carried its head has
+been parsed (`send`'s callback, or `start`'s future): if that read also
+held the whole answer, as it does for most small answers, the body comes
+as bytes and no Pipe is made for it; otherwise it streams through a Pipe.
+
 A connection is reused only when it is known to be at a message boundary:
 the answer was read to its end, the request body was sent whole, both
 sides kept the connection alive, and not one byte arrived that nobody
@@ -36,6 +41,7 @@ import asyncio
 import ipaddress
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -125,19 +131,36 @@ class UpstreamError(EdgewardError):
 
 @dataclass(slots=True)
 class Exchange:
-    """The answer's head, available before its body: the body keeps arriving in `body`.
+    """The answer's head, with its body: bytes when it had all arrived, else the Pipe it keeps arriving in.
 
     `reason` is the raw status phrase; `headers` are in arrival order and
-    original case. `body.length` is the Content-Length, or None when the
-    body is chunked, close-delimited or a tunnel. `keep_alive` is the
-    origin's word on reuse; the connection decides reuse itself.
+    original case. `length` is the body's length as its framing gives it
+    (Content-Length; 0 for an answer to HEAD, a 204 or a 304), or None when
+    the body is chunked, close-delimited or a tunnel; a Pipe body has the
+    same `length`. `keep_alive` is the origin's word on reuse; the connection
+    decides reuse itself.
     """
 
     status: int
     reason: bytes
     headers: list[tuple[bytes, bytes]]
-    body: Pipe
+    body: bytes | Pipe
     keep_alive: bool
+    length: int | None
+
+    def stream(self) -> Pipe:
+        """The body as a Pipe, for a caller that reads every answer as a stream; a whole body becomes a finished one."""
+        body = self.body
+        if isinstance(body, Pipe):
+            return body
+        pipe = self.body = Pipe(self.length)
+        if body:
+            pipe.feed(body)
+        pipe.finish()
+        return pipe
+
+
+Told = Callable[["Exchange | UpstreamError"], None]
 
 
 class ConnectionOwner(Protocol):
@@ -157,16 +180,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_answered",
+        "_chunks",
         "_close_delimited",
         "_complete",
         "_due",
-        "_exchange",
+        "_feeding",
         "_first_byte_timeout",
-        "_future",
-        "_head_bytes",
         "_head_only",
         "_headers",
         "_interim",
+        "_keep_alive",
         "_length",
         "_loop",
         "_lost",
@@ -186,10 +209,13 @@ class UpstreamConnection(asyncio.Protocol):
         "_sent_body",
         "_sent_mark",
         "_spare_parser",
+        "_status",
+        "_stream",
         "_te_chunked",
         "_timer",
         "_timer_at",
         "_timer_phase",
+        "_told",
         "_tunnel_in",
         "_upgrade",
         "_write_paused",
@@ -229,8 +255,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._clear()
 
     def _clear(self) -> None:
-        self._future: asyncio.Future[Exchange] | None = None
-        self._exchange: Exchange | None = None
+        # Whom to tell of the answer (or the failure); None once told.
+        self._told: Told | None = None
+        # The body of an answer told as a stream: the rest of it goes here.
+        self._stream: Pipe | None = None
+        # The final answer's status once its head is parsed (0 before), and its body until it is told.
+        self._status = 0
+        self._keep_alive = False
+        self._chunks: list[bytes] = []
         self._parser: httptools.HttpResponseParser | None = None
         self._req: Pipe | None = None
         self._tunnel_in: Pipe | None = None
@@ -249,8 +281,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._interim = False
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
-        self._raw_head = 0
+        self._feeding = 0  # bytes in the read being parsed
+        self._raw_head = 0  # bytes of the answer's head in the reads before it
         self._length: int | None = None
         self._te_chunked = False
         self._close_delimited = False
@@ -262,10 +294,8 @@ class UpstreamConnection(asyncio.Protocol):
         return self.state == IDLE and transport is not None and not transport.is_closing()
 
     # the exchange ------------------------------------------------------------
-    def start(
-        self, head: bytes, body: bytes | Pipe | None, method: str, *, upgrade: bool = False
-    ) -> asyncio.Future[Exchange]:
-        """Send a request; the future resolves with the answer's head, or fails with UpstreamError.
+    def send(self, head: bytes, body: bytes | Pipe | None, method: str, told: Told, *, upgrade: bool = False) -> None:
+        """Send a request; `told` is called once, with the answer (`Exchange`) or the UpstreamError that ended it.
 
         `head` is the whole serialised request head. A Pipe `body` with a
         length is sent raw (the head must say Content-Length), one without
@@ -273,9 +303,13 @@ class UpstreamConnection(asyncio.Protocol):
         With `upgrade`, the head asks to switch protocols and `body` is the
         client's side of the tunnel: nothing is read from it unless the
         origin answers 101, after which both directions are raw bytes.
-        Cancelling the future abandons the exchange and closes the connection.
+
+        `told` runs from this connection's callbacks. With a bytes body it
+        never runs before `send` returns (a connection that cannot take the
+        request raises UpstreamError instead); a Pipe body that has already
+        failed may end the exchange at once. An answer that fails after it
+        was told fails its Pipe. To give up, `abort`.
         """
-        fut: asyncio.Future[Exchange] = self._loop.create_future()
         self.held = False  # from now on the exchange's end decides where the connection goes
         reused = self.exchanges > 0
         transport = self.transport
@@ -283,15 +317,14 @@ class UpstreamConnection(asyncio.Protocol):
             lost = self._lost
             kind = "tls" if isinstance(lost, ssl.SSLError) else "reset"
             detail = "connection closed before the request" + (f": {lost}" if lost is not None else "")
-            fut.set_exception(UpstreamError(kind, detail, reused=reused))
-            return fut
+            raise UpstreamError(kind, detail, reused=reused)
         if self.state != IDLE:
             raise RuntimeError("an exchange is already in progress on this connection")
-        self._clear()
+        # IDLE is only reached through `_clear` (a new connection, or `_end`): nothing to reset here.
         self.exchanges += 1
         self.failure = None
         self._reused = reused
-        self._future = fut
+        self._told = told
         self._head_only = method == "HEAD"
         self._upgrade = upgrade
         spare, self._spare_parser = self._spare_parser, None
@@ -299,12 +332,11 @@ class UpstreamConnection(asyncio.Protocol):
         # an answer to HEAD is fed line by line and leaves it expecting a body, so HEAD gets a fresh one.
         self._parser = spare if spare is not None and method != "HEAD" else httptools.HttpResponseParser(self)
         self.state = HEAD
-        fut.add_done_callback(self._future_done)
         if transport.is_closing():
             # Its close is under way (a TLS origin refusing our certificate after the handshake, say):
             # connection_lost will fail the exchange with the reason. Nothing may be written now.
             self._req_done = True
-            return fut
+            return
         self._arm(self._first_byte_timeout, _FIRST)
         if isinstance(body, Pipe):
             transport.write(head)
@@ -322,6 +354,23 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 transport.write(head)
             self._req_done = True
+
+    def start(
+        self, head: bytes, body: bytes | Pipe | None, method: str, *, upgrade: bool = False
+    ) -> asyncio.Future[Exchange]:
+        """`send`, for a coroutine: the future resolves with the answer, or fails with UpstreamError.
+
+        The answer's body is always a Pipe (`Exchange.stream`), whole or not: a coroutine reads it as a stream.
+
+        Cancelling the future abandons the exchange and closes the connection.
+        """
+        fut: asyncio.Future[Exchange] = self._loop.create_future()
+        try:
+            self.send(head, body, method, _Settle(fut), upgrade=upgrade)
+        except UpstreamError as exc:
+            fut.set_exception(exc)
+            return fut
+        fut.add_done_callback(self._future_done)
         return fut
 
     def abort(self) -> None:
@@ -350,12 +399,10 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = exc
         state = self.state
-        if state == BODY and exc is None and self._close_delimited:
-            # A body without Content-Length or chunking ends where the connection does.
-            self._exchange_body().finish()
-            self._end(reusable=False)
-        elif state == TUNNEL and exc is None:
-            self._exchange_body().finish()
+        if (state == BODY and exc is None and self._close_delimited) or (state == TUNNEL and exc is None):
+            # A body without Content-Length or chunking ends where the connection does; so does a tunnel.
+            if self._stream is not None:
+                self._stream.finish()
             self._end(reusable=False)
         elif state in (HEAD, BODY, TUNNEL):
             if isinstance(exc, ssl.SSLError):
@@ -383,7 +430,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._progress += 1
         state = self.state
         if state == TUNNEL:
-            if not self._exchange_body().feed(data):
+            if not self._tunnel_body().feed(data):
                 self._pause_reading()
             return
         if state not in (HEAD, BODY):
@@ -395,6 +442,7 @@ class UpstreamConnection(asyncio.Protocol):
         parser = self._parser
         assert parser is not None
         leftover = False
+        self._feeding = len(data)
         try:
             if self._head_only and state == HEAD:
                 leftover = self._feed_head_only(parser, data)
@@ -417,9 +465,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._raw_head += len(data)
             if self._raw_head > MAX_HEAD_BYTES:
                 self._die(UpstreamError("protocol", "answer head too large", **self._facts()))
-        elif self.state == BODY and self._timer_phase != _READ:
-            # The head is in and the body is open: from now on, silence is measured by read_timeout.
-            self._arm(self._read_timeout, _READ)
+        elif self.state == BODY:
+            if self._stream is None:
+                self._tell_stream()
+            if self._timer_phase != _READ:
+                # The head is in and the body is open: from now on, silence is measured by read_timeout.
+                self._arm(self._read_timeout, _READ)
 
     def _feed_head_only(self, parser: httptools.HttpResponseParser, data: bytes) -> bool:
         """Feed an answer to HEAD line by line, stopping at its head; True if bytes follow it.
@@ -445,27 +496,27 @@ class UpstreamConnection(asyncio.Protocol):
             raise _Refused("bytes after the complete answer")
         self._headers = []
         self._reason = b""
-        self._head_bytes = 0
         self._raw_head = 0
-        self._length = None
-        self._te_chunked = False
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Called per field, so it only counts them; the head's size and framing are judged once it is whole.
         headers = self._headers
         headers.append((name, value))
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_HEAD_BYTES or len(headers) > MAX_HEADERS:
+        if len(headers) > MAX_HEADERS:
             raise _Refused("answer head too large")
-        size = len(name)
-        if size == 14 and name.lower() == b"content-length":
-            self._length = int(value)  # llhttp has checked it is one number
-        elif size == 17 and name.lower() == b"transfer-encoding":
-            self._te_chunked = value.rstrip().lower().endswith(b"chunked")
 
     def on_headers_complete(self) -> None:
+        headers = self._headers
+        # The head came in this read and the ones before it, so it can only be too large if they were;
+        # only then is it measured. (A read is bounded, so the fields it held were too.)
+        if (
+            self._raw_head + self._feeding > MAX_HEAD_BYTES
+            and sum(len(name) + len(value) + 4 for name, value in headers) > MAX_HEAD_BYTES
+        ):
+            raise _Refused("answer head too large")
         parser = self._parser
         assert parser is not None
         status: int = parser.get_status_code()
@@ -473,34 +524,43 @@ class UpstreamConnection(asyncio.Protocol):
             # 100 Continue, 102, 103: llhttp reports each as a whole message; only the final answer counts.
             self._interim = True
             return
+        length: int | None = None
+        chunked = False
+        for name, value in headers:
+            size = len(name)
+            if size == 14 and name.lower() == b"content-length":
+                length = int(value)  # llhttp has checked it is one number
+            elif size == 17 and name.lower() == b"transfer-encoding":
+                chunked = value.rstrip().lower().endswith(b"chunked")
+        self._length = length
+        self._te_chunked = chunked
         keep_alive = bool(parser.should_keep_alive())
         if status == 101:
             if not self._upgrade:
                 raise _Refused("101 Switching Protocols to a request that did not ask to upgrade")
             if not parser.should_upgrade():
                 raise _Refused("101 Switching Protocols without Upgrade")
-            body = Pipe(None)
+            self._length = None
             keep_alive = False
             self.state = TUNNEL
         elif self._head_only or status in (204, 304):
-            body = Pipe(0)
-            body.finish()
+            self._length = 0
             if self._head_only:
                 self._complete = True
             self.state = BODY
         else:
-            body = Pipe(self._length)
             self._close_delimited = self._length is None and not self._te_chunked
             self.state = BODY
-        body.on_drain = self._resume_reading
-        exchange = Exchange(status, self._reason, self._headers, body, keep_alive)
-        self._exchange = exchange
-        fut, self._future = self._future, None
-        if fut is not None and not fut.done():
-            fut.set_result(exchange)
+        # Told once this read is parsed (`_end`, `_tell_stream`, `_begin_tunnel`): by then it is known
+        # whether the whole answer came with its head.
+        self._status = status
+        self._keep_alive = keep_alive
 
     def on_body(self, chunk: bytes) -> None:
-        if not self._exchange_body().feed(chunk):
+        stream = self._stream
+        if stream is None:
+            self._chunks.append(chunk)  # not told yet: at most what one read holds
+        elif not stream.feed(chunk):
             self._pause_reading()
 
     def on_message_complete(self) -> None:
@@ -509,7 +569,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.state == TUNNEL:
             return
-        self._exchange_body().finish()
+        if self._stream is not None:
+            self._stream.finish()
         self._complete = True
 
     # request body ---------------------------------------------------------------------
@@ -557,11 +618,31 @@ class UpstreamConnection(asyncio.Protocol):
         if self.state == HEAD and not self._answered:
             self._arm(self._first_byte_timeout, _FIRST)
 
+    def _tell_stream(self) -> None:
+        """The head is in and the body is still arriving: tell the answer, its body a Pipe with what came so far."""
+        told = self._told
+        if told is None:
+            return
+        self._told = None
+        pipe = self._stream = Pipe(self._length)
+        pipe.on_drain = self._resume_reading
+        exchange = Exchange(self._status, self._reason, self._headers, pipe, self._keep_alive, self._length)
+        chunks, self._chunks = self._chunks, []
+        paused = False
+        for chunk in chunks:
+            paused = not pipe.feed(chunk) or paused
+        if paused:
+            self._pause_reading()
+        told(exchange)
+
     def _begin_tunnel(self, rest: bytes) -> None:
         """After 101, both directions are raw bytes until either side closes; never reused."""
         self._cancel_timer()
         self._parser = None
-        if rest and not self._exchange_body().feed(rest):
+        self._tell_stream()
+        if self.state == CLOSED:
+            return  # the caller gave up on being told
+        if rest and not self._tunnel_body().feed(rest):
             self._pause_reading()
         pipe = self._tunnel_in
         if pipe is not None:
@@ -623,12 +704,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     # endings ---------------------------------------------------------------------------
     def _end(self, reusable: bool) -> None:
-        """The answer was read whole: become idle for the pool, or close."""
+        """The answer was read whole: become idle for the pool, or close; then tell it if it was not yet told."""
         self._cancel_timer()
-        exchange = self._exchange
-        if exchange is not None:
-            exchange.body.on_drain = None
-            reusable = reusable and exchange.keep_alive
+        stream = self._stream
+        whole: Exchange | None = None
+        told = self._told
+        reusable = reusable and self._keep_alive
+        if stream is not None:
+            stream.on_drain = None
+        elif told is not None and self._status:
+            # It all came in the read that carried its head: the body is bytes, and no Pipe is needed.
+            chunks = self._chunks
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            whole = Exchange(self._status, self._reason, self._headers, body, self._keep_alive, self._length)
         unsent = self._req
         reusable = reusable and self._req_done and self.state == BODY
         spare = self._parser if reusable and not self._head_only else None
@@ -643,11 +731,13 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         if not reusable or transport is None or transport.is_closing():
             self.close()
-            return
-        self.state = IDLE
-        self.idle_since = self._loop.time()
-        if self.owner is not None:
-            self.owner.connection_idle(self)
+        else:
+            self.state = IDLE
+            self.idle_since = self._loop.time()
+            if self.owner is not None:
+                self.owner.connection_idle(self)
+        if whole is not None and told is not None:
+            told(whole)
 
     def _die(self, error: UpstreamError) -> None:
         """End the exchange with `error`: the waiting caller or the open body hears it, and the socket is dropped."""
@@ -656,14 +746,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.state = CLOSED
         self.failure = error
         self._cancel_timer()
-        fut = self._future
-        if fut is not None and not fut.done():
-            fut.set_exception(error)
-            fut.exception()  # whoever awaits it still gets it; nobody awaiting is not a bug worth a log line
-        exchange = self._exchange
-        if exchange is not None:
-            exchange.body.on_drain = None
-            exchange.body.fail(f"upstream {error}")
+        told = self._told
+        stream = self._stream
+        if stream is not None:
+            stream.on_drain = None
+            stream.fail(f"upstream {error}")
         pipe = self._req
         if pipe is not None:
             pipe.on_readable = None
@@ -673,18 +760,21 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.abort()
+        if told is not None:
+            told(error)
 
     def _facts(self) -> dict[str, bool]:
         return {"answered": self._answered, "sent_body": self._sent_body, "reused": self._reused}
 
     def _future_done(self, fut: asyncio.Future[Exchange]) -> None:
-        if fut.cancelled() and self._future is fut:
+        told = self._told
+        if fut.cancelled() and isinstance(told, _Settle) and told.future is fut:
             self.abort()
 
-    def _exchange_body(self) -> Pipe:
-        exchange = self._exchange
-        assert exchange is not None
-        return exchange.body
+    def _tunnel_body(self) -> Pipe:
+        stream = self._stream
+        assert stream is not None
+        return stream
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self.transport is not None and not self.transport.is_closing():
@@ -696,3 +786,23 @@ class UpstreamConnection(asyncio.Protocol):
             self._read_paused = False
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
+
+
+class _Settle:
+    """`start`'s way of being told: the future gets the answer, its body always a Pipe, or the error."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[Exchange]) -> None:
+        self.future = future
+
+    def __call__(self, outcome: Exchange | UpstreamError) -> None:
+        future = self.future
+        if future.done():
+            return
+        if isinstance(outcome, UpstreamError):
+            future.set_exception(outcome)
+            future.exception()  # whoever awaits it still gets it; nobody awaiting is not a bug worth a log line
+        else:
+            outcome.stream()
+            future.set_result(outcome)
