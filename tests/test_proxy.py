@@ -24,6 +24,7 @@ import re
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -1248,6 +1249,32 @@ def test_origin_killed_under_load(lab: Lab) -> None:
     assert edge.metric("edgeward_upstream_ejections_total", upstream="app", origin=two.url) >= 1
     assert edge.metric("edgeward_upstream_origin_up", upstream="app", origin=two.url) == 0
     assert edge.metric("edgeward_upstream_origin_up", upstream="app", origin=one.url) == 1
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["idle-connection", "new-connection"])
+def test_a_client_that_leaves_stops_the_origin_exchange(lab: Lab, warm: bool) -> None:
+    """The edge closes its origin connection as soon as the client goes, not at first_byte_timeout.
+
+    With a kept-alive connection to the origin the request is sent from the request path and answered by
+    callback; without one it is a coroutine that dials. Both must stop the exchange the client abandoned.
+    """
+    staller = lab.origin("staller")
+    edge = lab.edge(edge_config([upstream("app", staller, first_byte_timeout=30.0, retries=0)], [route("/", "app")]))
+    if warm:
+        assert httpx.get(edge.url("/echo")).status_code == 200  # leaves one idle connection in the pool
+    host, port = edge.address()
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"GET /stall HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        staller.wait_until(lambda: staller.count_path("/stall") == 1, 5, "the origin's stalled request")
+        # A reset, not a FIN: a half-closed client is still owed its answer and would be waited for.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    left = time.monotonic()
+    (rec,) = [r for r in staller.requests if r.path == "/stall"]
+    staller.wait_until(lambda: rec.aborted, 5, "the origin connection closed after the client left")
+    assert time.monotonic() - left < 5
+    assert not rec.responded
+    # The pool is left sound: the next request is answered.
+    assert httpx.get(edge.url("/echo")).status_code == 200
 
 
 def test_stalling_origin_is_a_504_at_first_byte_timeout(lab: Lab) -> None:

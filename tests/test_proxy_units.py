@@ -568,6 +568,29 @@ def test_via_is_appended_with_the_clients_version() -> None:
     assert as_dict(quiet.request_headers(request({b"via": b"1.1 lb"})).fields)[b"via"] == b"1.1 lb"
 
 
+def test_forwarding_fields_kept_per_client_follow_each_request() -> None:
+    """The block kept for clients that send no chain is never served to one that does, nor across hosts."""
+    rules = HeaderRules(ProxySettings(forwarded="both"), TRUSTED)
+    for _ in range(2):
+        plain = as_dict(rules.request_headers(request(client="192.0.2.10")).fields)
+        assert plain[b"via"] == b"1.1 edgeward" and plain[b"x-forwarded-for"] == b"192.0.2.10"
+        assert plain[b"forwarded"] == b"for=192.0.2.10;host=bank.example;proto=https"
+        chained = as_dict(rules.request_headers(request({b"via": b"1.0 lb"}, client="192.0.2.10")).fields)
+        assert chained[b"via"] == b"1.0 lb, 1.1 edgeward"
+        other = as_dict(
+            rules.request_headers(request(client="192.0.2.10", host="teller.example", scheme="http")).fields
+        )
+        assert other[b"x-forwarded-host"] == b"teller.example" and other[b"x-forwarded-proto"] == b"http"
+        trusted = as_dict(
+            rules.request_headers(request({b"x-forwarded-for": b"203.0.113.9"}, client="10.1.2.3")).fields
+        )
+        assert trusted[b"x-forwarded-for"] == b"203.0.113.9, 10.1.2.3"
+        again = as_dict(
+            rules.request_headers(request({b"x-forwarded-for": b"203.0.113.9"}, client="192.0.2.10")).fields
+        )
+        assert again[b"x-forwarded-for"] == b"192.0.2.10"
+
+
 def traced(
     headers: dict[bytes, bytes] | None = None, client: str = "10.1.2.3", ratio: float = 1.0
 ) -> tuple[TraceContext, dict[bytes, bytes], Outgoing]:

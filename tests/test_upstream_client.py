@@ -346,6 +346,112 @@ def test_malformed_answers_are_protocol_errors(answer: bytes) -> None:
     run(main())
 
 
+# send: the callback form ------------------------------------------------------------------------------------
+class Told:
+    """What `send` tells, and what the connection and pool looked like at that moment."""
+
+    def __init__(self, pool: OriginPool, conn: UpstreamConnection) -> None:
+        self.pool = pool
+        self.conn = conn
+        self.outcomes: list[Exchange | UpstreamError] = []
+        self.idle_then: list[int] = []
+        self.arrived = asyncio.Event()
+
+    def __call__(self, outcome: Exchange | UpstreamError) -> None:
+        self.outcomes.append(outcome)
+        self.idle_then.append(self.pool.idle)
+        self.arrived.set()
+
+
+def test_send_tells_a_whole_answer_as_bytes_once_the_connection_is_idle_again() -> None:
+    async def main() -> None:
+        async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while True:
+                    head, _ = await read_request(reader)
+                    answer = ok(b"hello")
+                    writer.write(answer[: answer.index(b"\r\n\r\n") + 4] if head.startswith(b"HEAD") else answer)
+                    await writer.drain()
+
+        server, port = await serve(origin)
+        pool = await pool_for(port)
+        for method, body in (("GET", b"hello"), ("HEAD", b"")):
+            conn = await pool.acquire()
+            told = Told(pool, conn)
+            conn.send(request(method), None, method, told)
+            assert told.outcomes == []  # never from inside send
+            await asyncio.wait_for(told.arrived.wait(), 5)
+            await asyncio.sleep(0.05)  # nothing more is told
+            (exchange,) = told.outcomes
+            assert isinstance(exchange, Exchange)
+            assert (exchange.status, exchange.body, exchange.keep_alive) == (200, body, True)
+            assert exchange.length == (5 if method == "GET" else 0)
+            assert told.idle_then == [1]  # back in the pool before the caller heard of it
+        assert (pool.opened_total, pool.reused_total) == (1, 1)
+        pool.close()
+        server.close()
+
+    run(main())
+
+
+def test_send_tells_an_answer_still_arriving_as_a_pipe_with_what_came_so_far() -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfirst")
+            await writer.drain()
+            await release.wait()
+            writer.write(b"-last")
+            await writer.drain()
+            await read_request(reader)
+
+        server, port = await serve(origin)
+        pool = await pool_for(port)
+        conn = await pool.acquire()
+        told = Told(pool, conn)
+        conn.send(request(), None, "GET", told)
+        await asyncio.wait_for(told.arrived.wait(), 5)
+        (exchange,) = told.outcomes
+        assert isinstance(exchange, Exchange) and isinstance(exchange.body, Pipe)
+        assert (exchange.status, exchange.length, exchange.body.length) == (200, 10, 10)
+        assert told.idle_then == [0]  # still busy: the body is on its way
+        assert bytes(exchange.body.read()) == b"first"
+        release.set()
+        assert await read_all(exchange.body) == b"-last"
+        assert exchange.body.complete and pool.idle == 1
+        pool.close()
+        server.close()
+
+    run(main())
+
+
+def test_send_on_a_closed_connection_raises_and_a_failure_is_told() -> None:
+    async def main() -> None:
+        async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.transport.abort()  # no answer: a reset before the first byte
+
+        server, port = await serve(origin)
+        pool = await pool_for(port)
+        conn = await pool.acquire()
+        told = Told(pool, conn)
+        conn.send(request(), None, "GET", told)
+        await asyncio.wait_for(told.arrived.wait(), 5)
+        (failure,) = told.outcomes
+        assert isinstance(failure, UpstreamError)
+        assert (failure.kind, failure.answered, failure.reused) == ("reset", False, False)
+        with pytest.raises(UpstreamError, match="connection closed before the request") as raised:
+            conn.send(request(), None, "GET", told)
+        assert raised.value.kind == "reset" and raised.value.reused
+        assert len(told.outcomes) == 1
+        pool.close()
+        server.close()
+
+    run(main())
+
+
 # request bodies -----------------------------------------------------------------------------------------
 def feeder(pipe: Pipe, total: int, conn_box: list[UpstreamConnection]) -> tuple[Callable[[], None], dict[str, int]]:
     """A producer feeding `total` bytes as fast as the pipe lets it, tracking the most ever buffered."""

@@ -7,6 +7,7 @@ protocol vocabulary nor the handlers depend on telemetry.
 
 from __future__ import annotations
 
+from binascii import hexlify
 from typing import NamedTuple
 
 
@@ -24,11 +25,7 @@ class TraceContext:
 
     def traceparent(self, span_id: bytes) -> bytes:
         """The header value a next hop sees, with `span_id` (this edge's span for that hop) as its parent."""
-        return b"00-%s-%s-%s" % (
-            self.trace_id.hex().encode("ascii"),
-            span_id.hex().encode("ascii"),
-            b"01" if self.sampled else b"00",
-        )
+        return b"00-%s-%s-%s" % (hexlify(self.trace_id), hexlify(span_id), b"01" if self.sampled else b"00")
 
 
 class Attempt(NamedTuple):

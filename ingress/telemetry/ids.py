@@ -10,6 +10,7 @@ buffer is dropped in a forked child, so workers never share ids.
 from __future__ import annotations
 
 import os
+from binascii import hexlify
 
 
 class Entropy:
@@ -36,7 +37,7 @@ class Entropy:
 
     def hex(self, digits: int) -> bytes:
         """`digits` lower-case hex digits (an even number), as ASCII bytes."""
-        return self.raw(digits // 2).hex().encode("ascii")
+        return hexlify(self.raw(digits // 2))
 
 
 ENTROPY = Entropy()

@@ -183,7 +183,9 @@ class HeaderRules:
 
         client = peer if peer is not None else request.peer.client
         trusted = client in self._trusted
-        via = self.via(request.version)
+        via = self._via.get(request.version)
+        if via is None:
+            via = self.via(request.version)
         prior_via = headers.get(b"via")
         if trusted or prior_via is not None:
             lines.append(self._forwarding(via, prior_via, client, request.host, request.scheme, headers, trusted))

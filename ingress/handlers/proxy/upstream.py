@@ -252,6 +252,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._pumping = False
+        # Scratch of the answer being parsed, reset by llhttp's on_message_begin for each message.
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._chunks: list[bytes] = []  # the final answer's body until it is told
+        self._raw_head = 0  # bytes of the answer's head in the reads before the current one
+        self._feeding = 0  # bytes in the read being parsed
+        self._length: int | None = None
+        self._te_chunked = False
         self._clear()
 
     def _clear(self) -> None:
@@ -259,10 +267,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._told: Told | None = None
         # The body of an answer told as a stream: the rest of it goes here.
         self._stream: Pipe | None = None
-        # The final answer's status once its head is parsed (0 before), and its body until it is told.
+        # The final answer's status once its head is parsed (0 before).
         self._status = 0
         self._keep_alive = False
-        self._chunks: list[bytes] = []
         self._parser: httptools.HttpResponseParser | None = None
         self._req: Pipe | None = None
         self._tunnel_in: Pipe | None = None
@@ -279,12 +286,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._progress_mark = 0
         self._complete = False
         self._interim = False
-        self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._feeding = 0  # bytes in the read being parsed
-        self._raw_head = 0  # bytes of the answer's head in the reads before it
-        self._length: int | None = None
-        self._te_chunked = False
         self._close_delimited = False
 
     @property
@@ -495,6 +496,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._complete:
             raise _Refused("bytes after the complete answer")
         self._headers = []
+        self._chunks = []
         self._reason = b""
         self._raw_head = 0
 
