@@ -2,9 +2,13 @@
 
 The order is the edge's request lifecycle after the gate: a fresh cache hit
 is answered at once from its pre-serialised form (no task, no await, like
-a static file); anything else becomes a task that picks an origin, sends
-the rewritten head and streams the body, and retries elsewhere only when
-that cannot repeat anything the origin saw. The answer is relayed through
+a static file). A request that arrived whole and finds a kept-alive
+connection to its origin is sent from the request path and answered from
+that connection's callback (`_quick`), with no task either. Anything else
+becomes a task (`_attempts`) that picks an origin, sends the rewritten head
+and streams the body, and retries elsewhere only when that cannot repeat
+anything the origin saw; the callback path hands its request to that task
+when it needs a new connection or a retry. The answer is relayed through
 a Pipe, so a 1 GiB download or an endless event stream passes with bounded
 memory; an answer the cache may store is gathered first (`gather`): if it
 ends within the object limit it is stored and served like a hit, and if it
