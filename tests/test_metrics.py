@@ -698,3 +698,16 @@ def test_cache_and_upstream_families(
         return {dict(labels)["status"]: v for (_, labels), v in fam.samples.items()} if fam else {}
 
     wait_for(lambda: responses().get("hit") == 1 and responses().get("miss") == 1, 5, "cache statuses counted")
+
+
+def test_the_start_up_heap_is_frozen_and_collector_passes_are_counted(edge: Server) -> None:
+    fams = scrape(edge)
+    frozen = fams["edgeward_gc_frozen_objects"]
+    assert frozen.kind == "gauge"
+    # Modules, config, TLS contexts and routes: about 50,000 objects here, none if nothing froze them.
+    assert frozen.value(worker="0") > 20_000
+    passes = fams["edgeward_gc_collections_total"]
+    assert passes.kind == "counter"
+    by_generation = {dict(labels)["generation"]: n for (_, labels), n in passes.samples.items()}
+    assert set(by_generation) == {"0", "1", "2"}
+    assert by_generation["0"] >= by_generation["1"] >= by_generation["2"]

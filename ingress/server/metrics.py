@@ -7,6 +7,7 @@ sits with the server.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import TYPE_CHECKING, Protocol
 
@@ -67,6 +68,7 @@ class WorkerCollector:
         if ctx.backends is not None:
             ctx.backends.add_metrics(registry, self.worker)
         self._refusals(registry)
+        self._collector(registry)
         observer = ctx.observer
         if observer is not None:
             observer.add_metrics(registry)
@@ -102,6 +104,22 @@ class WorkerCollector:
         )
         for protocol, n in active_requests(ctx.connections, bool(self.quic)).items():
             active.set((protocol,), n)
+
+    def _collector(self, registry: Registry) -> None:
+        """The collector's passes and what start-up froze (see Supervisor.start): a full pass stalls the loop."""
+        passes = registry.counter(
+            "edgeward_gc_collections_total",
+            "Garbage-collector passes in this worker, by generation (2 is a full pass).",
+            ("generation",),
+            const=self.const,
+        )
+        for generation, stats in enumerate(gc.get_stats()):
+            passes.set((str(generation),), stats["collections"])
+        registry.gauge(
+            "edgeward_gc_frozen_objects",
+            "Objects from start-up that the garbage collector never walks.",
+            const=self.const,
+        ).set((), gc.get_freeze_count())
 
     def _tls(self, registry: Registry) -> None:
         for runtime in self.listeners():

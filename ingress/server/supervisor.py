@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -109,6 +110,10 @@ class Supervisor:
                 base_context(listener.name, listener.tls)
         _collect_signals_on_this_thread()
         self._ready_r, self._ready_w = os.pipe()
+        # What the workers inherit lives as long as they do. Frozen, the collector never walks it: a full
+        # collection does not stall a worker over the whole start-up heap, and does not write to (and so
+        # unshare) the pages the forked workers still share with this process.
+        gc.freeze()
         for slot in self.slots:
             self._spawn(slot)
         self._await_ready()

@@ -7,6 +7,7 @@ flushing) runs from loop timers between requests, never inside one.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -113,6 +114,7 @@ class Worker:
                 ktls_status(),
                 extra={"event": "worker.ktls"},
             )
+        gc.freeze()  # the listeners, contexts and routes built above live as long as the worker (see Supervisor.start)
         ready()
         await self.done
         if self.ctx.gate is not None:
